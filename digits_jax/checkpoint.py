@@ -1,0 +1,81 @@
+"""Checkpoints with orbax: the latest few and the best by validation accuracy.
+
+Orbax writes each step into a temporary directory and renames it into place
+when complete, so a crash mid-write leaves the previous checkpoints intact.
+Each checkpoint holds the train state (parameters, BatchNorm statistics,
+optimizer state including the plateau schedule, step) and a small JSON record
+of what produced it: the model, the input size and the standardization
+constants, so evaluation and prediction need nothing else.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from digits_jax.errors import UserError
+
+BEST_METRIC = 'val_accuracy'
+
+
+def _best_metric(metrics) -> float:
+  return metrics[BEST_METRIC]
+
+
+def create_manager(directory: str, keep: int,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  directory = os.path.abspath(directory)
+  preservation = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(n=keep),
+      checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=preservation,
+      best_fn=_best_metric,
+      best_mode='max',
+      create=not read_only,
+      read_only=read_only,
+      # Synchronous: a checkpoint is complete when `save` returns, so a
+      # signal or crash right after cannot leave it half written.
+      enable_async_checkpointing=False,
+      cleanup_tmp_directories=True,
+  )
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         meta: dict, metrics: dict) -> None:
+  manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              meta=ocp.args.JsonSave(meta)),
+      metrics=metrics,
+      force=True)
+  manager.wait_until_finished()
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  restored = manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return dict(restored['meta'])
+
+
+def check_compatible(meta: dict, config, directory: str) -> None:
+  """Refuses a checkpoint written for another model or input size."""
+  for key in ('model', 'input_size'):
+    if meta.get(key) != config[key]:
+      raise UserError(
+          f'the checkpoint in {directory} was written for {key}='
+          f'{meta.get(key)!r}, but the config asks for {key}={config[key]!r}; '
+          'use a fresh --workdir or the config that trained it')
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, target: Any):
+  """Restores the train state onto the structure, dtypes and shardings of
+  `target` (concrete or abstract arrays)."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  return restored['state']

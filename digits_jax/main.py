@@ -1,0 +1,92 @@
+"""Command line: train, or evaluate a checkpoint.
+
+  python -m digits_jax.main --config=configs/improved.py --workdir=runs/improved
+  python -m digits_jax.main --config=configs/improved.py --workdir=runs/improved \
+      --mode=eval
+
+Bad input (a config value, a workdir, a checkpoint) ends with one line on
+stderr and exit code 2.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from digits_jax import config_checks
+from digits_jax.errors import UserError
+
+DEFAULT_WORKDIR = 'runs/default'
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', DEFAULT_WORKDIR,
+    'Run directory: checkpoints, metrics, TensorBoard events, eval_test.json.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train (resuming from --workdir if it holds a '
+                          'checkpoint) or eval (the best checkpoint on the '
+                          'test set).')
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _check_workdir(workdir: str, mode: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  if mode == 'eval':
+    if not os.path.isdir(workdir):
+      raise UserError(f'--workdir={workdir} does not exist; point it at a '
+                      'training run')
+    return workdir
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'cannot create --workdir={workdir} ({e.strerror}); '
+                    'choose a writable directory') from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise UserError(f'--workdir={workdir} is not writable; choose another')
+  return workdir
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}; options go as --name=value')
+  if _CONFIG.value is None:
+    _fail('--config is required, e.g. --config=configs/improved.py')
+  # Imported here so that `--help` and flag errors stay instant.
+  from digits_jax import train  # pylint: disable=g-import-not-at-top
+
+  try:
+    config = _CONFIG.value
+    config_checks.validate(config)
+    workdir = _check_workdir(_WORKDIR.value, _MODE.value)
+    logging.info('Workdir: %s', workdir)
+    if _MODE.value == 'train':
+      train.train_and_evaluate(config, workdir)
+    else:
+      train.evaluate_checkpoint(config, workdir)
+  except UserError as e:
+    _fail(str(e))
+
+
+def _parse_flags(argv):
+  # A bad flag or an unknown `--config.key` would end in a usage dump; say
+  # it in one line instead.
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+
+
+def run():
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

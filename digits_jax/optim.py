@@ -1,0 +1,109 @@
+"""The article's optimizer as one optax chain: L2 on two kernels, Adam, plateau.
+
+Keras' `kernel_regularizer=l2(lam)` adds lam * ||w||^2 to the loss, so its
+gradient 2 * lam * w is added to the gradient *before* Adam (coupled L2, not
+AdamW's decoupled decay).
+
+Keras' `ReduceLROnPlateau` lives outside the optimizer and is called once per
+epoch with the validation loss. Here it is a transform whose state (the
+current LR scale, the best loss, the epochs without improvement) sits in the
+optimizer state, so checkpoints carry it; `report_validation_loss` is the
+pure once-per-epoch update of that state.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class PlateauState(NamedTuple):
+  scale: jax.Array  # Multiplies the base learning rate.
+  best_loss: jax.Array
+  num_bad_epochs: jax.Array
+
+
+def scale_by_plateau() -> optax.GradientTransformation:
+  """Scales updates by the factor that `report_validation_loss` maintains."""
+
+  def init_fn(params):
+    del params
+    return PlateauState(scale=jnp.ones([], jnp.float32),
+                        best_loss=jnp.full([], jnp.inf, jnp.float32),
+                        num_bad_epochs=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    updates = jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates)
+    return updates, state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_plateau(node) -> bool:
+  return isinstance(node, PlateauState)
+
+
+def report_validation_loss(opt_state, loss, *, factor: float, patience: int,
+                           min_delta: float, min_scale: float):
+  """Keras ReduceLROnPlateau's epoch-end rule, as a pure function of the state.
+
+  The loss improves when it is below the best by more than `min_delta`. After
+  `patience` epochs in a row without improvement the scale is multiplied by
+  `factor` (never below `min_scale`) and the count starts again.
+  """
+
+  def update(state: PlateauState) -> PlateauState:
+    improved = loss < state.best_loss - min_delta
+    num_bad = jnp.where(improved, 0, state.num_bad_epochs + 1)
+    cut = num_bad >= patience
+    scale = jnp.where(cut, jnp.maximum(state.scale * factor, min_scale),
+                      state.scale)
+    return PlateauState(
+        scale=scale.astype(jnp.float32),
+        best_loss=jnp.where(improved, loss, state.best_loss).astype(
+            jnp.float32),
+        num_bad_epochs=jnp.where(cut, 0, num_bad).astype(jnp.int32))
+
+  return jax.tree.map(lambda n: update(n) if _is_plateau(n) else n, opt_state,
+                      is_leaf=_is_plateau)
+
+
+def plateau_scale(opt_state) -> jax.Array:
+  """The current LR multiplier held in the optimizer state."""
+  states = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_plateau)
+            if _is_plateau(n)]
+  return states[0].scale
+
+
+def l2_mask(params, kernel_names) -> dict:
+  """True for the kernels of the named layers, False everywhere else."""
+
+  def is_regularized(path, _):
+    names = [getattr(p, 'key', None) for p in path]
+    return names[-1] == 'kernel' and any(n in kernel_names for n in names)
+
+  return jax.tree_util.tree_map_with_path(is_regularized, params)
+
+
+def create_optimizer(config, l2_kernels) -> optax.GradientTransformation:
+  """L2 on `l2_kernels`, Adam (Keras' defaults), the plateau scale, the LR."""
+  l2 = (optax.add_decayed_weights(
+      2 * config.l2, mask=lambda p: l2_mask(p, l2_kernels))
+        if config.l2 else optax.identity())
+  return optax.chain(
+      l2,
+      optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
+                          eps=config.adam_eps),
+      scale_by_plateau(),
+      optax.scale(-config.learning_rate),
+  )
+
+
+def report_epoch(opt_state, val_loss, config):
+  """Applies the config's plateau rule for one epoch's validation loss."""
+  return report_validation_loss(
+      opt_state, val_loss, factor=config.plateau_factor,
+      patience=config.plateau_patience, min_delta=config.plateau_min_delta,
+      min_scale=config.min_learning_rate / config.learning_rate)

@@ -210,9 +210,12 @@ def prepare_mnist(data_dir: str | None, try_download: bool = True):
   return tfds.builder('mnist', data_dir=data_dir, file_format='array_record')
 
 
-def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(builder, split: str,
+                limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """The first `limit` examples of a split (all when 0), in TFDS's fixed order."""
   source = builder.as_data_source(split=split)
-  examples = source.__getitems__(range(len(source)))
+  count = min(limit, len(source)) if limit else len(source)
+  examples = source.__getitems__(range(count))
   images = np.stack([e['image'][..., 0] for e in examples]).astype(np.uint8)
   labels = np.asarray([e['label'] for e in examples], np.int32)
   return images, labels
@@ -221,14 +224,9 @@ def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 def load_splits(config) -> Splits:
   """Train / validation / test splits as the config asks."""
   builder = prepare_mnist(config.data_dir)
-  images, labels = _read_split(builder, 'train')
-  test_images, test_labels = _read_split(builder, 'test')
-  if config.max_train_examples:
-    images = images[:config.max_train_examples]
-    labels = labels[:config.max_train_examples]
-  if config.max_test_examples:
-    test_images = test_images[:config.max_test_examples]
-    test_labels = test_labels[:config.max_test_examples]
+  images, labels = _read_split(builder, 'train', config.max_train_examples)
+  test_images, test_labels = _read_split(builder, 'test',
+                                         config.max_test_examples)
   if not 0 < config.validation_size < len(images):
     raise UserError(
         f'config.validation_size={config.validation_size} must be between 1 '

@@ -1,0 +1,64 @@
+import hashlib
+import logging as std_logging
+
+import numpy as np
+import pytest
+
+from digits_jax import input_pipeline
+from digits_jax.errors import UserError
+
+
+def test_idx_format_header_and_payload():
+  array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+  data = input_pipeline._idx_bytes(array)
+  assert data[:4] == bytes([0, 0, 8, 3])
+  assert [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
+          for i in range(3)] == [2, 3, 4]
+  assert data[16:] == array.tobytes()
+
+
+def test_sha256_mismatch_is_refused():
+  files = {name: b'not mnist' for name in input_pipeline.IDX_SHA256}
+  with pytest.raises(UserError, match='sha256'):
+    input_pipeline.verify_idx_files(files)
+
+
+def test_prepared_mnist_is_the_official_dataset(mnist_data_dir, caplog):
+  caplog.set_level(std_logging.INFO)
+  builder = input_pipeline.prepare_mnist(mnist_data_dir, try_download=False)
+  assert any('using TFDS mnist prepared' in r.getMessage()
+             for r in caplog.records)
+  assert builder.info.splits['train'].num_examples == 60000
+  assert builder.info.splits['test'].num_examples == 10000
+  images, _ = input_pipeline._read_split(builder, 'train', 100)
+  assert images.shape == (100, 28, 28) and images.dtype == np.uint8
+  assert images.max() == 255 and images.min() == 0
+  # TFDS stores the examples in its own (fixed) order; the official test
+  # set's class counts hold whatever the order.
+  _, test_labels = input_pipeline._read_split(builder, 'test')
+  assert np.bincount(test_labels).tolist() == [
+      980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_splits_are_fixed_disjoint_and_seeded(tiny_config):
+  splits = input_pipeline.load_splits(tiny_config)
+  n_val = tiny_config.validation_size
+  assert len(splits.val_images) == n_val
+  assert len(splits.train_images) == tiny_config.max_train_examples - n_val
+  assert len(splits.test_images) == tiny_config.max_test_examples
+  # Disjoint: together they are exactly the first max_train_examples images.
+  rows = lambda a: {r.tobytes() for r in a.reshape(len(a), -1)}
+  assert not rows(splits.train_images) & rows(splits.val_images)
+  again = input_pipeline.load_splits(tiny_config)
+  np.testing.assert_array_equal(again.val_labels, splits.val_labels)
+  tiny_config.split_seed = 1
+  other = input_pipeline.load_splits(tiny_config)
+  assert not np.array_equal(other.val_images, splits.val_images)
+  assert splits.pixel_mean == pytest.approx(splits.train_images.mean())
+  assert splits.pixel_std == pytest.approx(splits.train_images.std())
+
+
+def test_validation_size_out_of_range_is_a_user_error(tiny_config):
+  tiny_config.validation_size = tiny_config.max_train_examples
+  with pytest.raises(UserError, match='validation_size'):
+    input_pipeline.load_splits(tiny_config)

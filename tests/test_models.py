@@ -1,0 +1,68 @@
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from digits_jax import models
+from digits_jax import train
+from digits_jax.errors import UserError
+
+
+def _counts(model, size):
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1)),
+                         train=False))
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  return count(variables['params']), count(variables.get('batch_stats', {}))
+
+
+def test_improved_lenet_matches_the_articles_keras_summary():
+  # Keras: 390,562 parameters = 389,434 trainable + 1,128 BatchNorm statistics.
+  trainable, stats = _counts(models.ImprovedLeNet(), 32)
+  assert (trainable, stats) == (389_434, 1_128)
+
+
+def test_lenet5_parameter_count():
+  # conv 156 + conv 2,416 + dense 48,120 + 10,164 + 850 at 32x32 input.
+  assert _counts(models.LeNet5(), 32) == (61_706, 0)
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+@pytest.mark.parametrize('size', [28, 32])
+def test_logits_shape(name, size):
+  model = models.create_model(name)
+  x = jnp.zeros((3, size, size, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+
+
+def test_dropout_and_batchnorm_only_in_training():
+  model = models.ImprovedLeNet()
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  eval_a = model.apply(variables, x, train=False)
+  eval_b = model.apply(variables, x, train=False)
+  assert jnp.array_equal(eval_a, eval_b)
+  train_a, updates = model.apply(variables, x, train=True,
+                                 mutable=['batch_stats'],
+                                 rngs={'dropout': jax.random.key(2)})
+  train_b, _ = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                           rngs={'dropout': jax.random.key(3)})
+  assert not jnp.allclose(train_a, train_b)  # Different dropout masks.
+  old = variables['batch_stats']['bn2']['mean']
+  new = updates['batch_stats']['bn2']['mean']
+  # Keras momentum 0.99: the running mean moves 1% of the way.
+  assert not jnp.allclose(old, new)
+
+
+def test_unknown_model_is_a_user_error():
+  with pytest.raises(UserError, match='unknown model'):
+    models.create_model('resnet')
+
+
+def test_l2_regularized_layers_exist_in_the_model():
+  state = train.create_train_state(models.ImprovedLeNet(), optax.identity(),
+                                   jax.random.key(0), 32)
+  for name in models.L2_REGULARIZED:
+    assert 'kernel' in state.params[name]

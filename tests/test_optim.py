@@ -1,0 +1,86 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from configs import improved
+from digits_jax import models
+from digits_jax import optim
+
+
+def _plateau_state(opt_state):
+  return [n for n in jax.tree.leaves(opt_state,
+                                     is_leaf=lambda n: isinstance(
+                                         n, optim.PlateauState))
+          if isinstance(n, optim.PlateauState)][0]
+
+
+def _run_plateau(losses, patience=2, factor=0.2, min_scale=0.0):
+  tx = optim.scale_by_plateau()
+  state = tx.init({'w': jnp.zeros(3)})
+  scales = []
+  for loss in losses:
+    state = optim.report_validation_loss(
+        state, jnp.float32(loss), factor=factor, patience=patience,
+        min_delta=1e-4, min_scale=min_scale)
+    scales.append(float(optim.plateau_scale(state)))
+  return scales
+
+
+def test_plateau_cuts_after_patience_epochs_without_improvement():
+  # Improves for 3 epochs, then 2 bad epochs -> cut, 1 bad, 1 good,
+  # 2 bad -> second cut.
+  losses = [1.0, 0.8, 0.7, 0.75, 0.71, 0.72, 0.6, 0.65, 0.61]
+  expected = [1, 1, 1, 1, 0.2, 0.2, 0.2, 0.2, 0.04]
+  np.testing.assert_allclose(_run_plateau(losses), expected, rtol=1e-6)
+
+
+def test_plateau_ignores_improvements_below_min_delta_and_respects_floor():
+  losses = [1.0, 0.99995, 0.99991, 0.9999, 0.99989, 0.99988]
+  scales = _run_plateau(losses, patience=1, factor=0.1, min_scale=0.005)
+  np.testing.assert_allclose(scales, [1, 0.1, 0.01, 0.005, 0.005, 0.005],
+                             rtol=1e-6)
+
+
+def test_plateau_scale_multiplies_updates():
+  tx = optim.scale_by_plateau()
+  state = tx.init(None)
+  state = optim.report_validation_loss(state, 1.0, factor=0.5, patience=1,
+                                       min_delta=0, min_scale=0)
+  state = optim.report_validation_loss(state, 2.0, factor=0.5, patience=1,
+                                       min_delta=0, min_scale=0)
+  updates, _ = tx.update({'w': jnp.ones(2)}, state)
+  np.testing.assert_allclose(updates['w'], [0.5, 0.5])
+
+
+def test_l2_applies_kerass_gradient_to_the_two_conv_kernels_only():
+  config = improved.get_config()
+  params = {name: {'kernel': jnp.full((2, 2), 3.0), 'bias': jnp.ones(2)}
+            for name in ('conv1', 'conv2', 'conv3', 'fc1')}
+  l2_only = optax.add_decayed_weights(
+      2 * config.l2,
+      mask=lambda p: optim.l2_mask(p, models.L2_REGULARIZED))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = l2_only.update(zeros, l2_only.init(params), params)
+  # d/dw of lam * w^2 = 2 * lam * w = 2 * 5e-4 * 3.
+  np.testing.assert_allclose(updates['conv1']['kernel'], 3e-3, rtol=1e-6)
+  np.testing.assert_allclose(updates['conv3']['kernel'], 3e-3, rtol=1e-6)
+  for name in ('conv2', 'fc1'):
+    np.testing.assert_array_equal(updates[name]['kernel'], 0)
+  for name in params:
+    np.testing.assert_array_equal(updates[name]['bias'], 0)
+
+
+def test_optimizer_state_carries_the_plateau_and_lr_follows_it():
+  config = improved.get_config()
+  params = {'conv1': {'kernel': jnp.ones((2,))}}
+  tx = optim.create_optimizer(config, models.L2_REGULARIZED)
+  state = tx.init(params)
+  grads = {'conv1': {'kernel': jnp.ones((2,))}}
+  first, _ = tx.update(grads, state, params)
+  for loss in (1.0, 1.0, 1.0):
+    state = optim.report_epoch(state, loss, config)
+  assert float(_plateau_state(state).scale) == np.float32(0.2)
+  second, _ = tx.update(grads, state, params)
+  np.testing.assert_allclose(second['conv1']['kernel'],
+                             0.2 * first['conv1']['kernel'], rtol=1e-5)

@@ -1,0 +1,156 @@
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import improved
+from digits_jax import checkpoint
+from digits_jax import train
+from digits_jax.errors import UserError
+
+
+def _setup(input_size=28):
+  config = improved.get_config()
+  config.input_size = input_size
+  model, tx, preprocess = train._build(
+      config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
+  state = train.create_train_state(model, tx, jax.random.key(0), input_size)
+  step_fn = functools.partial(train.train_step, model=model, tx=tx,
+                              preprocess=preprocess, augment_images=True)
+  return state, step_fn
+
+
+def _assert_trees_close(a, b, **tolerance):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tolerance)
+
+
+@pytest.mark.parametrize('unroll', [False, True])
+def test_scanned_steps_equal_single_steps(unroll):
+  state, step_fn = _setup()
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (64, 28, 28), dtype=np.uint8))
+  labels = jnp.asarray(rng.integers(0, 10, 64, dtype=np.int32))
+  batches = train.epoch_batches(jax.random.key(1), 0, 64, 16)[:3]  # K = 3.
+  key = jax.random.key(2)
+
+  scanned, metrics = jax.jit(functools.partial(
+      train.scan_train_steps, step_fn, unroll=unroll))(
+          state, images, labels, batches, key)
+
+  single = state
+  jitted_step = jax.jit(step_fn)
+  losses = []
+  for indices in batches:
+    single, m = jitted_step(
+        single, {'image': images[indices], 'label': labels[indices]}, key)
+    losses.append(m['loss'])
+  assert int(scanned.step) == int(single.step) == 3
+  np.testing.assert_allclose(metrics['loss'], losses, rtol=1e-5)
+  # Float32 tolerance: XLA fuses the two programs differently, and Adam's
+  # first steps (update ~ lr * sign(g)) turn last-bit gradient differences
+  # on near-zero gradients into differences of a few percent of lr = 1e-3.
+  _assert_trees_close(scanned.params, single.params, rtol=1e-4, atol=5e-5)
+  _assert_trees_close(scanned.batch_stats, single.batch_stats, rtol=1e-4,
+                      atol=1e-5)
+
+
+def test_epoch_batches_are_a_seeded_permutation():
+  a = np.asarray(train.epoch_batches(jax.random.key(0), 3, 103, 10))
+  assert a.shape == (10, 10) and len(set(a.ravel())) == 100
+  b = np.asarray(train.epoch_batches(jax.random.key(0), 3, 103, 10))
+  c = np.asarray(train.epoch_batches(jax.random.key(0), 4, 103, 10))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_classification_report():
+  logits = np.log(np.array([[0.7, 0.2, 0.1] + [1e-9] * 7,
+                            [0.1, 0.8, 0.1] + [1e-9] * 7,
+                            [0.6, 0.3, 0.1] + [1e-9] * 7]))
+  report = train.classification_report(logits, np.array([0, 1, 1]))
+  assert report['accuracy'] == pytest.approx(2 / 3)
+  assert report['loss'] == pytest.approx(
+      -(np.log(0.7) + np.log(0.8) + np.log(0.3)) / 3, rel=1e-6)
+  assert report['confusion_matrix'][1][0] == 1
+  assert report['per_class_accuracy'][:2] == [1.0, 0.5]
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory, mnist_data_dir):
+  """The tiny config trained for 2 epochs, in process."""
+  from configs import tiny
+  config = tiny.get_config()
+  config.data_dir = mnist_data_dir
+  workdir = str(tmp_path_factory.mktemp('run'))
+  report = train.train_and_evaluate(config, workdir)
+  return config, workdir, report
+
+
+def test_training_writes_metrics_checkpoints_and_the_test_report(trained_run):
+  config, workdir, report = trained_run
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
+    saved = json.load(f)
+  assert saved['num_examples'] == config.max_test_examples
+  assert np.sum(saved['confusion_matrix']) == config.max_test_examples
+  assert len(saved['per_class_accuracy']) == 10
+  assert saved['accuracy'] == report['accuracy']
+  # 2 epochs on 1,000 real digits already learn something (chance: 0.1).
+  assert report['accuracy'] > 0.5
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    lines = [json.loads(line) for line in f]
+  assert [m['epoch'] for m in lines] == [1, 2]
+  assert lines[1]['train_loss'] < lines[0]['train_loss']
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+
+def test_checkpoint_round_trip_reproduces_the_eval_figures(trained_run):
+  config, workdir, report = trained_run
+  again = train.evaluate_checkpoint(config, workdir)
+  for key in ('accuracy', 'loss', 'confusion_matrix', 'checkpoint_step'):
+    assert again[key] == report[key]
+
+
+def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
+  config, workdir, _ = trained_run
+  # One epoch, then a second run of the same command with 2 epochs resumes
+  # at step 20 and must end where the uninterrupted 2-epoch run ended.
+  config = config.copy_and_resolve_references()
+  resumed_dir = str(tmp_path)
+  config.num_epochs = 1
+  train.train_and_evaluate(config, resumed_dir)
+  config.num_epochs = 2
+  train.train_and_evaluate(config, resumed_dir)
+
+  def final_state(directory):
+    manager = checkpoint.create_manager(
+        os.path.join(directory, 'checkpoints'), 2, read_only=True)
+    return manager.latest_step(), checkpoint.restore_state(
+        manager, manager.latest_step(), _target(config))
+
+  step_a, state_a = final_state(workdir)
+  step_b, state_b = final_state(resumed_dir)
+  assert step_a == step_b == 40
+  _assert_trees_close(state_a, state_b, rtol=0, atol=0)
+
+
+def _target(config):
+  model, tx, _ = train._build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
+  return train.create_train_state(model, tx, jax.random.key(0),
+                                  config.input_size)
+
+
+def test_checkpoint_of_another_model_is_refused(trained_run):
+  config, workdir, _ = trained_run
+  config = config.copy_and_resolve_references()
+  config.model = 'lenet5'
+  before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  with pytest.raises(UserError, match="model='improved_lenet'"):
+    train.train_and_evaluate(config, workdir)
+  with pytest.raises(UserError, match='model'):
+    train.evaluate_checkpoint(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before

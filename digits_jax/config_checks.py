@@ -65,6 +65,9 @@ def validate(config) -> None:
   _require(0 <= config.rotation_degrees <= 180,
            f'config.rotation_degrees={config.rotation_degrees!r} must be in '
            '[0, 180]')
+  _require(config.get('conv_impl', 'auto') in models.CONV_IMPLS,
+           f'config.conv_impl={config.get("conv_impl")!r} must be one of '
+           f'{models.CONV_IMPLS}')
   dtype = config.get('compute_dtype', 'float32')
   _require(dtype in COMPUTE_DTYPES,
            f'config.compute_dtype={dtype!r} must be one of {COMPUTE_DTYPES}')

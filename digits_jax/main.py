@@ -64,6 +64,10 @@ def main(argv):
 
   try:
     config = _CONFIG.value
+    config.keys()  # The config file loads lazily: fail here if it cannot.
+  except OSError as e:
+    _fail(f'cannot load the --config file: {str(e).splitlines()[-1].strip()}')
+  try:
     config_checks.validate(config)
     workdir = _check_workdir(_WORKDIR.value, _MODE.value)
     logging.info('Workdir: %s', workdir)
@@ -82,6 +86,13 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     _fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:
+    # ml_collections' way of saying that an override names no config field.
+    name = str(e).strip('"\'')
+    _fail(f'the config has no key {name!r}; see the config file for the keys '
+          '--config.KEY can set')
+  except (ValueError, TypeError) as e:
+    _fail(f'bad command line value: {str(e).splitlines()[0]}')
 
 
 def run():

@@ -7,10 +7,14 @@ the loss and in `predict`.
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
+import jax
+from jax import lax
 import jax.numpy as jnp
+
+from digits_jax import conv as fast_conv
 
 from digits_jax.errors import UserError
 
@@ -29,11 +33,13 @@ class ImprovedLeNet(nn.Module):
   dropout_rate: float = 0.25
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  conv_general_dilated: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     conv = functools.partial(nn.Conv, padding='VALID', dtype=self.dtype,
-                             kernel_init=nn.initializers.glorot_uniform())
+                             kernel_init=nn.initializers.glorot_uniform(),
+                             conv_general_dilated=self.conv_general_dilated)
     dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
                               kernel_init=nn.initializers.glorot_uniform())
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
@@ -66,12 +72,14 @@ class LeNet5(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   axis_name: str | None = None  # Unused: no BatchNorm. Kept for one interface.
+  conv_general_dilated: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     del train
     conv = functools.partial(nn.Conv, padding='VALID', dtype=self.dtype,
-                             kernel_init=nn.initializers.glorot_uniform())
+                             kernel_init=nn.initializers.glorot_uniform(),
+                             conv_general_dilated=self.conv_general_dilated)
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=nn.initializers.glorot_uniform())
     pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
@@ -89,8 +97,20 @@ MODELS = {
 }
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+CONV_IMPLS = ('auto', 'xla', 'cpu_fast')
+
+
+def conv_function(impl: str) -> Callable:
+  """The convolution primitive: 'cpu_fast' (see conv.py), 'xla' (plain), or
+  'auto': the fast one where the default backend is the CPU."""
+  if impl == 'auto':
+    impl = 'cpu_fast' if jax.default_backend() == 'cpu' else 'xla'
+  return (fast_conv.conv_general_dilated if impl == 'cpu_fast'
+          else lax.conv_general_dilated)
+
+
+def create_model(name: str, conv_impl: str = 'auto', **kwargs) -> nn.Module:
   if name not in MODELS:
     raise UserError(f'unknown model {name!r}; choose one of '
                     f'{", ".join(sorted(MODELS))}')
-  return MODELS[name](**kwargs)
+  return MODELS[name](conv_general_dilated=conv_function(conv_impl), **kwargs)

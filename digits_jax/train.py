@@ -225,7 +225,8 @@ class MetricsWriter:
 def _build(config, splits_or_meta):
   """Model, optimizer and preprocessing as the config says."""
   dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
-  model = models.create_model(config.model, dtype=dtype)
+  model = models.create_model(config.model, dtype=dtype,
+                              conv_impl=config.get('conv_impl', 'auto'))
   tx = optim.create_optimizer(config, models.L2_REGULARIZED)
   preprocess = Preprocess(
       input_size=config.input_size,

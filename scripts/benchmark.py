@@ -1,0 +1,194 @@
+r"""Training throughput of the improved LeNet: this trainer against a reference.
+
+Both train the same model with the same on-device augmentation, side by side
+in one process:
+
+  * digits_jax: the dataset on the device as uint8, `--steps` train steps per
+    dispatch under lax.scan (unrolled on CPU), donated state, metrics read
+    back once per dispatch, `--conv_impl` convolutions (auto: the CPU fast
+    path of digits_jax/conv.py on CPU);
+  * reference: the Flax examples' shape: numpy batches from the host, one
+    jitted step per batch, metrics read back every step, plain XLA
+    convolutions.
+
+  python scripts/benchmark.py --batch=128 --input_size=28 --steps=8
+
+Prints a table, then one JSON line with images_per_sec,
+reference_images_per_sec, ratio, gflops and matmul_gflops.
+"""
+
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
+_INPUT_SIZE = flags.DEFINE_enum('input_size', '28', ['28', '32'],
+                                'Model input: 28, or 32 (padded, as the '
+                                'article).')
+_STEPS = flags.DEFINE_integer('steps', 8, 'Train steps per timed window (and '
+                              'per dispatch for digits_jax).')
+_WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows; the median '
+                                'is reported.')
+_MODEL = flags.DEFINE_string('model', 'improved_lenet', 'Model name.')
+_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'xla', 'cpu_fast'],
+                                'Convolutions of the digits_jax path.')
+_DTYPE = flags.DEFINE_enum('compute_dtype', 'float32',
+                           ['float32', 'bfloat16'], 'Compute dtype.')
+
+NUM_IMAGES = 8192  # Synthetic uint8 digits; the speed does not depend on them.
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+  """This machine's float32 matmul rate under jax.jit: the roofline."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _setup(config, conv_impl):
+  config = config.copy_and_resolve_references()
+  config.conv_impl = conv_impl
+  model, tx, preprocess = train._build(  # pylint: disable=protected-access
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
+  state = train.create_train_state(model, tx, jax.random.key(0),
+                                   config.input_size)
+  step_fn = functools.partial(train.train_step, model=model, tx=tx,
+                              preprocess=preprocess, augment_images=True)
+  return state, step_fn
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0]
+  return float(analysis.get('flops', 0.0)) if analysis else 0.0
+
+
+def bench_digits_jax(config, images, labels, batch, steps, windows):
+  state, step_fn = _setup(config, _CONV_IMPL.value)
+  chunk = jax.jit(functools.partial(train.scan_train_steps, step_fn,
+                                    unroll=jax.default_backend() == 'cpu'),
+                  donate_argnums=(0,))
+  key = jax.random.key(1)
+  images, labels = jax.device_put(images), jax.device_put(labels)
+  batches = [train.epoch_batches(key, e, len(images), batch)[:steps]
+             for e in range(windows + 1)]
+  start = time.perf_counter()
+  compiled = chunk.lower(state, images, labels, batches[0], key).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, images, labels, batches[0], key)
+  jax.device_get(metrics)
+  times = []
+  for window in range(windows):
+    start = time.perf_counter()
+    state, metrics = compiled(state, images, labels, batches[window + 1], key)
+    jax.device_get(metrics)
+    times.append(time.perf_counter() - start)
+  return {'images_per_sec': steps * batch / statistics.median(times),
+          'compile_s': compile_s,
+          'flops_per_image': _flops(compiled) / (steps * batch)}
+
+
+def bench_reference(config, images, labels, batch, steps, windows):
+  state, step_fn = _setup(config, 'xla')
+  step = jax.jit(step_fn, donate_argnums=(0,))
+  key = jax.random.key(1)
+  rng = np.random.default_rng(0)
+
+  def host_batch():
+    idx = rng.choice(len(images), batch, replace=False)
+    return {'image': images[idx], 'label': labels[idx]}
+
+  start = time.perf_counter()
+  compiled = step.lower(state, host_batch(), key).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, host_batch(), key)
+  jax.device_get(metrics)
+  times = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = compiled(state, host_batch(), key)
+      jax.device_get(metrics)  # The examples log every step's metrics.
+    times.append(time.perf_counter() - start)
+  return {'images_per_sec': steps * batch / statistics.median(times),
+          'compile_s': compile_s,
+          'flops_per_image': _flops(compiled) / batch}
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv):
+  del argv
+  config = improved.get_config()
+  config.model = _MODEL.value
+  config.input_size = int(_INPUT_SIZE.value)
+  config.compute_dtype = _DTYPE.value
+  batch, steps, windows = _BATCH.value, _STEPS.value, _WINDOWS.value
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (NUM_IMAGES, 28, 28), dtype=np.uint8)
+  labels = rng.integers(0, 10, NUM_IMAGES, dtype=np.int32)
+
+  matmul = matmul_gflops()
+  ours = bench_digits_jax(config, images, labels, batch, steps, windows)
+  ours['peak_rss_mb'] = _peak_rss_mb()
+  reference = bench_reference(config, images, labels, batch, steps, windows)
+  reference['peak_rss_mb'] = _peak_rss_mb()
+  for result in (ours, reference):
+    result['gflops'] = result['images_per_sec'] * result['flops_per_image'] / 1e9
+
+  device = jax.devices()[0]
+  print(f'device: {device.platform} {device.device_kind} x{jax.device_count()}'
+        f' | host: {platform.machine()}, {os.cpu_count()} CPUs | jax '
+        f'{jax.__version__}')
+  print(f'model {config.model}, input {config.input_size}x'
+        f'{config.input_size}, batch {batch}, {steps} steps per window, '
+        f'median of {windows} windows, {config.compute_dtype}')
+  print(f'float32 matmul: {matmul:.1f} GFLOP/s')
+  print(f'{"":12s}{"images/s":>10s}{"compile s":>11s}{"MFLOP/img":>11s}'
+        f'{"GFLOP/s":>9s}{"peak RSS MB":>13s}')
+  for name, r in (('digits_jax', ours), ('reference', reference)):
+    print(f'{name:12s}{r["images_per_sec"]:10.1f}{r["compile_s"]:11.1f}'
+          f'{r["flops_per_image"] / 1e6:11.1f}{r["gflops"]:9.1f}'
+          f'{r["peak_rss_mb"]:13.0f}')
+  ratio = ours['images_per_sec'] / reference['images_per_sec']
+  print(f'ratio digits_jax / reference: {ratio:.2f}')
+  print(json.dumps({
+      'images_per_sec': round(ours['images_per_sec'], 1),
+      'reference_images_per_sec': round(reference['images_per_sec'], 1),
+      'ratio': round(ratio, 3),
+      'gflops': round(ours['gflops'], 2),
+      'reference_gflops': round(reference['gflops'], 2),
+      'matmul_gflops': round(matmul, 1),
+      'compile_s': round(ours['compile_s'], 1),
+      'flops_per_image': ours['flops_per_image'],
+      'batch': batch, 'input_size': config.input_size, 'steps': steps,
+      'device': device.device_kind, 'platform': device.platform,
+  }))
+
+
+if __name__ == '__main__':
+  app.run(main)

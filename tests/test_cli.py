@@ -1,0 +1,98 @@
+"""The command line end to end, as a user runs it, in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, timeout=600):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run(
+      [sys.executable, '-m', 'digits_jax.main', *args], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def assert_one_line_error(result, *fragments):
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(scope='module')
+def cli_run(tmp_path_factory, mnist_data_dir):
+  workdir = str(tmp_path_factory.mktemp('cli') / 'run')
+  common = ['--config=configs/tiny.py', f'--workdir={workdir}',
+            f'--config.data_dir={mnist_data_dir}']
+  result = run_cli(*common, '--config.num_epochs=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, common, result
+
+
+def test_train_then_eval_from_the_command_line(cli_run):
+  workdir, common, train_result = cli_run
+  assert 'epoch 1/1' in train_result.stderr
+  assert 'images/s' in train_result.stderr
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
+    trained = json.load(f)
+  os.remove(os.path.join(workdir, 'eval_test.json'))
+  result = run_cli(*common, '--mode=eval')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Test set (500 images)' in result.stderr
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
+    evaluated = json.load(f)
+  assert evaluated['accuracy'] == trained['accuracy']
+  assert evaluated['loss'] == trained['loss']
+
+
+@pytest.mark.parametrize('override, fragments', [
+    ('--config.no_such_key=1', ['no_such_key']),
+    ('--config.model=resnet', ["config.model='resnet'", 'improved_lenet']),
+    ('--config.batch_size=0', ['config.batch_size=0', 'positive']),
+    ('--config.num_epochs=-3', ['config.num_epochs=-3', 'positive']),
+    ('--config.input_size=30', ['config.input_size=30']),
+    ('--config.learning_rate=-1.0', ['config.learning_rate']),
+    ('--config.batch_size=abc', ['config.batch_size', 'abc']),
+])
+def test_bad_config_values_fail_in_one_line(tmp_path, override, fragments):
+  result = run_cli('--config=configs/tiny.py', f'--workdir={tmp_path}/w',
+                   override, timeout=120)
+  assert_one_line_error(result, *fragments)
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_missing_config_file_fails_in_one_line(tmp_path):
+  result = run_cli('--config=configs/no_such_config.py',
+                   f'--workdir={tmp_path}/w', timeout=120)
+  assert_one_line_error(result, 'no_such_config.py')
+
+
+def test_unwritable_workdir_fails_in_one_line(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  result = run_cli('--config=configs/tiny.py', f'--workdir={blocker}/run',
+                   timeout=120)
+  assert_one_line_error(result, 'workdir')
+  assert blocker.read_text() == 'not a directory'
+
+
+def test_eval_without_a_run_fails_in_one_line(tmp_path):
+  result = run_cli('--config=configs/tiny.py', f'--workdir={tmp_path}',
+                   '--mode=eval', timeout=120)
+  assert_one_line_error(result, 'no checkpoints')
+
+
+def test_checkpoint_of_another_model_fails_and_keeps_it(cli_run):
+  workdir, common, _ = cli_run
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  before = sorted(os.listdir(checkpoints))
+  result = run_cli(*common, '--config.model=lenet5')
+  assert_one_line_error(result, "model='improved_lenet'", 'lenet5')
+  assert sorted(os.listdir(checkpoints)) == before

@@ -18,6 +18,18 @@ from digits_jax import conv as fast_conv
 
 from digits_jax.errors import UserError
 
+def max_pool_2x2(x):
+  """2x2 max pooling, stride 2 (Keras' MaxPooling2D(2, 2): odd edges dropped).
+
+  The same function as `nn.max_pool(x, (2, 2), (2, 2))`, written as a reshape
+  and a max: XLA:CPU differentiates `reduce_window` through select-and-scatter,
+  which measured about 4x slower here than the max's gradient.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 # The two kernels the article regularizes with Keras' l2(5e-4): the first
 # convolution of each block (the ones with a bias and a ReLU).
 L2_REGULARIZED = ('conv1', 'conv3')
@@ -47,7 +59,7 @@ class ImprovedLeNet(nn.Module):
                              axis_name=self.axis_name)
     dropout = functools.partial(nn.Dropout, rate=self.dropout_rate,
                                 deterministic=not train)
-    pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    pool = max_pool_2x2
 
     x = nn.relu(conv(32, (5, 5), name='conv1')(x))
     x = conv(32, (5, 5), use_bias=False, name='conv2')(x)
@@ -82,7 +94,7 @@ class LeNet5(nn.Module):
                              conv_general_dilated=self.conv_general_dilated)
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=nn.initializers.glorot_uniform())
-    pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    pool = max_pool_2x2
     x = pool(nn.relu(conv(6, (5, 5), name='conv1')(x)))
     x = pool(nn.relu(conv(16, (5, 5), name='conv2')(x)))
     x = x.reshape((x.shape[0], -1))

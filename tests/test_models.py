@@ -66,3 +66,15 @@ def test_l2_regularized_layers_exist_in_the_model():
                                    jax.random.key(0), 32)
   for name in models.L2_REGULARIZED:
     assert 'kernel' in state.params[name]
+
+
+@pytest.mark.parametrize('shape', [(2, 24, 24, 3), (2, 7, 9, 4)])
+def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient(shape):
+  import flax.linen as nn
+  import numpy as np
+  x = jax.random.normal(jax.random.key(0), shape)
+  reference = lambda x: nn.max_pool(x, (2, 2), (2, 2))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), reference(x))
+  loss = lambda pool: jax.grad(lambda x: (pool(x) ** 3).sum())(x)
+  np.testing.assert_allclose(loss(models.max_pool_2x2), loss(reference),
+                             rtol=1e-6)

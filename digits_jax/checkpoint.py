@@ -46,7 +46,9 @@ def create_manager(directory: str, keep: int,
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         meta: dict, metrics: dict) -> None:
+         meta: dict, metrics: dict | None) -> None:
+  """Writes a checkpoint; `metrics` None (a mid-epoch save) keeps it out of
+  the choice of the best one."""
   manager.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state),

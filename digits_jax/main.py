@@ -77,6 +77,9 @@ def main(argv):
       train.evaluate_checkpoint(config, workdir)
   except UserError as e:
     _fail(str(e))
+  except train.TrainingDiverged as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 def _parse_flags(argv):

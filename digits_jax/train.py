@@ -11,6 +11,8 @@ scan can wrap it unchanged.
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -222,6 +224,37 @@ class MetricsWriter:
     self._tb.close()
 
 
+class TrainingDiverged(Exception):
+  """The loss became NaN or infinite."""
+
+
+class StopSignal:
+  """Turns the first SIGTERM or SIGINT into a request to stop cleanly.
+
+  The loop finishes the dispatch in flight, writes a checkpoint and returns;
+  rerunning the same command resumes from it. A second signal acts as usual.
+  """
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+    logging.warning('%s received: stopping after the current steps.',
+                    self.received)
+    self.restore()
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+
 def _build(config, splits_or_meta):
   """Model, optimizer and preprocessing as the config says."""
   dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
@@ -290,6 +323,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_labels = jax.device_put(splits.train_labels)
 
   writer = MetricsWriter(workdir)
+  stop_signal = StopSignal()
   step = int(state.step)
   try:
     while step < total_steps:
@@ -309,12 +343,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                      batches[offset:offset + count],
                                      train_key)
         metrics = jax.device_get(metrics)  # One host sync per dispatch.
+        if not np.isfinite(metrics['loss']).all():
+          bad = step + int(np.argmin(np.isfinite(metrics['loss'])))
+          raise TrainingDiverged(
+              f'the training loss became non-finite at step {bad}; nothing '
+              f'was saved after it, the last good checkpoint is step '
+              f'{manager.latest_step()}; lower config.learning_rate and rerun')
         train_metrics.append(metrics)
         step += count
         images_done += count * config.batch_size
         progress.update(count)
         progress.set_postfix(loss=f'{metrics["loss"].mean():.4f}')
+        if stop_signal.received and step < epoch_end:
+          break
       progress.close()
+      if stop_signal.received and step < epoch_end:
+        # Mid-epoch: save where we are, without validation metrics (the
+        # epoch's evaluation and plateau update happen when it completes).
+        checkpoint.save(manager, step, state,
+                        _checkpoint_meta(config, preprocess, epoch), None)
+        logging.info('Stopped by %s at step %d (epoch %d); saved a '
+                     'checkpoint. Run the same command to resume.',
+                     stop_signal.received, step, epoch + 1)
+        return {'interrupted_at_step': step}
       elapsed = time.perf_counter() - start
 
       val = evaluator.evaluate(state, splits.val_images, splits.val_labels)
@@ -344,8 +395,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       _checkpoint_meta(config, preprocess, epoch + 1),
                       {'val_accuracy': val['accuracy'],
                        'val_loss': val['loss']})
+      if stop_signal.received:
+        logging.info('Stopped by %s after epoch %d; saved a checkpoint. Run '
+                     'the same command to resume.', stop_signal.received,
+                     epoch + 1)
+        return {'interrupted_at_step': step}
   finally:
     writer.close()
+    stop_signal.restore()
 
   return evaluate_checkpoint(config, workdir, splits=splits)
 

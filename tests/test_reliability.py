@@ -1,0 +1,82 @@
+"""Interruption, resumption and divergence, through the real command line."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from test_cli import ROOT, run_cli
+
+from digits_jax import checkpoint
+from digits_jax import train
+
+
+def _final_state(workdir, config_overrides):
+  from configs import tiny
+  config = tiny.get_config()
+  config.update_from_flattened_dict(config_overrides)
+  model, tx, _ = train._build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
+  target = train.create_train_state(model, tx, jax.random.key(0),
+                                    config.input_size)
+  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
+                                      2, read_only=True)
+  step = manager.latest_step()
+  return step, checkpoint.restore_state(manager, step, target)
+
+
+def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(
+    tmp_path, mnist_data_dir):
+  overrides = {'num_epochs': 3, 'steps_per_dispatch': 2}
+  args = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
+          '--config.num_epochs=3', '--config.steps_per_dispatch=2']
+  interrupted = str(tmp_path / 'interrupted')
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'digits_jax.main', *args,
+       f'--workdir={interrupted}'], cwd=ROOT, env=env,
+      stderr=subprocess.PIPE, text=True)
+  log = []
+  for line in process.stderr:
+    log.append(line)
+    if 'epoch 1/3' in line:  # Training is under way: interrupt it.
+      process.send_signal(signal.SIGTERM)
+      break
+  log.extend(process.stderr)
+  assert process.wait(timeout=300) == 0, ''.join(log[-30:])
+  log = ''.join(log)
+  assert 'SIGTERM received' in log and 'Run the same command to resume' in log
+  assert 'Test set' not in log  # It stopped before the end.
+  stopped_step, _ = _final_state(interrupted, overrides)
+  assert 20 <= stopped_step < 60
+
+  rerun = run_cli(*args, f'--workdir={interrupted}')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert f'Resuming from the checkpoint at step {stopped_step}' in rerun.stderr
+
+  straight = str(tmp_path / 'straight')
+  result = run_cli(*args, f'--workdir={straight}')
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  step_a, state_a = _final_state(interrupted, overrides)
+  step_b, state_b = _final_state(straight, overrides)
+  assert step_a == step_b == 60
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_divergence_stops_with_the_step_and_saves_nothing_bad(
+    tmp_path, mnist_data_dir):
+  result = run_cli('--config=configs/tiny.py', f'--workdir={tmp_path}',
+                   f'--config.data_dir={mnist_data_dir}',
+                   '--config.learning_rate=1e30', '--config.l2=0.0',
+                   '--config.steps_per_dispatch=1')
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1 and 'non-finite at step' in errors[0], errors
+  checkpoints = tmp_path / 'checkpoints'
+  assert not checkpoints.exists() or not [
+      p for p in os.listdir(checkpoints) if p.isdigit()]

@@ -32,6 +32,10 @@ def get_config():
   # state and BatchNorm statistics stay float32).
   config.compute_dtype = 'float32'
 
+  # Data parallelism over all devices: 'mesh' (jit over a device mesh) or
+  # 'pmap'. The global batch_size must divide by the device count.
+  config.parallelism = 'mesh'
+
   config.batch_size = 64
   config.eval_batch_size = 500
   config.num_epochs = 30

@@ -68,6 +68,9 @@ def validate(config) -> None:
   _require(config.get('conv_impl', 'auto') in models.CONV_IMPLS,
            f'config.conv_impl={config.get("conv_impl")!r} must be one of '
            f'{models.CONV_IMPLS}')
+  _require(config.get('parallelism', 'mesh') in ('mesh', 'pmap'),
+           f'config.parallelism={config.get("parallelism")!r} must be mesh '
+           'or pmap')
   dtype = config.get('compute_dtype', 'float32')
   _require(dtype in COMPUTE_DTYPES,
            f'config.compute_dtype={dtype!r} must be one of {COMPUTE_DTYPES}')

@@ -30,6 +30,30 @@ def max_pool_2x2(x):
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+class Dropout(nn.Module):
+  """`nn.Dropout` whose mask, under pmap (`axis_name`), is drawn for the
+  global batch and sliced: the same mask as on one device."""
+  rate: float
+  deterministic: bool
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    if self.deterministic or self.rate == 0:
+      return x
+    keep = 1.0 - self.rate
+    rng = self.make_rng('dropout')
+    if self.axis_name is None:
+      mask = jax.random.bernoulli(rng, keep, x.shape)
+    else:
+      local = x.shape[0]
+      shards = lax.psum(1, self.axis_name)
+      mask = jax.random.bernoulli(rng, keep, (local * shards, *x.shape[1:]))
+      mask = lax.dynamic_slice_in_dim(
+          mask, lax.axis_index(self.axis_name) * local, local)
+    return lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 # The two kernels the article regularizes with Keras' l2(5e-4): the first
 # convolution of each block (the ones with a bias and a ReLU).
 L2_REGULARIZED = ('conv1', 'conv3')
@@ -57,8 +81,9 @@ class ImprovedLeNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.99, epsilon=1e-3, dtype=self.dtype,
                              axis_name=self.axis_name)
-    dropout = functools.partial(nn.Dropout, rate=self.dropout_rate,
-                                deterministic=not train)
+    dropout = functools.partial(Dropout, rate=self.dropout_rate,
+                                deterministic=not train,
+                                axis_name=self.axis_name)
     pool = max_pool_2x2
 
     x = nn.relu(conv(32, (5, 5), name='conv1')(x))

@@ -29,6 +29,7 @@ from digits_jax import checkpoint
 from digits_jax import input_pipeline
 from digits_jax import models
 from digits_jax import optim
+from digits_jax import parallel as parallel_lib
 from digits_jax.errors import UserError
 
 MNIST_SIZE = 28
@@ -52,16 +53,25 @@ class Preprocess:
   zoom_range: float = struct.field(pytree_node=False, default=0.0)
   shift_range: float = struct.field(pytree_node=False, default=0.0)
 
-  def __call__(self, images, augment_key=None):
+  def __call__(self, images, augment_key=None, axis_name=None):
+    """Under pmap (`axis_name`), the augmentation is drawn for the global
+    batch and sliced, so it does not depend on the number of devices."""
     x = images.astype(jnp.float32)
     pad = (self.input_size - MNIST_SIZE) // 2
     if pad:
       x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad)))
     if augment_key is not None:
-      x = augment.random_affine(augment_key, x,
-                                rotation_degrees=self.rotation_degrees,
-                                zoom_range=self.zoom_range,
-                                shift_range=self.shift_range)
+      local = x.shape[0]
+      shards = 1 if axis_name is None else jax.lax.psum(1, axis_name)
+      params = augment.random_params(
+          augment_key, local * shards, self.input_size,
+          rotation_degrees=self.rotation_degrees, zoom_range=self.zoom_range,
+          shift_range=self.shift_range)
+      if axis_name is not None:
+        start = jax.lax.axis_index(axis_name) * local
+        params = jax.tree.map(
+            lambda p: jax.lax.dynamic_slice_in_dim(p, start, local), params)
+      x = augment.affine_warp(x, params)
     return ((x - self.pixel_mean) / self.pixel_std)[..., None]
 
 
@@ -76,12 +86,13 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
 
   Randomness is `fold_in(key, step)`, so a run restored at any step draws
   the same augmentation and dropout as the run that never stopped.
-  `axis_name` names the pmap axis to average gradients over.
+  `axis_name` names the pmap axis to average gradients and metrics over;
+  the model must then carry the same axis name (BatchNorm, dropout).
   """
   step_key = jax.random.fold_in(key, state.step)
   augment_key, dropout_key = jax.random.split(step_key)
   images = preprocess(batch['image'],
-                      augment_key if augment_images else None)
+                      augment_key if augment_images else None, axis_name)
 
   def loss_fn(params):
     logits, updates = model.apply(
@@ -255,11 +266,12 @@ class StopSignal:
     self._previous = {}
 
 
-def _build(config, splits_or_meta):
+def _build(config, splits_or_meta, axis_name=None):
   """Model, optimizer and preprocessing as the config says."""
   dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
   model = models.create_model(config.model, dtype=dtype,
-                              conv_impl=config.get('conv_impl', 'auto'))
+                              conv_impl=config.get('conv_impl', 'auto'),
+                              axis_name=axis_name)
   tx = optim.create_optimizer(config, models.L2_REGULARIZED)
   preprocess = Preprocess(
       input_size=config.input_size,
@@ -280,16 +292,19 @@ def _checkpoint_meta(config, preprocess: Preprocess, epoch: int) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains as the config says, resuming from `workdir`; returns the test
   report of the best checkpoint."""
+  devices = parallel_lib.create(config)
   splits = input_pipeline.load_splits(config)
   data_stats = {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std}
-  model, tx, preprocess = _build(config, data_stats)
+  model, tx, preprocess = _build(config, data_stats, devices.axis_name)
 
   key = jax.random.key(config.seed)
   init_key, shuffle_key, train_key = jax.random.split(key, 3)
   state = create_train_state(model, tx, init_key, config.input_size)
   counts = parameter_counts(state)
-  logging.info('Model %s: %d trainable parameters, %d BatchNorm statistics.',
-               config.model, counts['trainable'], counts['batch_stats'])
+  logging.info('Model %s: %d trainable parameters, %d BatchNorm statistics. '
+               '%d %s device(s), parallelism %s.', config.model,
+               counts['trainable'], counts['batch_stats'], devices.num_devices,
+               jax.default_backend(), devices.mode)
 
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
                                       config.checkpoints_to_keep)
@@ -297,7 +312,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = manager.latest_step()
     checkpoint.check_compatible(checkpoint.read_meta(manager, step), config,
                                 workdir)
-    state = checkpoint.restore_state(manager, step, state)
+    # Restored straight onto this run's devices, whatever wrote it.
+    state = checkpoint.restore_state(
+        manager, step, state if devices.mode == 'pmap' else
+        devices.replicate(state))
     logging.info('Resuming from the checkpoint at step %d in %s.', step,
                  workdir)
 
@@ -313,18 +331,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   step_fn = functools.partial(train_step, model=model, tx=tx,
                               preprocess=preprocess,
-                              augment_images=config.augment)
-  train_chunk = jax.jit(
-      functools.partial(scan_train_steps, step_fn,
-                        unroll=jax.default_backend() == 'cpu'),
-      donate_argnums=(0,))
-  evaluator = Evaluator(model, preprocess, config.eval_batch_size)
-  train_images = jax.device_put(splits.train_images)
-  train_labels = jax.device_put(splits.train_labels)
+                              augment_images=config.augment,
+                              axis_name=devices.axis_name)
+  train_chunk = devices.compile(functools.partial(
+      scan_train_steps, step_fn, unroll=jax.default_backend() == 'cpu'))
+  eval_model, _, _ = _build(config, data_stats)
+  evaluator = Evaluator(eval_model, preprocess, config.eval_batch_size)
+  state = devices.replicate(state)
+  train_images = devices.replicate(splits.train_images)
+  train_labels = devices.replicate(splits.train_labels)
 
   writer = MetricsWriter(workdir)
   stop_signal = StopSignal()
-  step = int(state.step)
+  step = int(devices.unreplicate(state).step)
   try:
     while step < total_steps:
       epoch = step // steps_per_epoch
@@ -339,10 +358,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       while step < epoch_end:
         offset = step - epoch * steps_per_epoch
         count = min(steps_per_dispatch, epoch_end - step)
-        state, metrics = train_chunk(state, train_images, train_labels,
-                                     batches[offset:offset + count],
-                                     train_key)
-        metrics = jax.device_get(metrics)  # One host sync per dispatch.
+        state, metrics = train_chunk(
+            state, train_images, train_labels,
+            devices.shard_batch_indices(batches[offset:offset + count]),
+            train_key)
+        # One host sync per dispatch.
+        metrics = devices.metrics_to_host(metrics)
         if not np.isfinite(metrics['loss']).all():
           bad = step + int(np.argmin(np.isfinite(metrics['loss'])))
           raise TrainingDiverged(
@@ -360,7 +381,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if stop_signal.received and step < epoch_end:
         # Mid-epoch: save where we are, without validation metrics (the
         # epoch's evaluation and plateau update happen when it completes).
-        checkpoint.save(manager, step, state,
+        checkpoint.save(manager, step, devices.unreplicate(state),
                         _checkpoint_meta(config, preprocess, epoch), None)
         logging.info('Stopped by %s at step %d (epoch %d); saved a '
                      'checkpoint. Run the same command to resume.',
@@ -368,9 +389,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return {'interrupted_at_step': step}
       elapsed = time.perf_counter() - start
 
-      val = evaluator.evaluate(state, splits.val_images, splits.val_labels)
+      val = evaluator.evaluate(devices.unreplicate(state), splits.val_images,
+                               splits.val_labels)
       learning_rate = config.learning_rate * float(
-          optim.plateau_scale(state.opt_state))
+          optim.plateau_scale(devices.unreplicate(state.opt_state)))
       state = state.replace(opt_state=optim.report_epoch(
           state.opt_state, val['loss'], config))
       summary = {
@@ -391,7 +413,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           summary['val_loss'], summary['val_accuracy'], learning_rate,
           summary['images_per_sec'])
       writer.write(step, summary)
-      checkpoint.save(manager, step, state,
+      checkpoint.save(manager, step, devices.unreplicate(state),
                       _checkpoint_meta(config, preprocess, epoch + 1),
                       {'val_accuracy': val['accuracy'],
                        'val_loss': val['loss']})

@@ -1,0 +1,77 @@
+"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=8: trains K steps
+from one state and batch on 1 device, on 8 (mesh) and on 8 (pmap), and
+prints one JSON line with the largest differences and the mesh program's
+collectives. Driven by tests/test_parallel.py."""
+
+import functools
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+STEPS, BATCH = 3, 32
+
+
+def run(devices: parallel.DataParallel, images, labels, batches):
+  config = tiny.get_config()
+  config.input_size = 28
+  stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
+  model, tx, preprocess = train._build(config, stats, devices.axis_name)  # pylint: disable=protected-access
+  state = train.create_train_state(model, tx, jax.random.key(0), 28)
+  step_fn = functools.partial(train.train_step, model=model, tx=tx,
+                              preprocess=preprocess, augment_images=True,
+                              axis_name=devices.axis_name)
+  chunk = devices.compile(functools.partial(train.scan_train_steps, step_fn))
+  args = (devices.replicate(state), devices.replicate(images),
+          devices.replicate(labels), devices.shard_batch_indices(batches),
+          jax.random.key(1))
+  hlo = chunk.lower(*args).compile().as_text() if devices.mode == 'mesh' else ''
+  state, metrics = chunk(*args)
+  return (jax.device_get(devices.unreplicate(state)),
+          devices.metrics_to_host(metrics), hlo)
+
+
+def max_difference(a, b):
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - y)))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (256, 28, 28), dtype=np.uint8)
+  labels = rng.integers(0, 10, 256, dtype=np.int32)
+  batches = np.asarray(train.epoch_batches(jax.random.key(2), 0, 256, BATCH)
+                       [:STEPS])
+  one, one_metrics, _ = run(
+      parallel.DataParallel('mesh', tuple(jax.devices()[:1])), images, labels,
+      batches)
+  results = {}
+  for mode in ('mesh', 'pmap'):
+    state, metrics, hlo = run(parallel.DataParallel(mode, tuple(jax.devices())),
+                              images, labels, batches)
+    results[mode] = {
+        'params': max_difference(state.params, one.params),
+        'batch_stats': max_difference(state.batch_stats, one.batch_stats),
+        'loss': max_difference(metrics['loss'], one_metrics['loss']),
+        'step': int(state.step),
+    }
+    if hlo:
+      results[mode]['all_reduce'] = hlo.count(' all-reduce(')
+      results[mode]['all_gather'] = hlo.count(' all-gather(')
+  results['param_scale'] = max(float(np.max(np.abs(x)))
+                               for x in jax.tree.leaves(one.params))
+  print(json.dumps(results))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,79 @@
+"""Data parallelism on simulated CPU devices, each in a process of its own."""
+
+import json
+import os
+import subprocess
+import sys
+
+from test_cli import ROOT, run_cli
+
+
+def _with_devices(n):
+  return dict(os.environ, PYTHONPATH=ROOT,
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={n}')
+
+
+def test_one_device_mesh_and_pmap_train_the_same_model():
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'tests', 'multidevice',
+                                    'same_model.py')],
+      env=_with_devices(8), capture_output=True, text=True, timeout=900,
+      check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  for mode in ('mesh', 'pmap'):
+    # Float32 tolerance. Per-device BatchNorm statistics or an unaveraged
+    # gradient would be off by orders of magnitude more (the loss by ~1e-2).
+    assert report[mode]['step'] == 3
+    assert report[mode]['loss'] < 1e-4, report
+    assert report[mode]['batch_stats'] < 1e-4, report
+    # Adam's first steps move each weight by about lr = 1e-3 whatever the
+    # gradient's size, so last-bit differences show up at ~1e-4.
+    assert report[mode]['params'] < 3e-4, report
+  # The mesh program all-reduces gradients and statistics and never
+  # gathers the batch onto one device.
+  assert report['mesh']['all_reduce'] > 0
+  assert report['mesh']['all_gather'] == 0
+
+
+def test_batch_that_does_not_divide_by_the_devices_is_refused(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'digits_jax.main', '--config=configs/tiny.py',
+       f'--workdir={tmp_path}', '--config.batch_size=50'],
+      cwd=ROOT, env=_with_devices(8), capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr
+  assert 'batch_size=50 does not divide by the 8 devices' in result.stderr
+
+
+def test_checkpoint_from_8_devices_evaluates_on_1_and_resumes_on_2(
+    tmp_path, mnist_data_dir):
+  common = ['--config=configs/tiny.py', f'--workdir={tmp_path}',
+            f'--config.data_dir={mnist_data_dir}', '--config.batch_size=40',
+            '--config.input_size=28']
+
+  def cli(devices, *args):
+    return subprocess.run(
+        [sys.executable, '-m', 'digits_jax.main', *common, *args], cwd=ROOT,
+        env=_with_devices(devices), capture_output=True, text=True,
+        timeout=600, check=False)
+
+  trained = cli(8, '--config.num_epochs=1')
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert '8 cpu device(s)' in trained.stderr
+  with open(tmp_path / 'eval_test.json') as f:
+    on_8 = json.load(f)
+
+  evaluated = cli(1, '--mode=eval')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(tmp_path / 'eval_test.json') as f:
+    on_1 = json.load(f)
+  assert on_1['accuracy'] == on_8['accuracy']
+  assert abs(on_1['loss'] - on_8['loss']) < 1e-5
+
+  resumed = cli(2, '--config.num_epochs=2', '--config.parallelism=pmap')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming from the checkpoint at step 25' in resumed.stderr
+  assert '2 cpu device(s), parallelism pmap' in resumed.stderr
+  assert 'epoch 2/2' in resumed.stderr

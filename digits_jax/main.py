@@ -60,6 +60,8 @@ def main(argv):
   if _CONFIG.value is None:
     _fail('--config is required, e.g. --config=configs/improved.py')
   # Imported here so that `--help` and flag errors stay instant.
+  import jax  # pylint: disable=g-import-not-at-top
+  from digits_jax import parallel  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
 
   try:
@@ -69,6 +71,9 @@ def main(argv):
     _fail(f'cannot load the --config file: {str(e).splitlines()[-1].strip()}')
   try:
     config_checks.validate(config)
+    parallel.initialize_distributed(config)
+    if jax.process_index() != 0:
+      logging.set_verbosity(logging.WARNING)  # Process 0 reports.
     workdir = _check_workdir(_WORKDIR.value, _MODE.value)
     logging.info('Workdir: %s', workdir)
     if _MODE.value == 'train':

@@ -37,6 +37,13 @@ class DataParallel:
     return len(self.devices)
 
   @property
+  def host_fed(self) -> bool:
+    """Several processes: each host assembles its devices' part of every
+    global batch (`assemble_batches`) instead of holding the dataset on its
+    devices."""
+    return jax.process_count() > 1
+
+  @property
   def axis_name(self) -> str | None:
     """The collective axis the step and the model name (pmap only)."""
     return AXIS if self.mode == 'pmap' else None
@@ -53,7 +60,42 @@ class DataParallel:
                                         (self.num_devices, *np.shape(x)))
       return jax.device_put(jax.tree.map(stack, tree),
                             NamedSharding(self.mesh, P(AXIS)))
-    return jax.device_put(tree, NamedSharding(self.mesh, P()))
+    sharding = NamedSharding(self.mesh, P())
+    if self.host_fed:
+      # Every process holds the same values; each places its devices' copy.
+      def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding,
+                                            lambda index: x[index])
+      return jax.tree.map(place, jax.device_get(tree))
+    return jax.device_put(tree, sharding)
+
+  def assemble_batches(self, images: np.ndarray, labels: np.ndarray,
+                       batch_indices) -> dict:
+    """Global batches [K, B, ...] split on B over all devices of all hosts.
+
+    Every host knows the global indices (the permutation is seeded); each
+    reads only the examples of its own devices' shards.
+    """
+    batch_indices = np.asarray(batch_indices)
+    sharding = NamedSharding(self.mesh, P(None, AXIS))
+
+    def global_array(source):
+      shape = (*batch_indices.shape, *source.shape[1:])
+      return jax.make_array_from_callback(
+          shape, sharding, lambda index: source[batch_indices[index[:2]]])
+
+    return {'image': global_array(images), 'label': global_array(labels)}
+
+  def compile_host_fed(self, scan_fn):
+    """Wraps `scan_fn(state, batches, key)` for host-assembled batches."""
+    replicated = NamedSharding(self.mesh, P())
+    return jax.jit(scan_fn,
+                   in_shardings=(replicated,
+                                 NamedSharding(self.mesh, P(None, AXIS)),
+                                 replicated),
+                   out_shardings=(replicated, replicated),
+                   donate_argnums=(0,))
 
   def unreplicate(self, tree):
     """One copy of replicated values (what checkpoints and eval take)."""
@@ -88,10 +130,34 @@ class DataParallel:
     return jax.device_get(self.unreplicate(metrics))
 
 
+def initialize_distributed(config) -> None:
+  """Joins a multi-process run when the config asks for one.
+
+  `distributed=True` with no coordinator: `jax.distributed.initialize()`
+  finds the cluster itself (Cloud TPU, SLURM, ...). With
+  `coordinator_address`, `num_processes` and `process_id`: explicit (e.g.
+  several CPU or GPU hosts, or processes on one machine).
+  """
+  if not config.get('distributed', False):
+    return
+  # CPU-only processes need a collectives implementation across processes;
+  # on accelerators this setting is not used.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if config.coordinator_address:
+    jax.distributed.initialize(coordinator_address=config.coordinator_address,
+                               num_processes=config.num_processes,
+                               process_id=config.process_id)
+  else:
+    jax.distributed.initialize()
+
+
 def create(config) -> DataParallel:
   mode = config.get('parallelism', 'mesh')
   if mode not in MODES:
     raise UserError(f'config.parallelism={mode!r} must be one of {MODES}')
+  if mode == 'pmap' and jax.process_count() > 1:
+    raise UserError('config.parallelism=pmap runs on one host; use mesh for '
+                    f'{jax.process_count()} processes')
   devices = tuple(jax.local_devices() if mode == 'pmap' else jax.devices())
   if config.batch_size % len(devices):
     raise UserError(

@@ -133,6 +133,14 @@ def scan_train_steps(step_fn: Callable, state: TrainState, images: jax.Array,
   return jax.lax.scan(body, state, batch_indices, unroll=unroll)
 
 
+def scan_train_batches(step_fn: Callable, state: TrainState, batches: dict,
+                       key: jax.Array, *, unroll: bool = False):
+  """Like `scan_train_steps`, over batches assembled by the hosts: a dict of
+  'image' [K, B, 28, 28] and 'label' [K, B] (the multi-host path)."""
+  return jax.lax.scan(lambda s, b: step_fn(s, b, key), state, batches,
+                      unroll=unroll)
+
+
 def epoch_batches(key: jax.Array, epoch: int, num_examples: int,
                   batch_size: int) -> jax.Array:
   """This epoch's shuffled example indices as [steps_per_epoch, batch_size].
@@ -189,7 +197,10 @@ class Evaluator:
     padded = -(-n // self._batch_size) * self._batch_size
     images = np.concatenate(
         [images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    # Host copies: evaluation runs on this process's first device, whatever
+    # devices (or hosts) the train state is spread over.
+    variables = jax.device_get({'params': state.params,
+                                'batch_stats': state.batch_stats})
     return np.asarray(self._logits(variables, images))[:n]
 
   def evaluate(self, state: TrainState, images: np.ndarray,
@@ -333,15 +344,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
                               preprocess=preprocess,
                               augment_images=config.augment,
                               axis_name=devices.axis_name)
-  train_chunk = devices.compile(functools.partial(
-      scan_train_steps, step_fn, unroll=jax.default_backend() == 'cpu'))
+  unroll = jax.default_backend() == 'cpu'
+  if devices.host_fed:
+    train_chunk = devices.compile_host_fed(functools.partial(
+        scan_train_batches, step_fn, unroll=unroll))
+  else:
+    train_chunk = devices.compile(functools.partial(
+        scan_train_steps, step_fn, unroll=unroll))
   eval_model, _, _ = _build(config, data_stats)
   evaluator = Evaluator(eval_model, preprocess, config.eval_batch_size)
   state = devices.replicate(state)
-  train_images = devices.replicate(splits.train_images)
-  train_labels = devices.replicate(splits.train_labels)
+  if not devices.host_fed:
+    train_images = devices.replicate(splits.train_images)
+    train_labels = devices.replicate(splits.train_labels)
 
-  writer = MetricsWriter(workdir)
+  def run_steps(state, batch_indices):
+    if devices.host_fed:
+      return train_chunk(state, devices.assemble_batches(
+          splits.train_images, splits.train_labels, batch_indices), train_key)
+    return train_chunk(state, train_images, train_labels,
+                       devices.shard_batch_indices(batch_indices), train_key)
+
+  writer = MetricsWriter(workdir) if jax.process_index() == 0 else None
   stop_signal = StopSignal()
   step = int(devices.unreplicate(state).step)
   try:
@@ -358,10 +382,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       while step < epoch_end:
         offset = step - epoch * steps_per_epoch
         count = min(steps_per_dispatch, epoch_end - step)
-        state, metrics = train_chunk(
-            state, train_images, train_labels,
-            devices.shard_batch_indices(batches[offset:offset + count]),
-            train_key)
+        state, metrics = run_steps(state, batches[offset:offset + count])
         # One host sync per dispatch.
         metrics = devices.metrics_to_host(metrics)
         if not np.isfinite(metrics['loss']).all():
@@ -412,7 +433,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           step, summary['train_loss'], summary['train_accuracy'],
           summary['val_loss'], summary['val_accuracy'], learning_rate,
           summary['images_per_sec'])
-      writer.write(step, summary)
+      if writer:
+        writer.write(step, summary)
       checkpoint.save(manager, step, devices.unreplicate(state),
                       _checkpoint_meta(config, preprocess, epoch + 1),
                       {'val_accuracy': val['accuracy'],
@@ -423,7 +445,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      epoch + 1)
         return {'interrupted_at_step': step}
   finally:
-    writer.close()
+    if writer:
+      writer.close()
     stop_signal.restore()
 
   return evaluate_checkpoint(config, workdir, splits=splits)
@@ -458,8 +481,9 @@ def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
   report = evaluator.evaluate(state, splits.test_images, splits.test_labels)
   report.update({'checkpoint_step': int(step), 'epoch': meta.get('epoch'),
                  'model': config.model})
-  with open(os.path.join(workdir, 'eval_test.json'), 'w') as f:
-    json.dump(report, f, indent=1)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'eval_test.json'), 'w') as f:
+      json.dump(report, f, indent=1)
   logging.info('Test set (%d images), best checkpoint (step %d, epoch %s): '
                'accuracy %.4f, loss %.4f', report['num_examples'], step,
                meta.get('epoch'), report['accuracy'], report['loss'])

@@ -77,3 +77,59 @@ def test_checkpoint_from_8_devices_evaluates_on_1_and_resumes_on_2(
   assert 'Resuming from the checkpoint at step 25' in resumed.stderr
   assert '2 cpu device(s), parallelism pmap' in resumed.stderr
   assert 'epoch 2/2' in resumed.stderr
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_the_model_one_process_trains(
+    tmp_path, mnist_data_dir):
+  import jax
+  import numpy as np
+  from test_reliability import _final_state
+  common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
+            '--config.num_epochs=1']
+  port = _free_port()
+  two = tmp_path / 'two_processes'
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)  # One CPU device per process.
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', 'digits_jax.main', *common, f'--workdir={two}',
+       '--config.distributed=True',
+       f'--config.coordinator_address=127.0.0.1:{port}',
+       '--config.num_processes=2', f'--config.process_id={i}'],
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  logs = [p.communicate(timeout=600)[1] for p in processes]
+  for p, log in zip(processes, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert '2 cpu device(s), parallelism mesh' in logs[0]
+  assert 'epoch 1/1' not in logs[1]  # Only process 0 reports.
+
+  one = tmp_path / 'one_process'
+  single = subprocess.run(
+      [sys.executable, '-m', 'digits_jax.main', *common, f'--workdir={one}'],
+      cwd=ROOT, env=_with_devices(2), capture_output=True, text=True,
+      timeout=600, check=False)
+  assert single.returncode == 0, single.stderr[-3000:]
+
+  step_a, state_a = _final_state(str(two), {})
+  step_b, state_b = _final_state(str(one), {})
+  assert step_a == step_b == 20
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-5)
+
+  # The checkpoint the two processes wrote evaluates in one process to the
+  # figures they reported.
+  with open(two / 'eval_test.json') as f:
+    reported = json.load(f)
+  evaluated = run_cli(*common, f'--workdir={two}', '--mode=eval')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(two / 'eval_test.json') as f:
+    again = json.load(f)
+  assert again['accuracy'] == reported['accuracy']
+  assert abs(again['loss'] - reported['loss']) < 1e-6

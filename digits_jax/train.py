@@ -30,6 +30,7 @@ from digits_jax import input_pipeline
 from digits_jax import models
 from digits_jax import optim
 from digits_jax import parallel as parallel_lib
+from digits_jax import reports
 from digits_jax.errors import UserError
 
 MNIST_SIZE = 28
@@ -478,12 +479,18 @@ def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
   if splits is None:
     splits = input_pipeline.load_splits(config)
   evaluator = Evaluator(model, preprocess, config.eval_batch_size)
-  report = evaluator.evaluate(state, splits.test_images, splits.test_labels)
+  logits = evaluator.logits(state, splits.test_images)
+  report = classification_report(logits, splits.test_labels)
   report.update({'checkpoint_step': int(step), 'epoch': meta.get('epoch'),
                  'model': config.model})
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval_test.json'), 'w') as f:
       json.dump(report, f, indent=1)
+    probabilities = np.exp(logits - np.logaddexp.reduce(logits, -1,
+                                                        keepdims=True))
+    written = reports.write_eval_reports(workdir, report, splits.test_images,
+                                         splits.test_labels, probabilities)
+    logging.info('Wrote %s.', ', '.join(written))
   logging.info('Test set (%d images), best checkpoint (step %d, epoch %s): '
                'accuracy %.4f, loss %.4f', report['num_examples'], step,
                meta.get('epoch'), report['accuracy'], report['loss'])

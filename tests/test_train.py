@@ -108,6 +108,19 @@ def test_training_writes_metrics_checkpoints_and_the_test_report(trained_run):
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
 
 
+def test_eval_writes_the_three_report_pictures_from_the_runs_metrics(
+    trained_run):
+  from digits_jax import reports
+  config, workdir, _ = trained_run
+  for name in (reports.CONFUSION, reports.MISCLASSIFIED, reports.CURVES):
+    path = os.path.join(workdir, name)
+    assert os.path.getsize(path) > 1000, name
+    with open(path, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  # The curves come from the run's own metrics: one point per epoch run.
+  assert len(reports.read_metrics(workdir)) == config.num_epochs
+
+
 def test_checkpoint_round_trip_reproduces_the_eval_figures(trained_run):
   config, workdir, report = trained_run
   again = train.evaluate_checkpoint(config, workdir)

@@ -1,0 +1,112 @@
+"""Pictures `--mode=eval` writes beside eval_test.json (matplotlib, PNG).
+
+  confusion_matrix.png  the test set's confusion matrix
+  misclassified.png     the misclassified test digits: true, predicted, p
+  training_curves.png   train/val loss and accuracy and the LR per epoch,
+                        read from the run's own metrics.jsonl
+"""
+
+import json
+import os
+
+import numpy as np
+
+CONFUSION = 'confusion_matrix.png'
+MISCLASSIFIED = 'misclassified.png'
+CURVES = 'training_curves.png'
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # Files only, no display.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The per-epoch records of metrics.jsonl; a resumed run's rewritten
+  epochs count once (the last record of each epoch wins)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  by_epoch = {}
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      by_epoch[record['epoch']] = record
+  return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def plot_confusion_matrix(confusion, path: str) -> None:
+  plt = _pyplot()
+  confusion = np.asarray(confusion)
+  fig, ax = plt.subplots(figsize=(6.5, 5.5))
+  image = ax.imshow(np.log1p(confusion), cmap='Blues')
+  for (i, j), count in np.ndenumerate(confusion):
+    if count:
+      ax.text(j, i, str(count), ha='center', va='center', fontsize=7,
+              color='white' if i == j else 'black')
+  ax.set(xticks=range(10), yticks=range(10), xlabel='predicted',
+         ylabel='true', title=f'Confusion matrix ({confusion.sum()} images)')
+  fig.colorbar(image, ax=ax, label='log(1 + count)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_misclassified(images, labels, probabilities, path: str,
+                       limit: int = 100) -> None:
+  plt = _pyplot()
+  predicted = probabilities.argmax(-1)
+  wrong = np.flatnonzero(predicted != labels)[:limit]
+  cols = 10
+  rows = max(1, -(-len(wrong) // cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.3),
+                           squeeze=False)
+  for ax in axes.ravel():
+    ax.axis('off')
+  for ax, i in zip(axes.ravel(), wrong):
+    ax.imshow(images[i], cmap='gray_r')
+    ax.set_title(f'{labels[i]}→{predicted[i]} {probabilities[i].max():.2f}',
+                 fontsize=7, color='crimson')
+  fig.suptitle(f'{int((predicted != labels).sum())} misclassified '
+               '(true→predicted probability)', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_training_curves(metrics: list[dict], path: str) -> None:
+  plt = _pyplot()
+  epochs = [m['epoch'] for m in metrics]
+  fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
+  for split in ('train', 'val'):
+    loss_ax.plot(epochs, [m[f'{split}_loss'] for m in metrics], 'o-',
+                 label=split, markersize=3)
+    acc_ax.plot(epochs, [m[f'{split}_accuracy'] for m in metrics], 'o-',
+                label=split, markersize=3)
+  lr_ax.plot(epochs, [m['learning_rate'] for m in metrics], 'o-',
+             markersize=3)
+  loss_ax.set(title='loss', xlabel='epoch', yscale='log')
+  acc_ax.set(title='accuracy', xlabel='epoch')
+  lr_ax.set(title='learning rate', xlabel='epoch', yscale='log')
+  loss_ax.legend()
+  acc_ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_eval_reports(workdir: str, report: dict, images, labels,
+                       probabilities) -> list[str]:
+  """Writes the three pictures; returns their paths."""
+  paths = [os.path.join(workdir, name)
+           for name in (CONFUSION, MISCLASSIFIED, CURVES)]
+  plot_confusion_matrix(report['confusion_matrix'], paths[0])
+  plot_misclassified(images, labels, probabilities, paths[1])
+  metrics = read_metrics(workdir)
+  if metrics:
+    plot_training_curves(metrics, paths[2])
+  else:
+    paths.pop()
+  return paths

@@ -1,0 +1,72 @@
+r"""Where a convolution's time goes: forward, input and weight gradients.
+
+Times the three parts of one 'VALID' NHWC convolution, XLA's plain
+`lax.conv_general_dilated` against digits_jax/conv.py's formulation, side by
+side in one process, and prints ms and GFLOP/s for each.
+
+  python scripts/conv_profile.py --batch=64 --size=28 --channels=32 --kernel=5
+"""
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from digits_jax import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_BATCH = flags.DEFINE_integer('batch', 64, 'Batch size.')
+_SIZE = flags.DEFINE_integer('size', 28, 'Input height and width.')
+_CHANNELS = flags.DEFINE_integer('channels', 32, 'Input and output channels.')
+_KERNEL = flags.DEFINE_integer('kernel', 5, 'Kernel size.')
+_REPEATS = flags.DEFINE_integer('repeats', 9, 'Timed calls; median shown.')
+
+
+def _time(f, *args) -> float:
+  f = jax.jit(f)
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(_REPEATS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main(argv):
+  del argv
+  n, h, c, k = _BATCH.value, _SIZE.value, _CHANNELS.value, _KERNEL.value
+  out = h - k + 1
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (n, h, h, c))
+  w = jax.random.normal(keys[1], (k, k, c, c))
+  dy = jax.random.normal(keys[2], (n, out, out, c))
+  flops = 2 * n * out * out * k * k * c * c
+
+  def plain(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), 'VALID',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  print(f'conv {k}x{k}, {c}->{c} channels, input {n}x{h}x{h}, '
+        f'{flops / 1e9:.2f} GFLOP per pass, {jax.devices()[0].device_kind}')
+  print(f'{"":10s}{"xla ms":>10s}{"GFLOP/s":>9s}{"fast ms":>10s}{"GFLOP/s":>9s}')
+  for part in ('forward', 'input grad', 'weight grad'):
+    row = []
+    for fn in (plain, conv.conv_valid_nhwc):
+      if part == 'forward':
+        seconds = _time(fn, x, w)
+      else:
+        index = 0 if part == 'input grad' else 1
+        seconds = _time(
+            lambda dy, fn=fn, i=index: jax.vjp(fn, x, w)[1](dy)[i], dy)
+      row += [seconds * 1e3, flops / seconds / 1e9]
+    print(f'{part:10s}{row[0]:10.1f}{row[1]:9.1f}{row[2]:10.1f}{row[3]:9.1f}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -26,10 +26,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', DEFAULT_WORKDIR,
     'Run directory: checkpoints, metrics, TensorBoard events, eval_test.json.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
                           'train (resuming from --workdir if it holds a '
-                          'checkpoint) or eval (the best checkpoint on the '
-                          'test set).')
+                          'checkpoint), eval (the best checkpoint on the '
+                          'test set) or predict (--images).')
+_IMAGES = flags.DEFINE_list(
+    'images', [], 'predict: comma-separated image files (PNG, JPEG, ...), '
+    'directories of them, or .npy arrays of [N, 28, 28] digits.')
+_OUTPUT = flags.DEFINE_string('output', None,
+                              'predict: also write the predictions as JSON.')
 
 
 def _fail(message: str) -> None:
@@ -39,7 +44,7 @@ def _fail(message: str) -> None:
 
 def _check_workdir(workdir: str, mode: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  if mode == 'eval':
+  if mode in ('eval', 'predict'):
     if not os.path.isdir(workdir):
       raise UserError(f'--workdir={workdir} does not exist; point it at a '
                       'training run')
@@ -78,8 +83,14 @@ def main(argv):
     logging.info('Workdir: %s', workdir)
     if _MODE.value == 'train':
       train.train_and_evaluate(config, workdir)
-    else:
+    elif _MODE.value == 'eval':
       train.evaluate_checkpoint(config, workdir)
+    else:
+      if not _IMAGES.value:
+        raise UserError('--mode=predict needs --images=PATH[,PATH...]')
+      from digits_jax import predict  # pylint: disable=g-import-not-at-top
+      if predict.predict_files(config, workdir, _IMAGES.value, _OUTPUT.value):
+        sys.exit(1)  # Some inputs failed; each said why on its own line.
   except UserError as e:
     _fail(str(e))
   except train.TrainingDiverged as e:

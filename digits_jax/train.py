@@ -8,6 +8,7 @@ is a pure function of (state, batch, key) so that jit, pmap, a device mesh or
 scan can wrap it unchanged.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -459,9 +460,17 @@ def _progress_bar(epoch, num_epochs, total, initial):
                    desc=f'epoch {epoch + 1}/{num_epochs}', disable=None)
 
 
-def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
-  """Evaluates the best checkpoint in `workdir` on the official test set and
-  writes `eval_test.json` beside it."""
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  state: TrainState
+  model: Any
+  preprocess: Preprocess
+  meta: dict
+  step: int
+
+
+def restore_best(config, workdir: str) -> Restored:
+  """The best checkpoint in `workdir`, on this process's devices."""
   directory = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(directory):
     raise UserError(f'no checkpoints in {workdir}; train first or point '
@@ -476,13 +485,22 @@ def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
   model, tx, preprocess = _build(config, meta)
   target = create_train_state(model, tx, jax.random.key(0), config.input_size)
   state = checkpoint.restore_state(manager, step, target)
+  return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
+                  step=int(step))
+
+
+def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
+  """Evaluates the best checkpoint in `workdir` on the official test set and
+  writes `eval_test.json` and the report pictures beside it."""
+  restored = restore_best(config, workdir)
   if splits is None:
     splits = input_pipeline.load_splits(config)
-  evaluator = Evaluator(model, preprocess, config.eval_batch_size)
-  logits = evaluator.logits(state, splits.test_images)
+  evaluator = Evaluator(restored.model, restored.preprocess,
+                        config.eval_batch_size)
+  logits = evaluator.logits(restored.state, splits.test_images)
   report = classification_report(logits, splits.test_labels)
-  report.update({'checkpoint_step': int(step), 'epoch': meta.get('epoch'),
-                 'model': config.model})
+  report.update({'checkpoint_step': restored.step,
+                 'epoch': restored.meta.get('epoch'), 'model': config.model})
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval_test.json'), 'w') as f:
       json.dump(report, f, indent=1)
@@ -492,6 +510,7 @@ def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
                                          splits.test_labels, probabilities)
     logging.info('Wrote %s.', ', '.join(written))
   logging.info('Test set (%d images), best checkpoint (step %d, epoch %s): '
-               'accuracy %.4f, loss %.4f', report['num_examples'], step,
-               meta.get('epoch'), report['accuracy'], report['loss'])
+               'accuracy %.4f, loss %.4f', report['num_examples'],
+               restored.step, restored.meta.get('epoch'), report['accuracy'],
+               report['loss'])
   return report

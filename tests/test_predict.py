@@ -1,0 +1,105 @@
+"""--mode=predict: MNIST-style preprocessing of real image files, bad files."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from test_cli import run_cli
+
+from digits_jax import input_pipeline
+from digits_jax import predict
+from digits_jax import train
+
+NUM_DIGITS = 200
+MODEL_OVERRIDES = {'model': 'lenet5', 'augment': False, 'l2': 0.0,
+                   'input_size': 28}
+FLAGS = [f'--config.{k}={v}' for k, v in MODEL_OVERRIDES.items()]
+
+
+@pytest.fixture(scope='module')
+def predict_run(tmp_path_factory, mnist_data_dir):
+  """A model good enough (LeNet-5 on 12k digits, ~97%) that its predictions
+  are not coin flips, and real test digits written out as large
+  dark-on-light PNGs."""
+  from configs import tiny
+  config = tiny.get_config()
+  config.update_from_flattened_dict(MODEL_OVERRIDES)
+  config.data_dir = mnist_data_dir
+  config.max_train_examples = 12000
+  config.validation_size = 1000
+  config.num_epochs = 3
+  config.max_test_examples = NUM_DIGITS
+  root = tmp_path_factory.mktemp('predict')
+  workdir = str(root / 'run')
+  train.train_and_evaluate(config, workdir)
+  digits = input_pipeline.load_splits(config).test_images
+  png_dir = root / 'png'
+  png_dir.mkdir()
+  for i, digit in enumerate(digits):
+    # White paper, black ink, 3x larger than MNIST.
+    Image.fromarray(255 - digit).resize((84, 84), Image.NEAREST).save(
+        png_dir / f'{i:04d}.png')
+  return config, workdir, digits, png_dir
+
+
+def test_to_mnist_inverts_fits_20x20_and_centres_by_mass():
+  paper = np.full((300, 200), 255, np.uint8)
+  paper[40:260, 90:110] = 0  # A thick, tall stroke: a "1".
+  digit = predict.to_mnist(Image.fromarray(paper))
+  assert digit.shape == (28, 28) and digit.dtype == np.uint8
+  ink = np.argwhere(digit > 30)
+  height = ink[:, 0].max() - ink[:, 0].min() + 1
+  assert 19 <= height <= 21  # The larger side fills the 20-pixel box.
+  rows, cols = np.indices(digit.shape)
+  mass = digit.astype(float).sum()
+  assert abs((rows * digit).sum() / mass - 14) < 1
+  assert abs((cols * digit).sum() / mass - 14) < 1
+  assert digit[0, 0] == 0  # Dark background.
+
+
+def test_predicting_png_files_matches_evaluating_the_digits(predict_run,
+                                                            tmp_path):
+  config, workdir, digits, png_dir = predict_run
+  restored = train.restore_best(config, workdir)
+  direct = train.Evaluator(restored.model, restored.preprocess,
+                           config.eval_batch_size).logits(
+                               restored.state, digits).argmax(-1)
+  output = tmp_path / 'predictions.json'
+  result = run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
+                   *FLAGS, '--mode=predict',
+                   f'--images={png_dir}', f'--output={output}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(output) as f:
+    predictions = json.load(f)['predictions']
+  assert len(predictions) == NUM_DIGITS
+  from_png = np.array([p['digit'] for p in predictions])
+  assert (from_png == direct).mean() >= 0.99
+  assert len(result.stdout.splitlines()) == NUM_DIGITS
+
+
+def test_bad_files_get_one_line_each_and_the_rest_is_predicted(predict_run,
+                                                               tmp_path):
+  config, workdir, digits, png_dir = predict_run
+  good = png_dir / '0000.png'
+  (tmp_path / 'empty.png').write_bytes(b'')
+  (tmp_path / 'notes.png').write_text('not an image')
+  data = good.read_bytes()
+  (tmp_path / 'truncated.png').write_bytes(data[:len(data) // 2])
+  Image.new('L', (8000, 8000), 255).save(tmp_path / 'huge.png')
+  np.save(tmp_path / 'digits.npy', digits[:3])
+  bad = ['missing.png', 'empty.png', 'notes.png', 'truncated.png', 'huge.png']
+  specs = [str(good), str(tmp_path / 'digits.npy')] + [
+      str(tmp_path / name) for name in bad]
+  result = run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
+                   *FLAGS, '--mode=predict',
+                   '--images=' + ','.join(specs))
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == len(bad), errors
+  for name, error in zip(bad, errors):
+    assert name in error
+  assert len(result.stdout.splitlines()) == 4  # The PNG and 3 .npy digits.

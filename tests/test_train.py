@@ -167,3 +167,28 @@ def test_checkpoint_of_another_model_is_refused(trained_run):
   with pytest.raises(UserError, match='model'):
     train.evaluate_checkpoint(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
+
+
+def test_bfloat16_compute_keeps_state_in_float32():
+  config = improved.get_config()
+  config.input_size = 28
+  config.compute_dtype = 'bfloat16'
+  model, tx, preprocess = train._build(
+      config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
+  state = train.create_train_state(model, tx, jax.random.key(0), 28)
+  step_fn = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx, preprocess=preprocess,
+      augment_images=True))
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.integers(0, 256, (16, 28, 28),
+                                             dtype=np.uint8)),
+           'label': jnp.asarray(rng.integers(0, 10, 16, dtype=np.int32))}
+  new_state, metrics = step_fn(state, batch, jax.random.key(1))
+  assert np.isfinite(float(metrics['loss']))
+  for tree in (new_state.params, new_state.batch_stats, new_state.opt_state):
+    for leaf in jax.tree.leaves(tree):
+      if jnp.issubdtype(leaf.dtype, jnp.floating):
+        assert leaf.dtype == jnp.float32
+  # The parameters moved.
+  assert not np.allclose(new_state.params['conv1']['kernel'],
+                         state.params['conv1']['kernel'])

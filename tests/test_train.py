@@ -192,3 +192,28 @@ def test_bfloat16_compute_keeps_state_in_float32():
   # The parameters moved.
   assert not np.allclose(new_state.params['conv1']['kernel'],
                          state.params['conv1']['kernel'])
+
+
+def test_a_partial_checkpoint_is_ignored_and_cleaned_up(trained_run,
+                                                        tmp_path):
+  """What a crash (kill -9) during a checkpoint write leaves behind: orbax's
+  temporary directory for the step being written."""
+  import shutil
+  config, workdir, report = trained_run
+  workdir_copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, workdir_copy)
+  partial = os.path.join(workdir_copy, 'checkpoints',
+                         '60.orbax-checkpoint-tmp')
+  os.makedirs(os.path.join(partial, 'state'))
+  with open(os.path.join(partial, 'state', 'half_written'), 'wb') as f:
+    f.write(b'\0' * 100)
+
+  again = train.evaluate_checkpoint(config, workdir_copy)
+  assert again['accuracy'] == report['accuracy']
+
+  config = config.copy_and_resolve_references()
+  config.num_epochs = 3
+  train.train_and_evaluate(config, workdir_copy)
+  checkpoints = os.listdir(os.path.join(workdir_copy, 'checkpoints'))
+  assert not [c for c in checkpoints if 'tmp' in c], checkpoints
+  assert '60' in checkpoints  # Resumed from step 40 and wrote epoch 3.

@@ -136,8 +136,7 @@ def predict_files(config, workdir: str, specs: list[str],
                                 config.eval_batch_size)
     logits = evaluator.logits(restored.state,
                               np.stack([d for _, d in digits]))
-    probabilities = np.exp(logits - np.logaddexp.reduce(logits, -1,
-                                                        keepdims=True))
+    probabilities = np.exp(train.log_softmax(logits))
     for (name, _), p in zip(digits, probabilities):
       results.append({'image': name, 'digit': int(p.argmax()),
                       'probability': float(p.max()),

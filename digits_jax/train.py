@@ -211,9 +211,14 @@ class Evaluator:
     return classification_report(logits, labels)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+  """Log-probabilities of host logits [..., classes]."""
+  return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+
+
 def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:
   """Loss, accuracy, per-class accuracy and the confusion matrix."""
-  log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+  log_probs = log_softmax(logits)
   predictions = logits.argmax(-1)
   confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
   np.add.at(confusion, (labels, predictions), 1)
@@ -504,8 +509,7 @@ def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval_test.json'), 'w') as f:
       json.dump(report, f, indent=1)
-    probabilities = np.exp(logits - np.logaddexp.reduce(logits, -1,
-                                                        keepdims=True))
+    probabilities = np.exp(log_softmax(logits))
     written = reports.write_eval_reports(workdir, report, splits.test_images,
                                          splits.test_labels, probabilities)
     logging.info('Wrote %s.', ', '.join(written))

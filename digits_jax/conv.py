@@ -27,6 +27,11 @@ from jax import lax
 import jax.numpy as jnp
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+# Up to this many patch rows (KH*KW*C) the weight gradient is one matmul
+# over materialized patches; conv1's 25 measured 6x faster that way.
+_MAX_PATCH_ROWS = 64
+# Images per weight-gradient matmul: small enough to stay in cache.
+_IMAGES_PER_CHUNK = 32
 
 
 def _padded_then_cropped(x, w):
@@ -45,19 +50,59 @@ def _forward(x, w):
   return _padded_then_cropped(x, w), (x, w)
 
 
+def _weight_gradient(x, dy, kh, kw):
+  """dL/dw [KH, KW, C, O] of the 'VALID' convolution, as matmuls.
+
+  Few patch rows (KH*KW*C, e.g. conv1's 25): one matmul of the transposed
+  patches [KH*KW*C, N*OH*OW] with dy. Otherwise the row-stacked form of
+  `_weight_gradient_rows`, over chunks of images small enough that its
+  operands stay in cache (on this machine 32 images took half the time of
+  128 at once).
+  """
+  channels, features = x.shape[-1], dy.shape[-1]
+  out_h, out_w = dy.shape[1:3]
+  if channels * kh * kw <= _MAX_PATCH_ROWS:
+    x_cnhw = jnp.transpose(x, (3, 0, 1, 2))
+    patches = jnp.stack([x_cnhw[:, :, i:i + out_h, j:j + out_w]
+                         for i in range(kh) for j in range(kw)])
+    dw = jnp.matmul(patches.reshape(kh * kw * channels, -1),
+                    dy.reshape(-1, features),
+                    preferred_element_type=jnp.float32)
+    return dw.reshape(kh, kw, channels, features)
+  n = x.shape[0]
+  return sum(_weight_gradient_rows(x[s:s + _IMAGES_PER_CHUNK],
+                                   dy[s:s + _IMAGES_PER_CHUNK], kh, kw)
+             for s in range(0, n, _IMAGES_PER_CHUNK))
+
+
+def _weight_gradient_rows(x, dy, kh, kw):
+  """The weight gradient as one [N*OH*W, KH*C]^T [N*OH*W, KW*O] matmul.
+
+  dw[i, j] = sum over (n, h, w') of x[n, h+i, w', :] dy[n, h, w'-j, :]:
+  stacking the KH row offsets of x on its channels and the KW column shifts
+  of dy (zero-padded to x's width) on its features puts all KH*KW kernel
+  offsets in one well-shaped matmul. It does W/OW times the minimal FLOPs
+  (1.2x for conv2) but ran 2x faster than KH*KW thin matmuls, whose inputs
+  (strided windows) XLA:CPU copies or, worse, fuses into a naive loop.
+  """
+  width, channels = x.shape[2:]
+  out_h, out_w, features = dy.shape[1:]
+  rows = jnp.concatenate([x[:, i:i + out_h] for i in range(kh)], axis=-1)
+  dy = jnp.pad(dy, ((0, 0), (0, 0), (kw - 1, width - out_w), (0, 0)))
+  shifted = jnp.concatenate(
+      [dy[:, :, kw - 1 - j:kw - 1 - j + width] for j in range(kw)], axis=-1)
+  dw = lax.dot_general(rows.reshape(-1, kh * channels),
+                       shifted.reshape(-1, kw * features),
+                       (((0,), (0,)), ((), ())),
+                       preferred_element_type=jnp.float32)
+  return dw.reshape(kh, channels, kw, features).transpose(0, 2, 1, 3)
+
+
 def _backward(residuals, dy):
   x, w = residuals
   (dx,) = jax.linear_transpose(functools.partial(_padded_then_cropped, w=w),
                                x)(dy)
-  kh, kw = w.shape[:2]
-  out_h, out_w = dy.shape[1:3]
-  dw = jnp.stack([
-      jnp.stack([
-          jnp.einsum('nhwc,nhwo->co', x[:, i:i + out_h, j:j + out_w, :], dy,
-                     preferred_element_type=jnp.float32)
-          for j in range(kw)
-      ]) for i in range(kh)
-  ]).astype(w.dtype)
+  dw = _weight_gradient(x, dy, *w.shape[:2]).astype(w.dtype)
   return dx, dw
 
 

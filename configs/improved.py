@@ -58,7 +58,11 @@ def get_config():
   config.adam_eps = 1e-7
   # Keras l2(5e-4) on the two conv kernels the article regularizes.
   config.l2 = 5e-4
-  # Keras ReduceLROnPlateau(monitor='val_loss', factor=0.2, patience=2).
+  # 'plateau': Keras ReduceLROnPlateau(monitor='val_loss', factor=0.2,
+  # patience=2), as the article. 'onecycle': warm up over warmup_fraction of
+  # the steps to learning_rate, cosine decay to min_learning_rate.
+  config.lr_schedule = 'plateau'
+  config.warmup_fraction = 0.2
   config.plateau_factor = 0.2
   config.plateau_patience = 2
   config.plateau_min_delta = 1e-4

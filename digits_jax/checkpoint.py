@@ -65,12 +65,16 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def check_compatible(meta: dict, config, directory: str) -> None:
-  """Refuses a checkpoint written for another model or input size."""
-  for key in ('model', 'input_size'):
-    if meta.get(key) != config[key]:
+  """Refuses a checkpoint written for another model, input size or LR
+  schedule (each changes the shape of what is saved)."""
+  written = {'model': meta.get('model'), 'input_size': meta.get('input_size'),
+             'lr_schedule': meta.get('config', {}).get('lr_schedule',
+                                                       'plateau')}
+  for key, value in written.items():
+    if value != config[key]:
       raise UserError(
           f'the checkpoint in {directory} was written for {key}='
-          f'{meta.get(key)!r}, but the config asks for {key}={config[key]!r}; '
+          f'{value!r}, but the config asks for {key}={config[key]!r}; '
           'use a fresh --workdir or the config that trained it')
 
 

@@ -6,6 +6,7 @@ JAX and fails there with a traceback.
 """
 
 from digits_jax import models
+from digits_jax import optim
 from digits_jax.errors import UserError
 
 DATASETS = ('mnist',)
@@ -51,6 +52,12 @@ def validate(config) -> None:
   _require(0 < config.min_learning_rate <= config.learning_rate,
            f'config.min_learning_rate={config.min_learning_rate!r} must be '
            f'positive and at most learning_rate={config.learning_rate!r}')
+  _require(config.lr_schedule in optim.LR_SCHEDULES,
+           f'config.lr_schedule={config.lr_schedule!r} must be one of '
+           f'{optim.LR_SCHEDULES}')
+  _require(0 <= config.warmup_fraction < 1,
+           f'config.warmup_fraction={config.warmup_fraction!r} must be in '
+           '[0, 1)')
   _require(0 < config.plateau_factor <= 1,
            f'config.plateau_factor={config.plateau_factor!r} must be in (0, 1]')
   _require(config.l2 >= 0, f'config.l2={config.l2!r} must be non-negative')

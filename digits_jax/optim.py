@@ -1,5 +1,9 @@
 """The article's optimizer as one optax chain: L2 on two kernels, Adam, plateau.
 
+`config.lr_schedule` picks how the learning rate moves: 'plateau' (the
+article's) or 'onecycle' (a warmup to `learning_rate` and a cosine decay over
+the run's steps, for short runs such as configs/fast.py).
+
 Keras' `kernel_regularizer=l2(lam)` adds lam * ||w||^2 to the loss, so its
 gradient 2 * lam * w is added to the gradient *before* Adam (coupled L2, not
 AdamW's decoupled decay).
@@ -87,18 +91,42 @@ def l2_mask(params, kernel_names) -> dict:
   return jax.tree_util.tree_map_with_path(is_regularized, params)
 
 
-def create_optimizer(config, l2_kernels) -> optax.GradientTransformation:
-  """L2 on `l2_kernels`, Adam (Keras' defaults), the plateau scale, the LR."""
+LR_SCHEDULES = ('plateau', 'onecycle')
+
+
+def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
+  """The step-driven part of the learning rate (constant for 'plateau')."""
+  if config.lr_schedule == 'onecycle':
+    return optax.cosine_onecycle_schedule(
+        transition_steps=max(total_steps, 1), peak_value=config.learning_rate,
+        pct_start=config.warmup_fraction, div_factor=25.0,
+        final_div_factor=config.learning_rate / config.min_learning_rate / 25)
+  return optax.constant_schedule(config.learning_rate)
+
+
+def create_optimizer(config, l2_kernels,
+                     total_steps: int) -> optax.GradientTransformation:
+  """L2 on `l2_kernels`, Adam (Keras' defaults), then the learning rate:
+  the plateau scale times the base rate, or the one-cycle schedule over
+  `total_steps` (unused by 'plateau')."""
   l2 = (optax.add_decayed_weights(
       2 * config.l2, mask=lambda p: l2_mask(p, l2_kernels))
         if config.l2 else optax.identity())
-  return optax.chain(
-      l2,
-      optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
-                          eps=config.adam_eps),
-      scale_by_plateau(),
-      optax.scale(-config.learning_rate),
-  )
+  adam = optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
+                             eps=config.adam_eps)
+  if config.lr_schedule == 'plateau':
+    return optax.chain(l2, adam, scale_by_plateau(),
+                       optax.scale(-config.learning_rate))
+  return optax.chain(l2, adam, optax.scale_by_learning_rate(
+      learning_rate_schedule(config, total_steps)))
+
+
+def current_learning_rate(opt_state, step: int, config,
+                          total_steps: int) -> float:
+  """The learning rate the next step uses, for the logs."""
+  if config.lr_schedule == 'plateau':
+    return config.learning_rate * float(plateau_scale(opt_state))
+  return float(learning_rate_schedule(config, total_steps)(step))
 
 
 def report_epoch(opt_state, val_loss, config):

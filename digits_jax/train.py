@@ -284,13 +284,17 @@ class StopSignal:
     self._previous = {}
 
 
-def _build(config, splits_or_meta, axis_name=None):
-  """Model, optimizer and preprocessing as the config says."""
+def build(config, splits_or_meta, axis_name=None, total_steps: int = 0):
+  """Model, optimizer and preprocessing as the config says.
+
+  `total_steps` sets the length of a step-driven LR schedule; evaluation
+  leaves it out (only the optimizer state's structure matters there).
+  """
   dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
   model = models.create_model(config.model, dtype=dtype,
                               conv_impl=config.get('conv_impl', 'auto'),
                               axis_name=axis_name)
-  tx = optim.create_optimizer(config, models.L2_REGULARIZED)
+  tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
   preprocess = Preprocess(
       input_size=config.input_size,
       pixel_mean=splits_or_meta['pixel_mean'],
@@ -313,7 +317,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   devices = parallel_lib.create(config)
   splits = input_pipeline.load_splits(config)
   data_stats = {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std}
-  model, tx, preprocess = _build(config, data_stats, devices.axis_name)
+  num_train = len(splits.train_images)
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise UserError(f'config.batch_size={config.batch_size} is larger than '
+                    f'the {num_train} training images; lower it')
+  total_steps = steps_per_epoch * config.num_epochs
+  if config.num_train_steps > 0:
+    total_steps = min(total_steps, config.num_train_steps)
+  model, tx, preprocess = build(config, data_stats, devices.axis_name,
+                                total_steps)
 
   key = jax.random.key(config.seed)
   init_key, shuffle_key, train_key = jax.random.split(key, 3)
@@ -337,14 +350,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info('Resuming from the checkpoint at step %d in %s.', step,
                  workdir)
 
-  num_train = len(splits.train_images)
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than '
-                    f'the {num_train} training images; lower it')
-  total_steps = steps_per_epoch * config.num_epochs
-  if config.num_train_steps > 0:
-    total_steps = min(total_steps, config.num_train_steps)
   steps_per_dispatch = config.steps_per_dispatch or steps_per_epoch
 
   step_fn = functools.partial(train_step, model=model, tx=tx,
@@ -358,7 +363,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   else:
     train_chunk = devices.compile(functools.partial(
         scan_train_steps, step_fn, unroll=unroll))
-  eval_model, _, _ = _build(config, data_stats)
+  eval_model, _, _ = build(config, data_stats)
   evaluator = Evaluator(eval_model, preprocess, config.eval_batch_size)
   state = devices.replicate(state)
   if not devices.host_fed:
@@ -419,8 +424,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
       val = evaluator.evaluate(devices.unreplicate(state), splits.val_images,
                                splits.val_labels)
-      learning_rate = config.learning_rate * float(
-          optim.plateau_scale(devices.unreplicate(state.opt_state)))
+      # The rate this epoch ended with (the plateau's, before its update).
+      learning_rate = optim.current_learning_rate(
+          devices.unreplicate(state.opt_state), step - 1, config, total_steps)
       state = state.replace(opt_state=optim.report_epoch(
           state.opt_state, val['loss'], config))
       summary = {
@@ -487,7 +493,7 @@ def restore_best(config, workdir: str) -> Restored:
     raise UserError(f'no complete checkpoint in {directory}; train first')
   meta = checkpoint.read_meta(manager, step)
   checkpoint.check_compatible(meta, config, workdir)
-  model, tx, preprocess = _build(config, meta)
+  model, tx, preprocess = build(config, meta)
   target = create_train_state(model, tx, jax.random.key(0), config.input_size)
   state = checkpoint.restore_state(manager, step, target)
   return Restored(state=state, model=model, preprocess=preprocess, meta=meta,

@@ -7,9 +7,10 @@ in one process:
     dispatch under lax.scan (unrolled on CPU), donated state, metrics read
     back once per dispatch, `--conv_impl` convolutions (auto: the CPU fast
     path of digits_jax/conv.py on CPU);
-  * reference: the Flax examples' shape: numpy batches from the host, one
-    jitted step per batch, metrics read back every step, plain XLA
-    convolutions.
+  * reference: the Flax examples' shape: the same architecture written with
+    Flax's stock layers (`nn.Conv` on XLA's convolution, `nn.max_pool`,
+    `nn.Dropout`), numpy batches from the host, one jitted step per batch,
+    metrics read back every step.
 
   python scripts/benchmark.py --batch=128 --input_size=28 --steps=8
 
@@ -28,6 +29,7 @@ import time
 
 from absl import app
 from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,11 +68,41 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _setup(config, conv_impl):
+class ReferenceImprovedLeNet(nn.Module):
+  """digits_jax.models.ImprovedLeNet as one would write it with Flax's stock
+  layers, as the Flax examples do (same parameters, same function)."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    conv = functools.partial(nn.Conv, padding='VALID',
+                             kernel_init=nn.initializers.glorot_uniform())
+    dense = functools.partial(nn.Dense, use_bias=False,
+                              kernel_init=nn.initializers.glorot_uniform())
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=0.99, epsilon=1e-3)
+    dropout = functools.partial(nn.Dropout, 0.25, deterministic=not train)
+    pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    x = nn.relu(conv(32, (5, 5), name='conv1')(x))
+    x = conv(32, (5, 5), use_bias=False, name='conv2')(x)
+    x = dropout()(pool(nn.relu(norm(name='bn2')(x))))
+    x = nn.relu(conv(64, (3, 3), name='conv3')(x))
+    x = conv(64, (3, 3), use_bias=False, name='conv4')(x)
+    x = dropout()(pool(nn.relu(norm(name='bn4')(x))))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(norm(name='bn_fc1')(dense(256, name='fc1')(x)))
+    x = nn.relu(norm(name='bn_fc2')(dense(128, name='fc2')(x)))
+    x = nn.relu(norm(name='bn_fc3')(dense(84, name='fc3')(x)))
+    x = dropout()(x)
+    return nn.Dense(10, kernel_init=nn.initializers.glorot_uniform(),
+                    name='logits')(x)
+
+
+def _setup(config, conv_impl, model=None):
   config = config.copy_and_resolve_references()
   config.conv_impl = conv_impl
-  model, tx, preprocess = train._build(  # pylint: disable=protected-access
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
+  built, tx, preprocess = train.build(config, {'pixel_mean': 33.3,
+                                               'pixel_std': 78.6})
+  model = model or built
   state = train.create_train_state(model, tx, jax.random.key(0),
                                    config.input_size)
   step_fn = functools.partial(train.train_step, model=model, tx=tx,
@@ -111,7 +143,8 @@ def bench_digits_jax(config, images, labels, batch, steps, windows):
 
 
 def bench_reference(config, images, labels, batch, steps, windows):
-  state, step_fn = _setup(config, 'xla')
+  model = ReferenceImprovedLeNet() if config.model == 'improved_lenet' else None
+  state, step_fn = _setup(config, 'xla', model)
   step = jax.jit(step_fn, donate_argnums=(0,))
   key = jax.random.key(1)
   rng = np.random.default_rng(0)

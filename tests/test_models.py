@@ -1,5 +1,8 @@
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -78,3 +81,36 @@ def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient(shape):
   loss = lambda pool: jax.grad(lambda x: (pool(x) ** 3).sum())(x)
   np.testing.assert_allclose(loss(models.max_pool_2x2), loss(reference),
                              rtol=1e-6)
+
+
+def test_benchmark_reference_is_the_same_function():
+  """scripts/benchmark.py's reference (stock Flax layers, XLA convolutions)
+  must compute what ImprovedLeNet computes, or its speed ratio means
+  nothing."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'scripts',
+                      'benchmark.py')
+  spec = importlib.util.spec_from_file_location('benchmark', path)
+  benchmark = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(benchmark)
+  ours = models.create_model('improved_lenet', conv_impl='cpu_fast')
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+  variables = ours.init(jax.random.key(0), x, train=False)
+  reference = benchmark.ReferenceImprovedLeNet()
+  assert (jax.tree.structure(reference.init(jax.random.key(0), x, train=False))
+          == jax.tree.structure(variables))
+
+  def training_loss(model, params):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                            mutable=['batch_stats'],
+                            rngs={'dropout': jax.random.key(2)})
+    return jnp.sum(jnp.sin(logits))
+
+  np.testing.assert_allclose(ours.apply(variables, x, train=False),
+                             reference.apply(variables, x, train=False),
+                             rtol=1e-5, atol=1e-5)
+  got, want = (jax.grad(functools.partial(training_loss, model))(
+      variables['params']) for model in (ours, reference))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
+                                 atol=1e-5), got, want)

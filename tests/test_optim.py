@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from configs import improved
 from digits_jax import models
@@ -74,7 +75,7 @@ def test_l2_applies_kerass_gradient_to_the_two_conv_kernels_only():
 def test_optimizer_state_carries_the_plateau_and_lr_follows_it():
   config = improved.get_config()
   params = {'conv1': {'kernel': jnp.ones((2,))}}
-  tx = optim.create_optimizer(config, models.L2_REGULARIZED)
+  tx = optim.create_optimizer(config, models.L2_REGULARIZED, 100)
   state = tx.init(params)
   grads = {'conv1': {'kernel': jnp.ones((2,))}}
   first, _ = tx.update(grads, state, params)
@@ -84,3 +85,28 @@ def test_optimizer_state_carries_the_plateau_and_lr_follows_it():
   second, _ = tx.update(grads, state, params)
   np.testing.assert_allclose(second['conv1']['kernel'],
                              0.2 * first['conv1']['kernel'], rtol=1e-5)
+
+
+def test_onecycle_warms_up_to_the_peak_then_decays_to_the_floor():
+  config = improved.get_config()
+  config.lr_schedule = 'onecycle'
+  config.learning_rate, config.min_learning_rate = 4e-3, 1e-6
+  config.warmup_fraction = 0.25
+  total = 200
+  rate = lambda step: optim.current_learning_rate(None, step, config, total)
+  assert rate(0) == pytest.approx(4e-3 / 25)
+  assert rate(50) == pytest.approx(4e-3)
+  assert rate(0) < rate(25) < rate(50) > rate(120) > rate(199)
+  assert rate(total) == pytest.approx(1e-6)
+  # The updates follow the schedule: with a constant gradient Adam's
+  # direction is fixed, so update(step) / rate(step) is constant.
+  params = {'fc1': {'kernel': jnp.ones((3,))}}
+  tx = optim.create_optimizer(config, models.L2_REGULARIZED, total)
+  state = tx.init(params)
+  grads = {'fc1': {'kernel': jnp.full((3,), 0.5)}}
+  ratios = []
+  for step in range(60):
+    updates, state = tx.update(grads, state, params)
+    ratios.append(float(updates['fc1']['kernel'][0]) / rate(step))
+  np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
+  assert ratios[0] == pytest.approx(-1.0, rel=1e-3)

@@ -18,7 +18,7 @@ def _final_state(workdir, config_overrides):
   from configs import tiny
   config = tiny.get_config()
   config.update_from_flattened_dict(config_overrides)
-  model, tx, _ = train._build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
+  model, tx, _ = train.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
   target = train.create_train_state(model, tx, jax.random.key(0),
                                     config.input_size)
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),

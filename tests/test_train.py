@@ -16,7 +16,7 @@ from digits_jax.errors import UserError
 def _setup(input_size=28):
   config = improved.get_config()
   config.input_size = input_size
-  model, tx, preprocess = train._build(
+  model, tx, preprocess = train.build(
       config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
   state = train.create_train_state(model, tx, jax.random.key(0), input_size)
   step_fn = functools.partial(train.train_step, model=model, tx=tx,
@@ -152,7 +152,7 @@ def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
 
 
 def _target(config):
-  model, tx, _ = train._build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
+  model, tx, _ = train.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
   return train.create_train_state(model, tx, jax.random.key(0),
                                   config.input_size)
 
@@ -173,7 +173,7 @@ def test_bfloat16_compute_keeps_state_in_float32():
   config = improved.get_config()
   config.input_size = 28
   config.compute_dtype = 'bfloat16'
-  model, tx, preprocess = train._build(
+  model, tx, preprocess = train.build(
       config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
   state = train.create_train_state(model, tx, jax.random.key(0), 28)
   step_fn = jax.jit(functools.partial(

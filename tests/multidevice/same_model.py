@@ -25,7 +25,7 @@ def run(devices: parallel.DataParallel, images, labels, batches):
   config = tiny.get_config()
   config.input_size = 28
   stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
-  model, tx, preprocess = train._build(config, stats, devices.axis_name)  # pylint: disable=protected-access
+  model, tx, preprocess = train.build(config, stats, devices.axis_name)
   state = train.create_train_state(model, tx, jax.random.key(0), 28)
   step_fn = functools.partial(train.train_step, model=model, tx=tx,
                               preprocess=preprocess, augment_images=True,

@@ -7,6 +7,8 @@ def get_config():
   config = ml_collections.ConfigDict()
 
   config.model = 'improved_lenet'
+  # The article's Dropout(0.25) after each conv block and the last dense layer.
+  config.dropout_rate = 0.25
   config.dataset = 'mnist'
   # '': TFDS's default data directory (~/tensorflow_datasets or $TFDS_DATA_DIR).
   config.data_dir = ''

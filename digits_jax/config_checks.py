@@ -23,27 +23,53 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_types(config) -> None:
+  """Types first, so that the range checks below compare numbers."""
+  for name in ('batch_size', 'eval_batch_size', 'num_epochs',
+               'checkpoints_to_keep', 'num_train_steps', 'steps_per_dispatch',
+               'validation_size', 'max_train_examples', 'max_test_examples',
+               'seed', 'split_seed', 'plateau_patience', 'input_size',
+               'num_processes', 'process_id', 'log_every_steps'):
+    _require(_is_int(config[name]),
+             f'config.{name}={config[name]!r} must be an integer')
+  for name in ('learning_rate', 'min_learning_rate', 'warmup_fraction',
+               'adam_b1', 'adam_b2', 'adam_eps', 'l2', 'plateau_factor',
+               'plateau_min_delta', 'rotation_degrees', 'zoom_range',
+               'dropout_rate',
+               'shift_range'):
+    _require(_is_number(config[name]),
+             f'config.{name}={config[name]!r} must be a number')
+  for name in ('augment', 'distributed'):
+    _require(isinstance(config[name], bool),
+             f'config.{name}={config[name]!r} must be True or False')
+  for name in ('model', 'dataset', 'data_dir', 'conv_impl', 'compute_dtype',
+               'parallelism', 'coordinator_address', 'lr_schedule'):
+    _require(isinstance(config[name], str),
+             f'config.{name}={config[name]!r} must be a string')
+
+
 def validate(config) -> None:
+  """Raises UserError naming the first bad value and what it must be."""
+  _check_types(config)
   _require(config.model in models.MODELS,
            f'config.model={config.model!r} is not a model; choose one of '
            f'{", ".join(sorted(models.MODELS))}')
   _require(config.dataset in DATASETS,
            f'config.dataset={config.dataset!r} is not supported; choose one '
            f'of {", ".join(DATASETS)}')
-  for name in ('batch_size', 'eval_batch_size', 'num_epochs'):
-    value = config[name]
-    _require(_is_int(value) and value > 0,
-             f'config.{name}={value!r} must be a positive integer')
+  for name in ('batch_size', 'eval_batch_size', 'num_epochs',
+               'checkpoints_to_keep'):
+    _require(config[name] > 0,
+             f'config.{name}={config[name]!r} must be a positive integer')
   for name in ('num_train_steps', 'steps_per_dispatch', 'validation_size',
                'max_train_examples', 'max_test_examples', 'seed',
-               'split_seed', 'plateau_patience'):
-    value = config[name]
-    _require(_is_int(value) and value >= 0,
-             f'config.{name}={value!r} must be a non-negative integer')
-  _require(_is_int(config.checkpoints_to_keep) and
-           config.checkpoints_to_keep >= 1,
-           f'config.checkpoints_to_keep={config.checkpoints_to_keep!r} must be'
-           ' at least 1')
+               'split_seed', 'plateau_patience', 'log_every_steps'):
+    _require(config[name] >= 0,
+             f'config.{name}={config[name]!r} must be a non-negative integer')
   _require(config.input_size in INPUT_SIZES,
            f'config.input_size={config.input_size!r} must be one of '
            f'{INPUT_SIZES} (28: MNIST as is; 32: padded as in the article)')
@@ -55,29 +81,38 @@ def validate(config) -> None:
   _require(config.lr_schedule in optim.LR_SCHEDULES,
            f'config.lr_schedule={config.lr_schedule!r} must be one of '
            f'{optim.LR_SCHEDULES}')
-  _require(0 <= config.warmup_fraction < 1,
-           f'config.warmup_fraction={config.warmup_fraction!r} must be in '
-           '[0, 1)')
   _require(0 < config.plateau_factor <= 1,
            f'config.plateau_factor={config.plateau_factor!r} must be in (0, 1]')
+  _require(config.plateau_min_delta >= 0,
+           f'config.plateau_min_delta={config.plateau_min_delta!r} must be '
+           'non-negative')
   _require(config.l2 >= 0, f'config.l2={config.l2!r} must be non-negative')
-  for name in ('adam_b1', 'adam_b2'):
-    _require(0 <= config[name] < 1,
-             f'config.{name}={config[name]!r} must be in [0, 1)')
   _require(config.adam_eps > 0,
            f'config.adam_eps={config.adam_eps!r} must be positive')
-  for name in ('zoom_range', 'shift_range'):
+  # Fractions and probabilities.
+  _require(0 <= config.dropout_rate < 1,
+           f'config.dropout_rate={config.dropout_rate!r} is a probability of '
+           'dropping a unit: it must be in [0, 1)')
+  _require(config.model != 'lenet5' or config.dropout_rate == 0,
+           f'config.dropout_rate={config.dropout_rate!r}: lenet5 has no '
+           'dropout; set it to 0')
+  for name in ('adam_b1', 'adam_b2', 'zoom_range', 'shift_range',
+               'warmup_fraction'):
     _require(0 <= config[name] < 1,
              f'config.{name}={config[name]!r} must be in [0, 1)')
   _require(0 <= config.rotation_degrees <= 180,
            f'config.rotation_degrees={config.rotation_degrees!r} must be in '
            '[0, 180]')
-  _require(config.get('conv_impl', 'auto') in models.CONV_IMPLS,
-           f'config.conv_impl={config.get("conv_impl")!r} must be one of '
+  _require(config.conv_impl in models.CONV_IMPLS,
+           f'config.conv_impl={config.conv_impl!r} must be one of '
            f'{models.CONV_IMPLS}')
-  _require(config.get('parallelism', 'mesh') in ('mesh', 'pmap'),
-           f'config.parallelism={config.get("parallelism")!r} must be mesh '
-           'or pmap')
-  dtype = config.get('compute_dtype', 'float32')
-  _require(dtype in COMPUTE_DTYPES,
-           f'config.compute_dtype={dtype!r} must be one of {COMPUTE_DTYPES}')
+  _require(config.parallelism in ('mesh', 'pmap'),
+           f'config.parallelism={config.parallelism!r} must be mesh or pmap')
+  _require(config.compute_dtype in COMPUTE_DTYPES,
+           f'config.compute_dtype={config.compute_dtype!r} must be one of '
+           f'{COMPUTE_DTYPES}')
+  if config.distributed and config.coordinator_address:
+    _require(config.num_processes >= 1 and
+             0 <= config.process_id < config.num_processes,
+             f'config.process_id={config.process_id!r} must be in [0, '
+             f'num_processes={config.num_processes!r})')

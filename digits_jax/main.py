@@ -74,6 +74,11 @@ def main(argv):
     config.keys()  # The config file loads lazily: fail here if it cannot.
   except OSError as e:
     _fail(f'cannot load the --config file: {str(e).splitlines()[-1].strip()}')
+  except Exception as e:  # pylint: disable=broad-except
+    # The config file is the user's Python: whatever it raised, say it in
+    # one line (a type clash with the base config is a TypeError here).
+    lines = str(e).strip().splitlines() or ['']
+    _fail(f'the --config file failed: {type(e).__name__}: {lines[0]}')
   try:
     config_checks.validate(config)
     parallel.initialize_distributed(config)
@@ -104,7 +109,10 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    # A config file that raises arrives as a traceback inside the message:
+    # keep its first line and the exception it ended with.
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    _fail(lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}')
   except (AttributeError, KeyError) as e:
     # ml_collections' way of saying that an override names no config field.
     name = str(e).strip('"\'')

@@ -258,17 +258,31 @@ class TrainingDiverged(Exception):
 
 
 class StopSignal:
-  """Turns the first SIGTERM or SIGINT into a request to stop cleanly.
+  """Turns SIGTERM (and, on one host, SIGINT) into a request to stop cleanly.
 
-  The loop finishes the dispatch in flight, writes a checkpoint and returns;
-  rerunning the same command resumes from it. A second signal acts as usual.
+  The loop polls it once per dispatch; when it says stop, the loop writes a
+  checkpoint and returns, and rerunning the same command resumes from it.
+
+  One process: a Python handler records the first SIGTERM or SIGINT (a
+  second one acts as usual).
+
+  Several processes: every host must save the same step, or the collective
+  save waits forever. JAX's preemption service (started by
+  `jax.distributed.initialize`) catches SIGTERM on whichever host gets it,
+  tells the others, and agrees on a dispatch at which all of them stop;
+  `multihost_utils.reached_preemption_sync_point` says when it is reached.
+  No Python SIGTERM handler is installed then: it would take the signal away
+  from JAX's. SIGINT keeps its default (it usually reaches a single host).
   """
 
   def __init__(self):
     self.received = None
+    self._multihost = jax.process_count() > 1
+    self._dispatches = 0
     self._previous = {}
+    signals = () if self._multihost else (signal.SIGTERM, signal.SIGINT)
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      for sig in signals:
         self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
@@ -277,6 +291,18 @@ class StopSignal:
     logging.warning('%s received: stopping after the current steps.',
                     self.received)
     self.restore()
+
+  def poll(self) -> bool:
+    """Whether to stop now; called exactly once per dispatch, on every host
+    (the preemption sync point counts the calls)."""
+    if self._multihost and self.received is None:
+      self._dispatches += 1
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      if multihost_utils.reached_preemption_sync_point(self._dispatches):
+        self.received = 'SIGTERM'
+        logging.warning('Preemption notice (SIGTERM on some host): all '
+                        'hosts stop at this step.')
+    return self.received is not None
 
   def restore(self):
     for sig, handler in self._previous.items():
@@ -290,10 +316,12 @@ def build(config, splits_or_meta, axis_name=None, total_steps: int = 0):
   `total_steps` sets the length of a step-driven LR schedule; evaluation
   leaves it out (only the optimizer state's structure matters there).
   """
-  dtype = jnp.dtype(config.get('compute_dtype', 'float32'))
+  dtype = jnp.dtype(config.compute_dtype)
+  extra = ({'dropout_rate': config.dropout_rate}
+           if config.model == 'improved_lenet' else {})
   model = models.create_model(config.model, dtype=dtype,
-                              conv_impl=config.get('conv_impl', 'auto'),
-                              axis_name=axis_name)
+                              conv_impl=config.conv_impl,
+                              axis_name=axis_name, **extra)
   tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
   preprocess = Preprocess(
       input_size=config.input_size,
@@ -408,7 +436,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         images_done += count * config.batch_size
         progress.update(count)
         progress.set_postfix(loss=f'{metrics["loss"].mean():.4f}')
-        if stop_signal.received and step < epoch_end:
+        if stop_signal.poll() and step < epoch_end:
           break
       progress.close()
       if stop_signal.received and step < epoch_end:

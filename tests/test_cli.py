@@ -60,12 +60,42 @@ def test_train_then_eval_from_the_command_line(cli_run):
     ('--config.input_size=30', ['config.input_size=30']),
     ('--config.learning_rate=-1.0', ['config.learning_rate']),
     ('--config.batch_size=abc', ['config.batch_size', 'abc']),
+    ('--config.dropout_rate=1.5', ['config.dropout_rate=1.5', '[0, 1)']),
+    ('--config.zoom_range=-0.1', ['config.zoom_range=-0.1', '[0, 1)']),
+    ('--config.adam_b2=1.0', ['config.adam_b2=1.0', '[0, 1)']),
+    ('--config.lr_schedule=cosine', ["config.lr_schedule='cosine'",
+                                     'onecycle']),
+    ('--config.dataset=cifar10', ["config.dataset='cifar10'", 'mnist']),
+    ('--config.compute_dtype=float16', ["config.compute_dtype='float16'"]),
+    ('--config.augment=maybe', ['config.augment', 'maybe']),
 ])
 def test_bad_config_values_fail_in_one_line(tmp_path, override, fragments):
   result = run_cli('--config=configs/tiny.py', f'--workdir={tmp_path}/w',
                    override, timeout=120)
   assert_one_line_error(result, *fragments)
   assert not os.path.exists(tmp_path / 'w')
+
+
+@pytest.mark.parametrize('body, fragments', [
+    # Derived from a base config: ConfigDict itself refuses the type.
+    ('config = tiny.get_config()\n  config.learning_rate = "0.1"',
+     ['learning_rate', 'str']),
+    # A config of its own making: validation names the field.
+    ('values = tiny.get_config().to_dict()\n  values["batch_size"] = 64.5\n'
+     '  config = ml_collections.ConfigDict(values)',
+     ['config.batch_size=64.5', 'integer']),
+    ('values = tiny.get_config().to_dict()\n  values["augment"] = 1\n'
+     '  config = ml_collections.ConfigDict(values)',
+     ['config.augment=1', 'True or False']),
+])
+def test_wrong_type_in_a_config_file_fails_in_one_line(tmp_path, body,
+                                                       fragments):
+  path = tmp_path / 'bad_config.py'
+  path.write_text('import ml_collections\nfrom configs import tiny\n\n'
+                  f'def get_config():\n  {body}\n  return config\n')
+  result = run_cli(f'--config={path}', f'--workdir={tmp_path}/w',
+                   timeout=120)
+  assert_one_line_error(result, *fragments)
 
 
 def test_missing_config_file_fails_in_one_line(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -133,3 +134,64 @@ def test_two_processes_train_the_model_one_process_trains(
     again = json.load(f)
   assert again['accuracy'] == reported['accuracy']
   assert abs(again['loss'] - reported['loss']) < 1e-6
+
+
+def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(
+    tmp_path, mnist_data_dir):
+  """JAX's preemption sync point: SIGTERM reaches process 1 only; both save
+  one checkpoint at the step they agreed on, exit 0, and rerunning resumes
+  and ends with the model of an uninterrupted run."""
+  import jax
+  import numpy as np
+  from test_reliability import _final_state
+  overrides = {'num_epochs': 3, 'steps_per_dispatch': 2}
+  common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
+            '--config.num_epochs=3', '--config.steps_per_dispatch=2']
+  workdir = tmp_path / 'preempted'
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+
+  def launch():
+    port = _free_port()
+    return [subprocess.Popen(
+        [sys.executable, '-m', 'digits_jax.main', *common,
+         f'--workdir={workdir}', '--config.distributed=True',
+         f'--config.coordinator_address=127.0.0.1:{port}',
+         '--config.num_processes=2', f'--config.process_id={i}'],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+            for i in (0, 1)]
+
+  processes = launch()
+  log0 = []
+  for line in processes[0].stderr:
+    log0.append(line)
+    if 'epoch 1/3' in line:  # Training is under way: preempt host 1 only.
+      processes[1].send_signal(signal.SIGTERM)
+      break
+  log0.extend(processes[0].stderr)
+  log1 = processes[1].communicate(timeout=600)[1]
+  for p, log in zip(processes, (''.join(log0), log1)):
+    assert p.wait(timeout=600) == 0, log[-3000:]
+    assert 'all hosts stop at this step' in log
+  assert 'Run the same command to resume' in ''.join(log0)
+  stopped_step, _ = _final_state(str(workdir), overrides)
+  assert 20 <= stopped_step < 60
+
+  processes = launch()
+  logs = [p.communicate(timeout=600)[1] for p in processes]
+  for p, log in zip(processes, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert f'Resuming from the checkpoint at step {stopped_step}' in logs[0]
+
+  straight = tmp_path / 'straight'
+  single = subprocess.run(
+      [sys.executable, '-m', 'digits_jax.main', *common,
+       f'--workdir={straight}'], cwd=ROOT, env=_with_devices(2),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert single.returncode == 0, single.stderr[-3000:]
+  step_a, state_a = _final_state(str(workdir), overrides)
+  step_b, state_b = _final_state(str(straight), overrides)
+  assert step_a == step_b == 60
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-5)

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -80,3 +81,58 @@ def test_divergence_stops_with_the_step_and_saves_nothing_bad(
   checkpoints = tmp_path / 'checkpoints'
   assert not checkpoints.exists() or not [
       p for p in os.listdir(checkpoints) if p.isdigit()]
+
+
+# Runs the trainer with orbax's commit step (the rename of a checkpoint's
+# temporary directory, once its files are written) held for the checkpoint of
+# step 40, so that the test can kill -9 the process in the middle of writing
+# it. Relies on an orbax internal; if that moves, this fails loudly.
+_HOLD_SECOND_CHECKPOINT = '''
+import os, sys, time
+from orbax.checkpoint._src.path import atomicity
+commit = atomicity.AtomicRenameTemporaryPath.finalize
+async def finalize(self):
+  if self._final_path.name == '40':
+    open(os.environ['CHECKPOINT_HELD'], 'w').close()
+    time.sleep(600)
+  return await commit(self)
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+from digits_jax import main
+main.run()
+'''
+
+
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(
+    tmp_path, mnist_data_dir):
+  args = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
+          '--config.num_epochs=3', f'--workdir={tmp_path / "run"}']
+  held = tmp_path / 'held'
+  env = dict(os.environ, PYTHONPATH=ROOT, CHECKPOINT_HELD=str(held))
+  log = tmp_path / 'log'
+  with open(log, 'w') as stderr:  # A file: a full pipe would block the run.
+    process = subprocess.Popen(
+        [sys.executable, '-c', _HOLD_SECOND_CHECKPOINT, *args], cwd=ROOT,
+        env=env, stderr=stderr)
+  deadline = time.monotonic() + 300
+  while not held.exists() and process.poll() is None:
+    assert time.monotonic() < deadline, 'the second checkpoint never started'
+    time.sleep(0.1)
+  assert process.poll() is None, log.read_text()[-3000:]
+  checkpoints = tmp_path / 'run' / 'checkpoints'
+  partial = [p for p in os.listdir(checkpoints) if not p.isdigit()]
+  assert partial, os.listdir(checkpoints)  # Step 40, half committed.
+  process.kill()  # SIGKILL: no handler, no cleanup.
+  process.wait(timeout=60)
+  assert sorted(p for p in os.listdir(checkpoints) if p.isdigit()) == ['20']
+
+  evaluated = run_cli(*args, '--mode=eval')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert 'best checkpoint (step 20' in evaluated.stderr
+
+  rerun = run_cli(*args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resuming from the checkpoint at step 20' in rerun.stderr
+  assert all(p.isdigit() for p in os.listdir(checkpoints)), (
+      os.listdir(checkpoints))  # The partial directory is gone.
+  step, _ = _final_state(str(tmp_path / 'run'), {'num_epochs': 3})
+  assert step == 60

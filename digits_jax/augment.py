@@ -87,11 +87,3 @@ def random_params(key: jax.Array, batch_size: int, image_size: int, *,
       shift_y=uniform(keys[4], max_shift),
   )
 
-
-def random_affine(key: jax.Array, images: jax.Array, *, rotation_degrees: float,
-                  zoom_range: float, shift_range: float) -> jax.Array:
-  """Random rotation, zoom and shift of each image, in one warp."""
-  params = random_params(key, images.shape[0], images.shape[-1],
-                         rotation_degrees=rotation_degrees,
-                         zoom_range=zoom_range, shift_range=shift_range)
-  return affine_warp(images, params)

@@ -391,8 +391,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   else:
     train_chunk = devices.compile(functools.partial(
         scan_train_steps, step_fn, unroll=unroll))
-  eval_model, _, _ = build(config, data_stats)
-  evaluator = Evaluator(eval_model, preprocess, config.eval_batch_size)
+  # Evaluation runs on one device of each host, outside pmap: the same
+  # model without the axis name.
+  evaluator = Evaluator(model.clone(axis_name=None), preprocess,
+                        config.eval_batch_size)
   state = devices.replicate(state)
   if not devices.host_fed:
     train_images = devices.replicate(splits.train_images)

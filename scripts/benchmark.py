@@ -117,32 +117,47 @@ def _flops(compiled) -> float:
   return float(analysis.get('flops', 0.0)) if analysis else 0.0
 
 
-def bench_digits_jax(config, images, labels, batch, steps, windows):
+class Timed:
+  """A compiled training path: its compile time, FLOPs per image, and
+  `window()`, which trains `steps` steps and returns the seconds taken."""
+
+  def __init__(self, compile_s, flops_per_image, window):
+    self.compile_s = compile_s
+    self.flops_per_image = flops_per_image
+    self.window = window
+    self.times = []
+
+
+def digits_jax_path(config, images, labels, batch, steps) -> Timed:
   state, step_fn = _setup(config, _CONV_IMPL.value)
   chunk = jax.jit(functools.partial(train.scan_train_steps, step_fn,
                                     unroll=jax.default_backend() == 'cpu'),
                   donate_argnums=(0,))
   key = jax.random.key(1)
   images, labels = jax.device_put(images), jax.device_put(labels)
-  batches = [train.epoch_batches(key, e, len(images), batch)[:steps]
-             for e in range(windows + 1)]
   start = time.perf_counter()
-  compiled = chunk.lower(state, images, labels, batches[0], key).compile()
+  compiled = chunk.lower(state, images, labels,
+                         train.epoch_batches(key, 0, len(images), batch)[:steps],
+                         key).compile()
   compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, images, labels, batches[0], key)
-  jax.device_get(metrics)
-  times = []
-  for window in range(windows):
-    start = time.perf_counter()
-    state, metrics = compiled(state, images, labels, batches[window + 1], key)
-    jax.device_get(metrics)
-    times.append(time.perf_counter() - start)
-  return {'images_per_sec': steps * batch / statistics.median(times),
-          'compile_s': compile_s,
-          'flops_per_image': _flops(compiled) / (steps * batch)}
+  holder = {'state': state, 'epoch': 0}
+
+  def window():
+    holder['epoch'] += 1
+    indices = train.epoch_batches(key, holder['epoch'], len(images),
+                                  batch)[:steps]
+    indices.block_until_ready()
+    begin = time.perf_counter()
+    holder['state'], metrics = compiled(holder['state'], images, labels,
+                                        indices, key)
+    jax.device_get(metrics)  # One read-back per dispatch.
+    return time.perf_counter() - begin
+
+  window()  # Warm-up.
+  return Timed(compile_s, _flops(compiled) / (steps * batch), window)
 
 
-def bench_reference(config, images, labels, batch, steps, windows):
+def reference_path(config, images, labels, batch, steps) -> Timed:
   model = ReferenceImprovedLeNet() if config.model == 'improved_lenet' else None
   state, step_fn = _setup(config, 'xla', model)
   step = jax.jit(step_fn, donate_argnums=(0,))
@@ -156,18 +171,17 @@ def bench_reference(config, images, labels, batch, steps, windows):
   start = time.perf_counter()
   compiled = step.lower(state, host_batch(), key).compile()
   compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, host_batch(), key)
-  jax.device_get(metrics)
-  times = []
-  for _ in range(windows):
-    start = time.perf_counter()
+  holder = {'state': state}
+
+  def window():
+    begin = time.perf_counter()
     for _ in range(steps):
-      state, metrics = compiled(state, host_batch(), key)
+      holder['state'], metrics = compiled(holder['state'], host_batch(), key)
       jax.device_get(metrics)  # The examples log every step's metrics.
-    times.append(time.perf_counter() - start)
-  return {'images_per_sec': steps * batch / statistics.median(times),
-          'compile_s': compile_s,
-          'flops_per_image': _flops(compiled) / batch}
+    return time.perf_counter() - begin
+
+  window()  # Warm-up.
+  return Timed(compile_s, _flops(compiled) / batch, window)
 
 
 def _peak_rss_mb() -> float:
@@ -186,12 +200,22 @@ def main(argv):
   labels = rng.integers(0, 10, NUM_IMAGES, dtype=np.int32)
 
   matmul = matmul_gflops()
-  ours = bench_digits_jax(config, images, labels, batch, steps, windows)
-  ours['peak_rss_mb'] = _peak_rss_mb()
-  reference = bench_reference(config, images, labels, batch, steps, windows)
-  reference['peak_rss_mb'] = _peak_rss_mb()
-  for result in (ours, reference):
-    result['gflops'] = result['images_per_sec'] * result['flops_per_image'] / 1e9
+  paths = {'digits_jax': digits_jax_path(config, images, labels, batch, steps),
+           'reference': reference_path(config, images, labels, batch, steps)}
+  # Windows alternate between the two paths, so that a change in the
+  # machine's speed during the run (common on shared VMs) touches both.
+  for _ in range(windows):
+    for path in paths.values():
+      path.times.append(path.window())
+  results = {}
+  for name, path in paths.items():
+    images_per_sec = steps * batch / statistics.median(path.times)
+    results[name] = {
+        'images_per_sec': images_per_sec, 'compile_s': path.compile_s,
+        'flops_per_image': path.flops_per_image,
+        'gflops': images_per_sec * path.flops_per_image / 1e9}
+  ours, reference = results['digits_jax'], results['reference']
+  peak_rss_mb = _peak_rss_mb()
 
   device = jax.devices()[0]
   print(f'device: {device.platform} {device.device_kind} x{jax.device_count()}'
@@ -202,11 +226,11 @@ def main(argv):
         f'median of {windows} windows, {config.compute_dtype}')
   print(f'float32 matmul: {matmul:.1f} GFLOP/s')
   print(f'{"":12s}{"images/s":>10s}{"compile s":>11s}{"MFLOP/img":>11s}'
-        f'{"GFLOP/s":>9s}{"peak RSS MB":>13s}')
-  for name, r in (('digits_jax', ours), ('reference', reference)):
+        f'{"GFLOP/s":>9s}')
+  for name, r in results.items():
     print(f'{name:12s}{r["images_per_sec"]:10.1f}{r["compile_s"]:11.1f}'
-          f'{r["flops_per_image"] / 1e6:11.1f}{r["gflops"]:9.1f}'
-          f'{r["peak_rss_mb"]:13.0f}')
+          f'{r["flops_per_image"] / 1e6:11.1f}{r["gflops"]:9.1f}')
+  print(f'peak memory (process RSS, both paths): {peak_rss_mb:.0f} MB')
   ratio = ours['images_per_sec'] / reference['images_per_sec']
   print(f'ratio digits_jax / reference: {ratio:.2f}')
   print(json.dumps({
@@ -217,6 +241,7 @@ def main(argv):
       'reference_gflops': round(reference['gflops'], 2),
       'matmul_gflops': round(matmul, 1),
       'compile_s': round(ours['compile_s'], 1),
+      'peak_rss_mb': round(peak_rss_mb),
       'flops_per_image': ours['flops_per_image'],
       'batch': batch, 'input_size': config.input_size, 'steps': steps,
       'device': device.device_kind, 'platform': device.platform,

@@ -46,15 +46,20 @@ def test_zoom_enlarges_about_the_centre():
   assert out[14, 24] == pytest.approx(255.0, abs=1e-3)  # 10 pixels right.
 
 
-def test_random_affine_keeps_shape_dtype_and_varies_per_image():
-  images = jnp.tile(jnp.asarray(_dot_image(32, 16, 16))[None], (16, 1, 1))
-  out = jax.jit(lambda k, x: augment.random_affine(
-      k, x, rotation_degrees=10, zoom_range=0.1, shift_range=0.1))(
-          jax.random.key(0), images)
-  assert out.shape == images.shape and out.dtype == images.dtype
-  # Each image got its own transform.
+def test_preprocess_augments_each_image_with_its_own_transform():
+  from digits_jax import train  # pylint: disable=g-import-not-at-top
+  preprocess = train.Preprocess(input_size=32, pixel_mean=0.0, pixel_std=1.0,
+                                rotation_degrees=10, zoom_range=0.1,
+                                shift_range=0.1)
+  images = jnp.tile(jnp.asarray(_dot_image(28, 14, 14), jnp.uint8)[None],
+                    (16, 1, 1))
+  out = jax.jit(preprocess)(images, jax.random.key(0))
+  assert out.shape == (16, 32, 32, 1) and out.dtype == jnp.float32
   flat = np.asarray(out).reshape(16, -1)
   assert len({row.tobytes() for row in flat}) == 16
+  # Without a key, no augmentation: every image stays the same.
+  plain = np.asarray(jax.jit(preprocess)(images)).reshape(16, -1)
+  assert len({row.tobytes() for row in plain}) == 1
 
 
 def test_random_parameters_stay_in_their_ranges():

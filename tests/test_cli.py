@@ -126,3 +126,18 @@ def test_checkpoint_of_another_model_fails_and_keeps_it(cli_run):
   result = run_cli(*common, '--config.model=lenet5')
   assert_one_line_error(result, "model='improved_lenet'", 'lenet5')
   assert sorted(os.listdir(checkpoints)) == before
+
+
+def test_benchmark_script_reports_its_figures_as_a_json_last_line():
+  result = subprocess.run(
+      [sys.executable, 'scripts/benchmark.py', '--model=lenet5', '--batch=16',
+       '--steps=2', '--windows=1'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  for key in ('images_per_sec', 'reference_images_per_sec', 'ratio', 'gflops',
+              'matmul_gflops', 'compile_s', 'flops_per_image'):
+    assert report[key] > 0, key
+  assert report['ratio'] == pytest.approx(
+      report['images_per_sec'] / report['reference_images_per_sec'],
+      rel=1e-2)

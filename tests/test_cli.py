@@ -119,12 +119,19 @@ def test_eval_without_a_run_fails_in_one_line(tmp_path):
   assert_one_line_error(result, 'no checkpoints')
 
 
-def test_checkpoint_of_another_model_fails_and_keeps_it(cli_run):
+@pytest.mark.parametrize('overrides, fragments', [
+    (['--config.model=lenet5', '--config.dropout_rate=0.0'],
+     ["model='improved_lenet'", 'lenet5']),
+    (['--config.lr_schedule=onecycle'], ["lr_schedule='plateau'",
+                                         'onecycle']),
+])
+def test_checkpoint_of_another_setup_fails_and_keeps_it(cli_run, overrides,
+                                                        fragments):
   workdir, common, _ = cli_run
   checkpoints = os.path.join(workdir, 'checkpoints')
   before = sorted(os.listdir(checkpoints))
-  result = run_cli(*common, '--config.model=lenet5')
-  assert_one_line_error(result, "model='improved_lenet'", 'lenet5')
+  result = run_cli(*common, *overrides)
+  assert_one_line_error(result, *fragments)
   assert sorted(os.listdir(checkpoints)) == before
 
 

@@ -14,8 +14,8 @@ from digits_jax import predict
 from digits_jax import train
 
 NUM_DIGITS = 200
-MODEL_OVERRIDES = {'model': 'lenet5', 'augment': False, 'l2': 0.0,
-                   'input_size': 28}
+MODEL_OVERRIDES = {'model': 'lenet5', 'dropout_rate': 0.0, 'augment': False,
+                   'l2': 0.0, 'input_size': 28}
 FLAGS = [f'--config.{k}={v}' for k, v in MODEL_OVERRIDES.items()]
 
 

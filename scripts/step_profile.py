@@ -47,10 +47,13 @@ def _ms(f, *args) -> float:
 
 
 def _forward_and_gradient(fn, *args) -> tuple[float, float]:
-  """Forward, and forward plus the gradient for all arguments."""
-  grad = jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))),
-                  argnums=tuple(range(len(args))))
-  return _ms(fn, *args), _ms(grad, *args)
+  """Forward, and forward plus the gradients for all arguments given a
+  random output gradient (an argument: a loss such as sum(sin(y)) would add
+  its own cost, large for the big early activations)."""
+  out = jax.eval_shape(fn, *args)
+  cotangent = jax.random.normal(jax.random.key(9), out.shape, out.dtype)
+  backward = lambda dy, *a: jax.vjp(fn, *a)[1](dy)
+  return _ms(fn, *args), _ms(backward, cotangent, *args)
 
 
 def main(argv):

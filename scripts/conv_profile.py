@@ -8,9 +8,7 @@ side in one process, and prints ms and GFLOP/s for each.
 """
 
 import os
-import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -18,6 +16,7 @@ import jax
 from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 64, 'Batch size.')
@@ -29,14 +28,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 9, 'Timed calls; median shown.')
 
 
 def _time(f, *args) -> float:
-  f = jax.jit(f)
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return timing.median_seconds(f, *args, repeats=_REPEATS.value)
 
 
 def main(argv):

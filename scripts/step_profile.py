@@ -12,9 +12,7 @@ look, not a sum.
 
 import functools
 import os
-import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -25,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -36,14 +35,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 9, 'Timed calls; median shown.')
 
 
 def _ms(f, *args) -> float:
-  f = jax.jit(f)
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  return timing.median_seconds(f, *args, repeats=_REPEATS.value) * 1e3
 
 
 def _forward_and_gradient(fn, *args) -> tuple[float, float]:

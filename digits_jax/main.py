@@ -74,11 +74,6 @@ def main(argv):
     config.keys()  # The config file loads lazily: fail here if it cannot.
   except OSError as e:
     _fail(f'cannot load the --config file: {str(e).splitlines()[-1].strip()}')
-  except Exception as e:  # pylint: disable=broad-except
-    # The config file is the user's Python: whatever it raised, say it in
-    # one line (a type clash with the base config is a TypeError here).
-    lines = str(e).strip().splitlines() or ['']
-    _fail(f'the --config file failed: {type(e).__name__}: {lines[0]}')
   try:
     config_checks.validate(config)
     parallel.initialize_distributed(config)

@@ -2,19 +2,28 @@
 
 Measured on the 2-core development machine (jax 0.10, the improved LeNet's
 5x5 32->32 convolution at batch 128 on its 24x24 input, 2.6 GFLOP per pass;
-`python scripts/conv_profile.py --batch=128 --size=24`):
+`python scripts/conv_profile.py --batch=128 --size=24`; this VM's speed
+drifts by up to 1.5x, so the figures are ranges):
 
-                     XLA                     here
-  forward            ~110 ms  (~24 GFLOP/s)  ~30-39 ms  (padded by 1, cropped)
-  input gradient     ~20-27 ms (~100)        the same (XLA's, transposed)
-  weight gradient    ~220 ms  (~12)          ~55-60 ms  (row-stacked matmuls)
+                     XLA                      here
+  forward            ~100-130 ms (~20-26 GFLOP/s)  ~25-28 ms  (`_conv_by_columns`)
+  input gradient     ~20-27 ms (~100-130)     the same (XLA's)
+  weight gradient    ~200-220 ms (~12)        ~26-30 ms  (`_weight_gradient_rows`)
 
-XLA:CPU lowers an unpadded convolution, and the weight gradient JAX derives
-for it, to a slow path; a padded one takes the fast path. So the forward pass
-computes the convolution padded by one pixel and crops the border (the
-cropped values are exactly the unpadded ones), the input gradient is XLA's
-transpose of that, and the weight gradient is computed by matmuls (see
-`_weight_gradient`). The result is the same function as
+XLA:CPU hands convolutions to YNNPACK, which is fast on padded ones and slow
+on unpadded ones and on the weight gradient JAX derives for them. So:
+
+* the forward pass stacks the KW column offsets of the input on its channels
+  and does one well-shaped matmul per chunk of images (for layers with few
+  input channels, such as conv1, YNNPACK's padded convolution cropped to the
+  'VALID' part is faster and is used);
+* the input gradient is XLA's transpose of that padded convolution;
+* the weight gradient is one matmul per chunk of images of the row-stacked
+  input against the column-shifted output gradient.
+
+The chunks run under `lax.scan`, so that one chunk's stacked operands are live
+at a time and stay in cache: unrolled, XLA schedules all of them first and
+the same matmuls ran at half the speed. The result is the same function as
 `lax.conv_general_dilated` to float32 rounding (tests/test_conv.py).
 
 On GPU and TPU the plain convolution is already fast and is used instead.
@@ -30,8 +39,13 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # Up to this many patch rows (KH*KW*C) the weight gradient is one matmul
 # over materialized patches; conv1's 25 measured 6x faster that way.
 _MAX_PATCH_ROWS = 64
-# Images per weight-gradient matmul: small enough to stay in cache.
-_IMAGES_PER_CHUNK = 32
+# The forward pass stacks KW*C input channels; below this many the matmul is
+# too thin and YNNPACK's padded convolution wins (conv1: 5).
+_MIN_STACKED_CHANNELS = 16
+# Images per chunk: as many as keep a chunk's stacked operand within this
+# many bytes. For conv2 at batch 128 that is 16 images (8 and 16 measured
+# best, 4 and 32 10% slower); conv3 and conv4 fit whole.
+_CHUNK_BYTES = 5 * 2**20
 
 
 def _padded_then_cropped(x, w):
@@ -40,14 +54,68 @@ def _padded_then_cropped(x, w):
   return y[:, 1:-1, 1:-1, :]
 
 
+def _chunk_map(f, bytes_per_image, *arrays):
+  """f over consecutive chunks of images of `arrays`, in a scan; returns its
+  results stacked on a new leading axis (one entry per chunk).
+
+  The batch is zero-padded to a whole number of chunks; zero images give
+  zero weight gradients, and the callers drop their forward outputs.
+  """
+  n = arrays[0].shape[0]
+  chunk = max(1, min(n, _CHUNK_BYTES // bytes_per_image))
+  num_chunks = -(-n // chunk)
+  padding = num_chunks * chunk - n
+
+  def split(a):
+    if padding:
+      a = jnp.pad(a, [(0, padding)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape(num_chunks, chunk, *a.shape[1:])
+
+  _, results = lax.scan(lambda _, chunk_arrays: (None, f(*chunk_arrays)),
+                        None, tuple(split(a) for a in arrays))
+  return results
+
+
+def _conv_by_columns(x, w):
+  """The 'VALID' convolution as one [N*H*OW, KW*C] x [KW*C, KH*O] matmul.
+
+  y[n, h, w] = sum over (i, j) of x[n, h+i, w+j] w[i, j]: stacking the KW
+  column offsets of x on its channels and the KH kernel rows of w on its
+  output features computes every (row offset, kernel row) product at once;
+  the output row h sums the products of input row h+i with kernel row i.
+  It does H/OH times the minimal FLOPs (1.2x for conv2).
+  """
+  n, height, _, channels = x.shape
+  kh, kw, _, features = w.shape
+  out_h, out_w = height - kh + 1, x.shape[2] - kw + 1
+  columns = jnp.concatenate([x[:, :, j:j + out_w] for j in range(kw)],
+                            axis=-1)
+  kernel = w.transpose(1, 2, 0, 3).reshape(kw * channels, kh * features)
+  products = jnp.matmul(columns.reshape(-1, kw * channels), kernel,
+                        preferred_element_type=jnp.float32)
+  products = products.reshape(n, height, out_w, kh, features)
+  y = sum(products[:, i:i + out_h, :, i] for i in range(kh))
+  return y.astype(jnp.result_type(x, w))
+
+
+def _forward_value(x, w):
+  n, height, width, channels = x.shape
+  kw = w.shape[1]
+  if kw * channels < _MIN_STACKED_CHANNELS:
+    return _padded_then_cropped(x, w)
+  bytes_per_image = height * (width - kw + 1) * kw * channels * x.itemsize
+  y = _chunk_map(lambda x: _conv_by_columns(x, w), bytes_per_image, x)
+  return y.reshape(-1, *y.shape[2:])[:n]
+
+
 @jax.custom_vjp
 def conv_valid_nhwc(x: jax.Array, w: jax.Array) -> jax.Array:
   """Stride-1 'VALID' convolution of x [N, H, W, C] with w [KH, KW, C, O]."""
-  return _padded_then_cropped(x, w)
+  return _forward_value(x, w)
 
 
 def _forward(x, w):
-  return _padded_then_cropped(x, w), (x, w)
+  return _forward_value(x, w), (x, w)
 
 
 def _weight_gradient(x, dy, kh, kw):
@@ -56,8 +124,7 @@ def _weight_gradient(x, dy, kh, kw):
   Few patch rows (KH*KW*C, e.g. conv1's 25): one matmul of the transposed
   patches [KH*KW*C, N*OH*OW] with dy. Otherwise the row-stacked form of
   `_weight_gradient_rows`, over chunks of images small enough that its
-  operands stay in cache (on this machine 32 images took half the time of
-  128 at once).
+  operands stay in cache.
   """
   channels, features = x.shape[-1], dy.shape[-1]
   out_h, out_w = dy.shape[1:3]
@@ -69,10 +136,9 @@ def _weight_gradient(x, dy, kh, kw):
                     dy.reshape(-1, features),
                     preferred_element_type=jnp.float32)
     return dw.reshape(kh, kw, channels, features)
-  n = x.shape[0]
-  return sum(_weight_gradient_rows(x[s:s + _IMAGES_PER_CHUNK],
-                                   dy[s:s + _IMAGES_PER_CHUNK], kh, kw)
-             for s in range(0, n, _IMAGES_PER_CHUNK))
+  bytes_per_image = out_h * x.shape[2] * kh * channels * x.itemsize
+  return _chunk_map(functools.partial(_weight_gradient_rows, kh=kh, kw=kw),
+                    bytes_per_image, x, dy).sum(axis=0)
 
 
 def _weight_gradient_rows(x, dy, kh, kw):

@@ -14,14 +14,19 @@ def _reference(x, w):
                                   dimension_numbers=NHWC)
 
 
-@pytest.mark.parametrize('shape', [
-    (4, 32, 32, 1, 5, 32),   # conv1 of the improved LeNet.
-    (4, 28, 28, 32, 5, 32),  # conv2.
-    (3, 12, 12, 32, 3, 64),  # conv3.
-    (40, 9, 9, 16, 3, 8),    # More images than one weight-gradient chunk.
-    (2, 9, 7, 5, 2, 3),      # Odd sizes.
+@pytest.mark.parametrize('shape,chunk_bytes', [
+    ((4, 32, 32, 1, 5, 32), None),   # conv1 of the improved LeNet.
+    ((4, 28, 28, 32, 5, 32), None),  # conv2.
+    ((3, 12, 12, 32, 3, 64), None),  # conv3.
+    ((2, 9, 7, 5, 2, 3), None),      # Odd sizes.
+    # Chunks of 3 images, the last one part padding (the forward pass and
+    # the weight gradient both stack 7*9*3*16*4 bytes per image).
+    ((10, 9, 9, 16, 3, 8), 3 * 7 * 9 * 3 * 16 * 4),
 ])
-def test_fast_conv_matches_lax_in_value_and_gradients(shape):
+def test_fast_conv_matches_lax_in_value_and_gradients(shape, chunk_bytes,
+                                                      monkeypatch):
+  if chunk_bytes:
+    monkeypatch.setattr(conv, '_CHUNK_BYTES', chunk_bytes)
   n, h, w_, c, k, o = shape
   kx, kw, kd = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (n, h, w_, c))

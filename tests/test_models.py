@@ -112,5 +112,7 @@ def test_benchmark_reference_is_the_same_function():
                              rtol=1e-5, atol=1e-5)
   got, want = (jax.grad(functools.partial(training_loss, model))(
       variables['params']) for model in (ours, reference))
-  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
-                                 atol=1e-5), got, want)
+  # Float32 rounding of the sums is relative to the array's scale, not to
+  # each element (a gradient of 0.2 beside ones of 20 differs by 6e-5).
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(
+      g, w, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(w).max())), got, want)

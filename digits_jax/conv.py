@@ -54,22 +54,25 @@ def _padded_then_cropped(x, w):
   return y[:, 1:-1, 1:-1, :]
 
 
-def _chunk_map(f, bytes_per_image, *arrays):
-  """f over consecutive chunks of images of `arrays`, in a scan; returns its
-  results stacked on a new leading axis (one entry per chunk).
+def _scan_over_chunks(f, bytes_per_image, *arrays):
+  """f over chunks of the images of `arrays`, in a scan; returns f's results
+  stacked on a new leading axis, one entry per chunk.
 
-  The batch is zero-padded to a whole number of chunks; zero images give
-  zero weight gradients, and the callers drop their forward outputs.
+  Chunk k holds every num_chunks-th image from image k on, so that the
+  chunks divide the batch the way a device mesh does: under `jax.jit` over a
+  mesh each device loops over its own images and nothing is gathered. The
+  batch is zero-padded to equal chunks; zero images give zero weight
+  gradients, and `_forward_value` drops their outputs.
   """
   n = arrays[0].shape[0]
-  chunk = max(1, min(n, _CHUNK_BYTES // bytes_per_image))
-  num_chunks = -(-n // chunk)
+  num_chunks = -(-n // max(1, _CHUNK_BYTES // bytes_per_image))
+  chunk = -(-n // num_chunks)  # Equal chunks, the least padding.
   padding = num_chunks * chunk - n
 
   def split(a):
     if padding:
       a = jnp.pad(a, [(0, padding)] + [(0, 0)] * (a.ndim - 1))
-    return a.reshape(num_chunks, chunk, *a.shape[1:])
+    return jnp.swapaxes(a.reshape(chunk, num_chunks, *a.shape[1:]), 0, 1)
 
   _, results = lax.scan(lambda _, chunk_arrays: (None, f(*chunk_arrays)),
                         None, tuple(split(a) for a in arrays))
@@ -104,8 +107,9 @@ def _forward_value(x, w):
   if kw * channels < _MIN_STACKED_CHANNELS:
     return _padded_then_cropped(x, w)
   bytes_per_image = height * (width - kw + 1) * kw * channels * x.itemsize
-  y = _chunk_map(lambda x: _conv_by_columns(x, w), bytes_per_image, x)
-  return y.reshape(-1, *y.shape[2:])[:n]
+  y = _scan_over_chunks(lambda x: _conv_by_columns(x, w), bytes_per_image, x)
+  # [chunk k, position i] is image i * num_chunks + k.
+  return jnp.swapaxes(y, 0, 1).reshape(-1, *y.shape[2:])[:n]
 
 
 @jax.custom_vjp
@@ -137,8 +141,9 @@ def _weight_gradient(x, dy, kh, kw):
                     preferred_element_type=jnp.float32)
     return dw.reshape(kh, kw, channels, features)
   bytes_per_image = out_h * x.shape[2] * kh * channels * x.itemsize
-  return _chunk_map(functools.partial(_weight_gradient_rows, kh=kh, kw=kw),
-                    bytes_per_image, x, dy).sum(axis=0)
+  return _scan_over_chunks(
+      functools.partial(_weight_gradient_rows, kh=kh, kw=kw),
+      bytes_per_image, x, dy).sum(axis=0)
 
 
 def _weight_gradient_rows(x, dy, kh, kw):

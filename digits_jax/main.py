@@ -10,6 +10,7 @@ stderr and exit code 2.
 
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -98,6 +99,33 @@ def main(argv):
     sys.exit(1)
 
 
+def _config_file_error(error: BaseException, argv) -> str | None:
+  """One line for an exception the --config file itself raised, else None.
+
+  ml_collections runs the file while parsing the flags, so its errors (a
+  typo, a key that a ConfigDict lacks) arrive here with a traceback that
+  passes through the file; an unknown `--config.KEY` override raises the
+  same exception types from ml_collections alone.
+  """
+  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')),
+              None)
+  if not path:
+    return None
+  path = os.path.abspath(path.split(':', 1)[0])  # 'file.py:arg' is allowed.
+  if isinstance(error, SyntaxError) and error.filename and (
+      os.path.abspath(error.filename) == path):
+    line = error.lineno
+  else:
+    lines = [lineno for frame, lineno in traceback.walk_tb(error.__traceback__)
+             if os.path.abspath(frame.f_code.co_filename) == path]
+    if not lines:
+      return None
+    line = lines[-1]
+  message = str(error).splitlines()[0] if str(error) else ''
+  return (f'the --config file {path} failed at line {line}: '
+          f'{type(error).__name__}: {message}')
+
+
 def _parse_flags(argv):
   # A bad flag or an unknown `--config.key` would end in a usage dump; say
   # it in one line instead.
@@ -108,13 +136,20 @@ def _parse_flags(argv):
     # keep its first line and the exception it ended with.
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     _fail(lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}')
-  except (AttributeError, KeyError) as e:
-    # ml_collections' way of saying that an override names no config field.
-    name = str(e).strip('"\'')
-    _fail(f'the config has no key {name!r}; see the config file for the keys '
-          '--config.KEY can set')
-  except (ValueError, TypeError) as e:
-    _fail(f'bad command line value: {str(e).splitlines()[0]}')
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever the config file raised is the config file's error, whatever
+    # its type; re-raised below if it came from elsewhere.
+    message = _config_file_error(e, argv)
+    if message:
+      _fail(message)
+    if isinstance(e, (AttributeError, KeyError)):
+      # ml_collections' way of saying that an override names no field.
+      name = str(e).strip('"\'')
+      _fail(f'the config has no key {name!r}; see the config file for the '
+            'keys --config.KEY can set')
+    if isinstance(e, (ValueError, TypeError)):
+      _fail(f'bad command line value: {str(e).splitlines()[0]}')
+    raise
 
 
 def run():

@@ -3,12 +3,13 @@
 Measured on the 2-core development machine (jax 0.10, the improved LeNet's
 5x5 32->32 convolution at batch 128 on its 24x24 input, 2.6 GFLOP per pass;
 `python scripts/conv_profile.py --batch=128 --size=24`; this VM's speed
-drifts by up to 1.5x, so the figures are ranges):
+drifts by up to 1.5x, so the figures are ranges over its faster and slower
+hours):
 
-                     XLA                      here
-  forward            ~100-130 ms (~20-26 GFLOP/s)  ~25-28 ms  (`_conv_by_columns`)
-  input gradient     ~20-27 ms (~100-130)     the same (XLA's)
-  weight gradient    ~200-220 ms (~12)        ~26-30 ms  (`_weight_gradient_rows`)
+                     XLA                           here
+  forward            ~100-140 ms (~20-26 GFLOP/s)  ~25-37 ms (`_conv_by_columns`)
+  input gradient     ~20-30 ms   (~90-130)         the same (XLA's)
+  weight gradient    ~200-245 ms (~11-13)          ~27-44 ms (`_weight_gradient_rows`)
 
 XLA:CPU hands convolutions to YNNPACK, which is fast on padded ones and slow
 on unpadded ones and on the weight gradient JAX derives for them. So:

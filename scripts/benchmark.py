@@ -118,9 +118,9 @@ def _flops(compiled) -> float:
 
 
 class Timed:
-  """A compiled training path: its compile time, FLOPs per image (None
-  where XLA's count would be wrong), and
-  `window()`, which trains `steps` steps and returns the seconds taken."""
+  """A compiled training path: its compile time, FLOPs per image (None where
+  XLA's count would be wrong), and `window()`, which trains `steps` steps and
+  returns the seconds taken."""
 
   def __init__(self, compile_s, flops_per_image, window):
     self.compile_s = compile_s

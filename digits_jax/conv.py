@@ -59,13 +59,21 @@ def _scan_over_chunks(f, bytes_per_image, *arrays):
   """f over chunks of the images of `arrays`, in a scan; returns f's results
   stacked on a new leading axis, one entry per chunk.
 
-  Chunk k holds every num_chunks-th image from image k on, so that the
-  chunks divide the batch the way a device mesh does: under `jax.jit` over a
-  mesh each device loops over its own images and nothing is gathered. The
-  batch is zero-padded to equal chunks; zero images give zero weight
-  gradients, and `_forward_value` drops their outputs.
+  One device only (below). Chunk k holds every num_chunks-th image from
+  image k on, so that the chunks divide the batch the way a device mesh
+  would (contiguous chunks made GSPMD gather the batch). The batch is
+  zero-padded to equal chunks; zero images give zero weight gradients, and
+  `_forward_value` drops their outputs.
   """
   n = arrays[0].shape[0]
+  if jax.device_count() > 1:
+    # One chunk wherever several devices share the batch. Across processes
+    # (CPU collectives over gloo) every process must issue its all-reduces in
+    # the same order, and with this loop in the program they did not (a gloo
+    # 'collective mismatch' abort in tests/test_parallel.py); and one
+    # computation for every device count keeps a model trained on 1, 2 or 8
+    # devices the same to float32 rounding.
+    return f(*arrays)[None]
   num_chunks = -(-n // max(1, _CHUNK_BYTES // bytes_per_image))
   chunk = -(-n // num_chunks)  # Equal chunks, the least padding.
   padding = num_chunks * chunk - n

@@ -107,8 +107,12 @@ def _config_file_error(error: BaseException, argv) -> str | None:
   passes through the file; an unknown `--config.KEY` override raises the
   same exception types from ml_collections alone.
   """
-  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')),
-              None)
+  path = None
+  for i, arg in enumerate(argv):  # --config=FILE or --config FILE.
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
   if not path:
     return None
   path = os.path.abspath(path.split(':', 1)[0])  # 'file.py:arg' is allowed.

@@ -7,6 +7,7 @@ JAX and fails there with a traceback.
 
 from digits_jax import models
 from digits_jax import optim
+from digits_jax import xla_options
 from digits_jax.errors import UserError
 
 DATASETS = ('mnist',)
@@ -103,9 +104,9 @@ def validate(config) -> None:
   _require(0 <= config.rotation_degrees <= 180,
            f'config.rotation_degrees={config.rotation_degrees!r} must be in '
            '[0, 180]')
-  _require(config.conv_impl in models.CONV_IMPLS,
+  _require(config.conv_impl in xla_options.CONV_IMPLS,
            f'config.conv_impl={config.conv_impl!r} must be one of '
-           f'{models.CONV_IMPLS}')
+           f'{xla_options.CONV_IMPLS}')
   _require(config.parallelism in ('mesh', 'pmap'),
            f'config.parallelism={config.parallelism!r} must be mesh or pmap')
   _require(config.compute_dtype in COMPUTE_DTYPES,

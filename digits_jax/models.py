@@ -7,27 +7,37 @@ the loss and in `predict`.
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 
-from digits_jax import conv as fast_conv
-
 from digits_jax.errors import UserError
+
 
 def max_pool_2x2(x):
   """2x2 max pooling, stride 2 (Keras' MaxPooling2D(2, 2): odd edges dropped).
 
-  The same function as `nn.max_pool(x, (2, 2), (2, 2))`, written as a reshape
-  and a max: XLA:CPU differentiates `reduce_window` through select-and-scatter,
-  which measured about 4x slower here than the max's gradient.
+  The same function as `nn.max_pool(x, (2, 2), (2, 2))`, written as three
+  elementwise choices between the window's four values: XLA:CPU
+  differentiates `reduce_window` through select-and-scatter, which measured
+  about 4x slower here. Not as `reshape(...).max()` either: the gradient JAX
+  derives for a max compares the input with the max for equality, XLA may
+  recompute the two in different fusions with different rounding, and then
+  the comparison fails and the gradient is lost (measured: wrong gradients
+  for the whole improved LeNet under the Eigen convolutions of
+  xla_options.py). Here the gradient follows the same comparisons as the
+  value, and goes to one element of a window (the first of tied ones, as in
+  Keras and PyTorch).
   """
   n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
-  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
+  larger = lambda a, b: jnp.where(b > a, b, a)
+  top = larger(x[:, :, 0, :, 0], x[:, :, 0, :, 1])
+  bottom = larger(x[:, :, 1, :, 0], x[:, :, 1, :, 1])
+  return larger(top, bottom)
 
 
 class Dropout(nn.Module):
@@ -69,13 +79,11 @@ class ImprovedLeNet(nn.Module):
   dropout_rate: float = 0.25
   dtype: Any = jnp.float32
   axis_name: str | None = None
-  conv_general_dilated: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     conv = functools.partial(nn.Conv, padding='VALID', dtype=self.dtype,
-                             kernel_init=nn.initializers.glorot_uniform(),
-                             conv_general_dilated=self.conv_general_dilated)
+                             kernel_init=nn.initializers.glorot_uniform())
     dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
                               kernel_init=nn.initializers.glorot_uniform())
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
@@ -109,14 +117,12 @@ class LeNet5(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   axis_name: str | None = None  # Unused: no BatchNorm. Kept for one interface.
-  conv_general_dilated: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     del train
     conv = functools.partial(nn.Conv, padding='VALID', dtype=self.dtype,
-                             kernel_init=nn.initializers.glorot_uniform(),
-                             conv_general_dilated=self.conv_general_dilated)
+                             kernel_init=nn.initializers.glorot_uniform())
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=nn.initializers.glorot_uniform())
     pool = max_pool_2x2
@@ -134,20 +140,8 @@ MODELS = {
 }
 
 
-CONV_IMPLS = ('auto', 'xla', 'cpu_fast')
-
-
-def conv_function(impl: str) -> Callable:
-  """The convolution primitive: 'cpu_fast' (see conv.py), 'xla' (plain), or
-  'auto': the fast one where the default backend is the CPU."""
-  if impl == 'auto':
-    impl = 'cpu_fast' if jax.default_backend() == 'cpu' else 'xla'
-  return (fast_conv.conv_general_dilated if impl == 'cpu_fast'
-          else lax.conv_general_dilated)
-
-
-def create_model(name: str, conv_impl: str = 'auto', **kwargs) -> nn.Module:
+def create_model(name: str, **kwargs) -> nn.Module:
   if name not in MODELS:
     raise UserError(f'unknown model {name!r}; choose one of '
                     f'{", ".join(sorted(MODELS))}')
-  return MODELS[name](conv_general_dilated=conv_function(conv_impl), **kwargs)
+  return MODELS[name](**kwargs)

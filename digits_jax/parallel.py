@@ -87,7 +87,7 @@ class DataParallel:
 
     return {'image': global_array(images), 'label': global_array(labels)}
 
-  def compile_host_fed(self, scan_fn):
+  def compile_host_fed(self, scan_fn, compiler_options=None):
     """Wraps `scan_fn(state, batches, key)` for host-assembled batches."""
     replicated = NamedSharding(self.mesh, P())
     return jax.jit(scan_fn,
@@ -95,7 +95,7 @@ class DataParallel:
                                  NamedSharding(self.mesh, P(None, AXIS)),
                                  replicated),
                    out_shardings=(replicated, replicated),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=compiler_options)
 
   def unreplicate(self, tree):
     """One copy of replicated values (what checkpoints and eval take)."""
@@ -113,8 +113,12 @@ class DataParallel:
     return jax.device_put(batch_indices,
                           NamedSharding(self.mesh, P(None, AXIS)))
 
-  def compile(self, scan_fn):
-    """Wraps `scan_fn(state, images, labels, batch_indices, key)`."""
+  def compile(self, scan_fn, compiler_options=None):
+    """Wraps `scan_fn(state, images, labels, batch_indices, key)`.
+
+    `compiler_options` (see xla_options.py) apply under jit; `jax.pmap`
+    takes none, so pmap programs compile with XLA's defaults.
+    """
     if self.mode == 'pmap':
       return jax.pmap(scan_fn, axis_name=AXIS,
                       in_axes=(0, 0, 0, 0, None), donate_argnums=(0,))
@@ -124,7 +128,7 @@ class DataParallel:
         in_shardings=(replicated, replicated, replicated,
                       NamedSharding(self.mesh, P(None, AXIS)), replicated),
         out_shardings=(replicated, replicated),
-        donate_argnums=(0,))
+        donate_argnums=(0,), compiler_options=compiler_options)
 
   def metrics_to_host(self, metrics):
     return jax.device_get(self.unreplicate(metrics))

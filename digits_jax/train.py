@@ -32,6 +32,7 @@ from digits_jax import models
 from digits_jax import optim
 from digits_jax import parallel as parallel_lib
 from digits_jax import reports
+from digits_jax import xla_options
 from digits_jax.errors import UserError
 
 MNIST_SIZE = 28
@@ -188,11 +189,12 @@ def parameter_counts(state: TrainState) -> dict:
 class Evaluator:
   """Compiled inference over a whole split, padded to the eval batch size."""
 
-  def __init__(self, model, preprocess: Preprocess, batch_size: int):
+  def __init__(self, model, preprocess: Preprocess, batch_size: int,
+               compiler_options: dict | None = None):
     self._batch_size = batch_size
     self._logits = jax.jit(functools.partial(
         predict_logits, model=model, preprocess=preprocess,
-        batch_size=batch_size))
+        batch_size=batch_size), compiler_options=compiler_options)
 
   def logits(self, state: TrainState, images: np.ndarray) -> np.ndarray:
     n = len(images)
@@ -320,7 +322,6 @@ def build(config, splits_or_meta, axis_name=None, total_steps: int = 0):
   extra = ({'dropout_rate': config.dropout_rate}
            if config.model == 'improved_lenet' else {})
   model = models.create_model(config.model, dtype=dtype,
-                              conv_impl=config.conv_impl,
                               axis_name=axis_name, **extra)
   tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
   preprocess = Preprocess(
@@ -385,16 +386,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
                               augment_images=config.augment,
                               axis_name=devices.axis_name)
   unroll = jax.default_backend() == 'cpu'
+  options = xla_options.compiler_options(config.conv_impl)
   if devices.host_fed:
     train_chunk = devices.compile_host_fed(functools.partial(
-        scan_train_batches, step_fn, unroll=unroll))
+        scan_train_batches, step_fn, unroll=unroll), options)
   else:
     train_chunk = devices.compile(functools.partial(
-        scan_train_steps, step_fn, unroll=unroll))
+        scan_train_steps, step_fn, unroll=unroll), options)
   # Evaluation runs on one device of each host, outside pmap: the same
   # model without the axis name.
   evaluator = Evaluator(model.clone(axis_name=None), preprocess,
-                        config.eval_batch_size)
+                        config.eval_batch_size, options)
   state = devices.replicate(state)
   if not devices.host_fed:
     train_images = devices.replicate(splits.train_images)
@@ -537,7 +539,8 @@ def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
   if splits is None:
     splits = input_pipeline.load_splits(config)
   evaluator = Evaluator(restored.model, restored.preprocess,
-                        config.eval_batch_size)
+                        config.eval_batch_size,
+                        xla_options.compiler_options(config.conv_impl))
   logits = evaluator.logits(restored.state, splits.test_images)
   report = classification_report(logits, splits.test_labels)
   report.update({'checkpoint_step': restored.step,

@@ -5,12 +5,13 @@ in one process:
 
   * digits_jax: the dataset on the device as uint8, `--steps` train steps per
     dispatch under lax.scan (unrolled on CPU), donated state, metrics read
-    back once per dispatch, `--conv_impl` convolutions (auto: the CPU fast
-    path of digits_jax/conv.py on CPU);
+    back once per dispatch, compiled with digits_jax/xla_options.py's
+    options for `--conv_impl` (auto: on CPU, Eigen's convolutions rather
+    than YNNPACK's);
   * reference: the Flax examples' shape: the same architecture written with
-    Flax's stock layers (`nn.Conv` on XLA's convolution, `nn.max_pool`,
-    `nn.Dropout`), numpy batches from the host, one jitted step per batch,
-    metrics read back every step.
+    Flax's stock layers (`nn.Conv`, `nn.max_pool`, `nn.Dropout`), XLA's
+    default compiler options, numpy batches from the host, one jitted step
+    per batch, metrics read back every step.
 
   python scripts/benchmark.py --batch=128 --input_size=28 --steps=8
 
@@ -37,6 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import xla_options  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
 _INPUT_SIZE = flags.DEFINE_enum('input_size', '28', ['28', '32'],
@@ -47,7 +49,7 @@ _STEPS = flags.DEFINE_integer('steps', 8, 'Train steps per timed window (and '
 _WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows; the median '
                                 'is reported.')
 _MODEL = flags.DEFINE_string('model', 'improved_lenet', 'Model name.')
-_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'xla', 'cpu_fast'],
+_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', xla_options.CONV_IMPLS,
                                 'Convolutions of the digits_jax path.')
 _DTYPE = flags.DEFINE_enum('compute_dtype', 'float32',
                            ['float32', 'bfloat16'], 'Compute dtype.')
@@ -97,9 +99,8 @@ class ReferenceImprovedLeNet(nn.Module):
                     name='logits')(x)
 
 
-def _setup(config, conv_impl, model=None):
+def _setup(config, model=None):
   config = config.copy_and_resolve_references()
-  config.conv_impl = conv_impl
   built, tx, preprocess = train.build(config, {'pixel_mean': 33.3,
                                                'pixel_std': 78.6})
   model = model or built
@@ -130,10 +131,12 @@ class Timed:
 
 
 def digits_jax_path(config, images, labels, batch, steps) -> Timed:
-  state, step_fn = _setup(config, _CONV_IMPL.value)
+  state, step_fn = _setup(config)
   chunk = jax.jit(functools.partial(train.scan_train_steps, step_fn,
                                     unroll=jax.default_backend() == 'cpu'),
-                  donate_argnums=(0,))
+                  donate_argnums=(0,),
+                  compiler_options=xla_options.compiler_options(
+                      _CONV_IMPL.value))
   key = jax.random.key(1)
   images, labels = jax.device_put(images), jax.device_put(labels)
   start = time.perf_counter()
@@ -155,15 +158,15 @@ def digits_jax_path(config, images, labels, batch, steps) -> Timed:
     return time.perf_counter() - begin
 
   window()  # Warm-up.
-  # XLA's cost analysis counts a while loop's body once, and this program's
-  # convolutions loop over chunks of images: its count would be too low. The
-  # model's FLOPs come from the reference's program instead (see main).
+  # XLA's cost analysis counts a while loop's body once, and off the CPU the
+  # steps of this program are one: its count would be too low. The model's
+  # FLOPs come from the reference's program instead (see main).
   return Timed(compile_s, None, window)
 
 
 def reference_path(config, images, labels, batch, steps) -> Timed:
   model = ReferenceImprovedLeNet() if config.model == 'improved_lenet' else None
-  state, step_fn = _setup(config, 'xla', model)
+  state, step_fn = _setup(config, model)
   step = jax.jit(step_fn, donate_argnums=(0,))
   key = jax.random.key(1)
   rng = np.random.default_rng(0)
@@ -212,7 +215,7 @@ def main(argv):
     for path in paths.values():
       path.times.append(path.window())
   # The model's FLOPs per training image, for both paths' GFLOP/s: XLA's
-  # cost analysis of the reference's step (plain convolutions, no loops).
+  # cost analysis of the reference's step (one step, no loops).
   flops_per_image = paths['reference'].flops_per_image
   results = {}
   for name, path in paths.items():

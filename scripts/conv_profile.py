@@ -1,8 +1,8 @@
 r"""Where a convolution's time goes: forward, input and weight gradients.
 
-Times the three parts of one 'VALID' NHWC convolution, XLA's plain
-`lax.conv_general_dilated` against digits_jax/conv.py's formulation, side by
-side in one process, and prints ms and GFLOP/s for each.
+Times the three parts of one 'VALID' NHWC convolution compiled with XLA's
+default options and with digits_jax/xla_options.py's 'eigen' options, side
+by side in one process, and prints ms and GFLOP/s for each.
 
   python scripts/conv_profile.py --batch=128 --size=24 --channels=32 --kernel=5
 """
@@ -17,7 +17,7 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import conv  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import xla_options  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 64, 'Batch size.')
 _SIZE = flags.DEFINE_integer('size', 28, 'Input height and width.')
@@ -25,10 +25,6 @@ _CHANNELS = flags.DEFINE_integer('channels', 32, 'Input channels.')
 _FEATURES = flags.DEFINE_integer('features', 32, 'Output channels.')
 _KERNEL = flags.DEFINE_integer('kernel', 5, 'Kernel size.')
 _REPEATS = flags.DEFINE_integer('repeats', 9, 'Timed calls; median shown.')
-
-
-def _time(f, *args) -> float:
-  return timing.median_seconds(f, *args, repeats=_REPEATS.value)
 
 
 def main(argv):
@@ -42,27 +38,31 @@ def main(argv):
   dy = jax.random.normal(keys[2], (n, out, out, o))
   flops = 2 * n * out * out * k * k * c * o
 
-  def plain(x, w):
+  def conv(x, w):
     return lax.conv_general_dilated(x, w, (1, 1), 'VALID',
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
+  # x and w are arguments, not constants: XLA would fold work on constants
+  # into the compiled program and flatter the timing.
+  parts = {
+      'forward': (conv, (x, w)),
+      'input grad': (lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[0],
+                     (x, w, dy)),
+      'weight grad': (lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[1],
+                      (x, w, dy)),
+  }
+  options = {'xla': None, 'eigen': xla_options.compiler_options('eigen')}
   print(f'conv {k}x{k}, {c}->{o} channels, input {n}x{h}x{h}, '
         f'{flops / 1e9:.2f} GFLOP per pass, {jax.devices()[0].device_kind}')
-  print(f'{"":10s}{"xla ms":>10s}{"GFLOP/s":>9s}{"fast ms":>10s}{"GFLOP/s":>9s}')
-  for part in ('forward', 'input grad', 'weight grad'):
-    row = []
-    for fn in (plain, conv.conv_valid_nhwc):
-      if part == 'forward':
-        seconds = _time(fn, x, w)
-      else:
-        index = 0 if part == 'input grad' else 1
-        # x and w are arguments, not constants: XLA would fold work on
-        # constants into the compiled program and flatter the timing.
-        seconds = _time(
-            lambda x, w, dy, fn=fn, i=index: jax.vjp(fn, x, w)[1](dy)[i],
-            x, w, dy)
-      row += [seconds * 1e3, flops / seconds / 1e9]
-    print(f'{part:10s}{row[0]:10.1f}{row[1]:9.1f}{row[2]:10.1f}{row[3]:9.1f}')
+  print(f'{"":12s}' + ''.join(f'{name + " ms":>10s}{"GFLOP/s":>9s}'
+                               for name in options))
+  for part, (fn, args) in parts.items():
+    row = ''
+    for compiler_options in options.values():
+      seconds = timing.median_seconds(fn, *args, repeats=_REPEATS.value,
+                                      compiler_options=compiler_options)
+      row += f'{seconds * 1e3:10.1f}{flops / seconds / 1e9:9.1f}'
+    print(f'{part:12s}{row}')
 
 
 if __name__ == '__main__':

@@ -26,16 +26,19 @@ from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import xla_options  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
 _INPUT_SIZE = flags.DEFINE_enum('input_size', '28', ['28', '32'], 'Input.')
-_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', ['auto', 'xla', 'cpu_fast'],
-                               'Convolutions.')
+_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', xla_options.CONV_IMPLS,
+                               'Convolutions (compiler options).')
 _REPEATS = flags.DEFINE_integer('repeats', 9, 'Timed calls; median shown.')
 
 
 def _ms(f, *args) -> float:
-  return timing.median_seconds(f, *args, repeats=_REPEATS.value) * 1e3
+  return timing.median_seconds(
+      f, *args, repeats=_REPEATS.value,
+      compiler_options=xla_options.compiler_options(_CONV_IMPL.value)) * 1e3
 
 
 def _forward_and_gradient(fn, *args) -> tuple[float, float]:
@@ -87,7 +90,7 @@ def main(argv):
   for name, ms in rows:
     print(f'{name:42s}{ms:9.1f} ms')
 
-  conv = functools.partial(models.conv_function(config.conv_impl),
+  conv = functools.partial(jax.lax.conv_general_dilated,
                            window_strides=(1, 1), padding='VALID',
                            dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   side1 = size - 8

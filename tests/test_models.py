@@ -8,6 +8,7 @@ import pytest
 
 from digits_jax import models
 from digits_jax import train
+from digits_jax import xla_options
 from digits_jax.errors import UserError
 
 
@@ -83,10 +84,19 @@ def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient(shape):
                              rtol=1e-6)
 
 
+def test_max_pool_2x2_sends_a_tied_windows_gradient_to_its_first_element():
+  import numpy as np
+  x = np.zeros((1, 4, 4, 1), np.float32)
+  x[0, 2, 3, 0] = 1.0  # One window with a single max; three all tied.
+  grad = jax.grad(lambda x: models.max_pool_2x2(x).sum())(x)[0, :, :, 0]
+  np.testing.assert_array_equal(
+      grad, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]])
+
+
 def test_benchmark_reference_is_the_same_function():
-  """scripts/benchmark.py's reference (stock Flax layers, XLA convolutions)
-  must compute what ImprovedLeNet computes, or its speed ratio means
-  nothing."""
+  """scripts/benchmark.py's reference (stock Flax layers, XLA's default
+  convolutions) must compute what ImprovedLeNet computes, or its speed ratio
+  means nothing."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'scripts',
@@ -94,7 +104,7 @@ def test_benchmark_reference_is_the_same_function():
   spec = importlib.util.spec_from_file_location('benchmark', path)
   benchmark = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(benchmark)
-  ours = models.create_model('improved_lenet', conv_impl='cpu_fast')
+  ours = models.create_model('improved_lenet')
   x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
   variables = ours.init(jax.random.key(0), x, train=False)
   reference = benchmark.ReferenceImprovedLeNet()
@@ -107,11 +117,17 @@ def test_benchmark_reference_is_the_same_function():
                             rngs={'dropout': jax.random.key(2)})
     return jnp.sum(jnp.sin(logits))
 
-  np.testing.assert_allclose(ours.apply(variables, x, train=False),
-                             reference.apply(variables, x, train=False),
+  # Ours compiled as training compiles it (on CPU: Eigen convolutions), the
+  # reference with XLA's defaults, as the benchmark runs them.
+  options = xla_options.compiler_options('auto')
+  infer = lambda model, options: jax.jit(
+      functools.partial(model.apply, train=False),
+      compiler_options=options)(variables, x)
+  np.testing.assert_allclose(infer(ours, options), infer(reference, None),
                              rtol=1e-5, atol=1e-5)
-  got, want = (jax.grad(functools.partial(training_loss, model))(
-      variables['params']) for model in (ours, reference))
+  got, want = (jax.jit(jax.grad(functools.partial(training_loss, model)),
+                       compiler_options=opts)(variables['params'])
+               for model, opts in ((ours, options), (reference, None)))
   # Float32 rounding of the sums is relative to the array's scale, not to
   # each element (a gradient of 0.2 beside ones of 20 differs by 6e-5).
   jax.tree.map(lambda g, w: np.testing.assert_allclose(

@@ -1,0 +1,67 @@
+"""The convolution library choice: same function, options that take effect."""
+
+import functools
+
+import jax
+from jax import lax
+import numpy as np
+import pytest
+
+from digits_jax import xla_options
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv(x, w):
+  return lax.conv_general_dilated(x, w, (1, 1), 'VALID',
+                                  dimension_numbers=NHWC)
+
+
+def test_auto_is_eigen_on_cpu_and_xla_is_the_defaults():
+  assert jax.default_backend() == 'cpu'
+  assert xla_options.compiler_options('xla') is None
+  eigen = xla_options.compiler_options('eigen')
+  assert eigen and xla_options.compiler_options('auto') == eigen
+  with pytest.raises(ValueError, match='cpu_fast'):
+    xla_options.compiler_options('cpu_fast')
+
+
+def test_eigen_takes_the_convolutions_from_ynnpack():
+  # conv2's shapes: XLA:CPU hands this convolution to YNNPACK by default, as
+  # a fusion named `ynn_fusion`.
+  x = np.ones((8, 24, 24, 32), np.float32)
+  w = np.ones((5, 5, 32, 32), np.float32)
+  hlo = lambda options: jax.jit(_conv, compiler_options=options).lower(
+      x, w).compile().as_text()
+  assert 'ynn_fusion' not in hlo(xla_options.compiler_options('eigen'))
+  assert 'convolution(' in hlo(xla_options.compiler_options('eigen'))
+
+
+def test_unknown_options_fall_back_to_the_defaults():
+  assert not xla_options._accepted((('xla_cpu_no_such_option', 'x'),))
+
+
+@pytest.mark.parametrize('shape', [
+    (4, 32, 32, 1, 5, 32),   # conv1 of the improved LeNet at 32x32.
+    (4, 28, 28, 32, 5, 32),  # conv2.
+    (3, 12, 12, 32, 3, 64),  # conv3.
+    (2, 9, 7, 5, 2, 3),      # Odd sizes.
+])
+def test_eigen_convolutions_match_the_defaults_in_value_and_gradients(shape):
+  n, h, w_, c, k, o = shape
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (n, h, w_, c))
+  w = jax.random.normal(keys[1], (k, k, c, o)) / np.sqrt(k * k * c)
+  dy = jax.random.normal(keys[2], (n, h - k + 1, w_ - k + 1, o))
+
+  def value_and_gradients(options):
+    def f(x, w, dy):
+      y, vjp = jax.vjp(_conv, x, w)
+      return (y, *vjp(dy))
+    return jax.jit(f, compiler_options=options)(x, w, dy)
+
+  eigen = value_and_gradients(xla_options.compiler_options('eigen'))
+  default = value_and_gradients(None)
+  for got, want in zip(eigen, default):
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)

@@ -65,3 +65,27 @@ def test_eigen_convolutions_match_the_defaults_in_value_and_gradients(shape):
   for got, want in zip(eigen, default):
     scale = float(np.abs(want).max())
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_the_train_program_compiles_with_the_options():
+  """DataParallel.compile, which compiles the train loop's steps, passes the
+  options on to XLA."""
+  from digits_jax import parallel  # pylint: disable=g-import-not-at-top
+  devices = parallel.DataParallel(mode='mesh', devices=tuple(jax.devices()))
+  kernel = np.ones((5, 5, 32, 32), np.float32)
+  images = np.ones((8, 24, 24, 32), np.float32)
+  labels = np.zeros((8,), np.int32)
+  batch_indices = np.zeros((1, len(jax.devices()) * 8), np.int32)
+
+  def steps(kernel, images, labels, batch_indices, key):
+    del batch_indices, key
+    # The first output has the state's shape, as the donated state does.
+    return kernel + _conv(images, kernel).mean(), labels.sum()
+
+  def hlo(options):
+    return devices.compile(steps, options).lower(
+        kernel, images, labels, batch_indices, jax.random.key(0)).compile(
+        ).as_text()
+
+  eigen = hlo(xla_options.compiler_options('eigen'))
+  assert 'ynn_fusion' not in eigen and eigen != hlo(None)

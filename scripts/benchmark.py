@@ -158,9 +158,10 @@ def digits_jax_path(config, images, labels, batch, steps) -> Timed:
     return time.perf_counter() - begin
 
   window()  # Warm-up.
-  # XLA's cost analysis counts a while loop's body once, and off the CPU the
-  # steps of this program are one: its count would be too low. The model's
-  # FLOPs come from the reference's program instead (see main).
+  # XLA's cost analysis counts a while loop's body once, and off the CPU this
+  # program's steps run in one (the scan is unrolled only on CPU): its count
+  # would be too low there. The model's FLOPs come from the reference's
+  # program instead (see main).
   return Timed(compile_s, None, window)
 
 

@@ -127,17 +127,13 @@ def predict_files(config, workdir: str, specs: list[str],
   import json  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
-  from digits_jax import xla_options  # pylint: disable=g-import-not-at-top
 
   digits, errors = load_images(specs)
   results = []
   if digits:
     restored = train.restore_best(config, workdir)
-    evaluator = train.Evaluator(
-        restored.model, restored.preprocess, config.eval_batch_size,
-        xla_options.compiler_options(config.conv_impl))
-    logits = evaluator.logits(restored.state,
-                              np.stack([d for _, d in digits]))
+    logits = restored.evaluator(config).logits(
+        restored.state, np.stack([d for _, d in digits]))
     probabilities = np.exp(train.log_softmax(logits))
     for (name, _), p in zip(digits, probabilities):
       results.append({'image': name, 'digit': int(p.argmax()),

@@ -511,6 +511,11 @@ class Restored:
   meta: dict
   step: int
 
+  def evaluator(self, config) -> Evaluator:
+    """Inference for this checkpoint's model, compiled as training's."""
+    return Evaluator(self.model, self.preprocess, config.eval_batch_size,
+                     xla_options.compiler_options(config.conv_impl))
+
 
 def restore_best(config, workdir: str) -> Restored:
   """The best checkpoint in `workdir`, on this process's devices."""
@@ -538,10 +543,8 @@ def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
   restored = restore_best(config, workdir)
   if splits is None:
     splits = input_pipeline.load_splits(config)
-  evaluator = Evaluator(restored.model, restored.preprocess,
-                        config.eval_batch_size,
-                        xla_options.compiler_options(config.conv_impl))
-  logits = evaluator.logits(restored.state, splits.test_images)
+  logits = restored.evaluator(config).logits(restored.state,
+                                             splits.test_images)
   report = classification_report(logits, splits.test_labels)
   report.update({'checkpoint_step': restored.step,
                  'epoch': restored.meta.get('epoch'), 'model': config.model})

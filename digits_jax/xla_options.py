@@ -1,20 +1,31 @@
-"""Which library runs the convolutions: XLA compiler options per program.
+"""Which libraries run the convolutions and reductions: XLA compiler options.
 
-XLA:CPU (jaxlib 0.10) hands dots and convolutions to YNNPACK by default.
-YNNPACK is fast on padded convolutions but slow on this model's unpadded
-ones and on the weight gradients JAX derives for them. Compiled without
-YNNPACK, XLA:CPU runs them with Eigen. Measured on the 2-core development
-machine (batch 128, the 5x5 32->32 convolution on its 24x24 input, ms;
-forward, input gradient, weight gradient; `python scripts/conv_profile.py`):
+XLA:CPU (jaxlib 0.10) hands dots, convolutions and reductions to YNNPACK by
+default. YNNPACK is fast on padded convolutions but slow on this model's
+unpadded ones and on the weight gradients JAX derives for them. Left out of
+YNNPACK, XLA:CPU runs convolutions with Eigen. Measured on the 2-core
+development machine (batch 128, the 5x5 32->32 convolution on its 24x24
+input, ms; forward, input gradient, weight gradient;
+`python scripts/conv_profile.py`):
 
   YNNPACK (XLA's default)   ~155    ~30    ~245
   Eigen                     ~17     ~28    ~37
 
-and the whole train step 1.08-1.19x faster than this project's own matmul
-formulations of the convolutions, which it replaces (paired A/B windows in
-one process, 28x28/batch 128 and 32x32/batch 64). Eigen is slower only on
-conv1's forward pass (one input channel: 5.5 ms against 3.0), a small part of
-the step.
+Reductions are the other way round, so the options keep YNNPACK for them
+and only for them. Left to XLA:CPU's own emitters, every sum over batch and
+space (BatchNorm's statistics and their gradients, the conv biases'
+gradients) is split into a tree of `reduce-window`s for accuracy, and those
+ran about 20x slower than YNNPACK's reduction, which is also the more
+accurate of the two. The sum and the sum of squares of [128, 24, 24, 32]
+per channel (`python scripts/conv_profile.py` again; ms, and the relative
+error against float64):
+
+  YNNPACK (XLA's default)   ~1.2    1e-7
+  XLA:CPU's emitters        ~14     3e-6
+  these options             ~0.7    1e-7
+
+In the whole train step that measured 1.04-1.10x at 28x28/batch 128 and
+1.25x at 32x32/batch 64 (paired windows in one process).
 
 The options are set on each program (`jax.jit(..., compiler_options=...)`),
 not process-wide, so that other programs in the process, such as the
@@ -28,8 +39,12 @@ import jax
 
 CONV_IMPLS = ('auto', 'xla', 'eigen')
 
-# An empty list of library fusion types: YNNPACK takes no operation.
-_EIGEN = {'xla_cpu_experimental_ynn_fusion_type': ''}
+_FUSION_TYPES = 'xla_cpu_experimental_ynn_fusion_type'
+# YNNPACK takes the reductions and nothing else: Eigen convolutions.
+_EIGEN_CONVOLUTIONS = {_FUSION_TYPES: 'LIBRARY_FUSION_TYPE_REDUCE'}
+# An empty list of fusion types, for a jaxlib that names no REDUCE type:
+# YNNPACK takes nothing, Eigen the convolutions, XLA's emitters the rest.
+_EIGEN_ONLY = {_FUSION_TYPES: ''}
 
 
 @functools.cache
@@ -39,8 +54,8 @@ def _accepted(options: tuple) -> bool:
   try:
     jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=dict(options))
   except Exception as e:  # pylint: disable=broad-exception-caught
-    logging.warning('This jaxlib does not take the XLA:CPU options %s (%s); '
-                    "compiling with XLA's defaults.", dict(options), e)
+    logging.warning('This jaxlib does not take the XLA:CPU options %s (%s).',
+                    dict(options), e)
     return False
   return True
 
@@ -49,11 +64,16 @@ def compiler_options(conv_impl: str) -> dict[str, str] | None:
   """Compiler options for a program whose convolutions run per `conv_impl`:
 
   'xla': XLA's defaults on every backend; 'eigen': on the CPU, Eigen rather
-  than YNNPACK (other backends have their own libraries and keep their
-  defaults); 'auto': the faster measured, which is 'eigen'.
+  than YNNPACK for the convolutions, YNNPACK for the reductions (other
+  backends have their own libraries and keep their defaults); 'auto': the
+  faster measured, which is 'eigen'.
   """
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}')
   if conv_impl == 'xla' or jax.default_backend() != 'cpu':
     return None
-  return dict(_EIGEN) if _accepted(tuple(_EIGEN.items())) else None
+  for options in (_EIGEN_CONVOLUTIONS, _EIGEN_ONLY):
+    if _accepted(tuple(options.items())):
+      return dict(options)
+  logging.warning("Compiling with XLA's default options.")
+  return None

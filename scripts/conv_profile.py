@@ -1,14 +1,19 @@
 r"""Where a convolution's time goes: forward, input and weight gradients.
 
 Times the three parts of one 'VALID' NHWC convolution compiled with XLA's
-default options and with digits_jax/xla_options.py's 'eigen' options, side
-by side in one process, and prints ms and GFLOP/s for each.
+default options, with YNNPACK off altogether, and with
+digits_jax/xla_options.py's 'eigen' options, side by side in one process,
+and prints ms and GFLOP/s for each. A last row times BatchNorm's reductions
+(the sum and the sum of squares over batch and space, per channel) of the
+convolution's input the same three ways, and their error against float64.
 
   python scripts/conv_profile.py --batch=128 --size=24 --channels=32 --kernel=5
 """
 
 import os
 import sys
+
+import numpy as np
 
 from absl import app
 from absl import flags
@@ -51,7 +56,9 @@ def main(argv):
       'weight grad': (lambda x, w, dy: jax.vjp(conv, x, w)[1](dy)[1],
                       (x, w, dy)),
   }
-  options = {'xla': None, 'eigen': xla_options.compiler_options('eigen')}
+  options = {'xla': None,
+             'no ynn': xla_options._EIGEN_ONLY,  # pylint: disable=protected-access
+             'eigen': xla_options.compiler_options('eigen')}
   print(f'conv {k}x{k}, {c}->{o} channels, input {n}x{h}x{h}, '
         f'{flops / 1e9:.2f} GFLOP per pass, {jax.devices()[0].device_kind}')
   print(f'{"":12s}' + ''.join(f'{name + " ms":>10s}{"GFLOP/s":>9s}'
@@ -63,6 +70,22 @@ def main(argv):
                                       compiler_options=compiler_options)
       row += f'{seconds * 1e3:10.1f}{flops / seconds / 1e9:9.1f}'
     print(f'{part:12s}{row}')
+
+  # Not FLOP-bound: GFLOP/s is left out, the error against float64 shown.
+  def channel_sums(x):
+    return x.sum((0, 1, 2)), (x * x).sum((0, 1, 2))
+
+  exact = [np.asarray(x, np.float64).sum((0, 1, 2)),
+           (np.asarray(x, np.float64) ** 2).sum((0, 1, 2))]
+  row = ''
+  for compiler_options in options.values():
+    seconds = timing.median_seconds(channel_sums, x, repeats=_REPEATS.value,
+                                    compiler_options=compiler_options)
+    sums = jax.jit(channel_sums, compiler_options=compiler_options)(x)
+    error = max(float(np.abs(got - want).max() / np.abs(want).max())
+                for got, want in zip(sums, exact))
+    row += f'{seconds * 1e3:10.2f}{error:9.0e}'
+  print(f'{"sums of x,x²":12s}{row}  (ms, relative error)')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The convolution library choice: same function, options that take effect."""
+"""The library choices: same functions, options that take effect."""
 
 import functools
 
@@ -35,6 +35,21 @@ def test_eigen_takes_the_convolutions_from_ynnpack():
       x, w).compile().as_text()
   assert 'ynn_fusion' not in hlo(xla_options.compiler_options('eigen'))
   assert 'convolution(' in hlo(xla_options.compiler_options('eigen'))
+
+
+def test_eigen_leaves_the_reductions_to_ynnpack():
+  # BatchNorm's sums over batch and space: XLA:CPU's own emitters split them
+  # into reduce-window trees, slow and less accurate.
+  x = jax.random.normal(jax.random.key(0), (16, 24, 24, 32)) + 3.0
+  sums = lambda x: (x.sum((0, 1, 2)), (x * x).sum((0, 1, 2)))
+  compiled = jax.jit(sums).lower(x).compile(
+      compiler_options=xla_options.compiler_options('eigen'))
+  hlo = compiled.as_text()
+  assert 'ynn_fusion' in hlo and 'reduce-window' not in hlo
+  exact = np.asarray(x, np.float64)
+  for got, want in zip(compiled(x), (exact.sum((0, 1, 2)),
+                                     (exact ** 2).sum((0, 1, 2)))):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_unknown_options_fall_back_to_the_defaults():
@@ -80,7 +95,8 @@ def test_the_train_program_compiles_with_the_options():
   def steps(kernel, images, labels, batch_indices, key):
     del batch_indices, key
     # The first output has the state's shape, as the donated state does.
-    return kernel + _conv(images, kernel).mean(), labels.sum()
+    # No reduction: YNNPACK keeps those under either set of options.
+    return kernel + _conv(images, kernel)[0, 0, 0, 0], labels[0]
 
   def hlo(options):
     return devices.compile(steps, options).lower(

@@ -29,8 +29,9 @@ def get_config():
   config.shift_range = 0.1
 
   # Which library runs the convolutions (digits_jax/xla_options.py): 'auto'
-  # (Eigen on CPU, measured faster than XLA's default YNNPACK; XLA's
-  # defaults elsewhere), 'xla' (XLA's defaults everywhere) or 'eigen'.
+  # (Eigen on CPU, measured faster than XLA's default YNNPACK, with the
+  # models' CPU weight gradients; XLA's defaults elsewhere), 'xla' (XLA's
+  # defaults everywhere) or 'eigen'.
   config.conv_impl = 'auto'
   # float32 or bfloat16 (activations and matmuls; parameters, optimizer
   # state and BatchNorm statistics stay float32).

@@ -321,8 +321,10 @@ def build(config, splits_or_meta, axis_name=None, total_steps: int = 0):
   dtype = jnp.dtype(config.compute_dtype)
   extra = ({'dropout_rate': config.dropout_rate}
            if config.model == 'improved_lenet' else {})
-  model = models.create_model(config.model, dtype=dtype,
-                              axis_name=axis_name, **extra)
+  model = models.create_model(
+      config.model, dtype=dtype, axis_name=axis_name,
+      cpu_weight_gradients=xla_options.eigen_convolutions(config.conv_impl),
+      **extra)
   tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
   preprocess = Preprocess(
       input_size=config.input_size,

@@ -60,6 +60,14 @@ def _accepted(options: tuple) -> bool:
   return True
 
 
+def eigen_convolutions(conv_impl: str) -> bool:
+  """Whether `conv_impl` runs the convolutions with Eigen (on the CPU); the
+  models then also take their CPU weight gradients (models.py)."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}')
+  return conv_impl != 'xla' and jax.default_backend() == 'cpu'
+
+
 def compiler_options(conv_impl: str) -> dict[str, str] | None:
   """Compiler options for a program whose convolutions run per `conv_impl`:
 
@@ -68,9 +76,7 @@ def compiler_options(conv_impl: str) -> dict[str, str] | None:
   backends have their own libraries and keep their defaults); 'auto': the
   faster measured, which is 'eigen'.
   """
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}')
-  if conv_impl == 'xla' or jax.default_backend() != 'cpu':
+  if not eigen_convolutions(conv_impl):
     return None
   for options in (_EIGEN_CONVOLUTIONS, _EIGEN_ONLY):
     if _accepted(tuple(options.items())):

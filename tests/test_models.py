@@ -93,6 +93,83 @@ def test_max_pool_2x2_sends_a_tied_windows_gradient_to_its_first_element():
       grad, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]])
 
 
+def _conv_value_and_gradients(conv, x, w, dy, options):
+  def f(x, w, dy):
+    y, vjp = jax.vjp(conv, x, w)
+    return (y, *vjp(dy))
+  return jax.jit(f, compiler_options=options)(x, w, dy)
+
+
+@pytest.mark.parametrize('conv_impl', ['auto', 'xla'])
+@pytest.mark.parametrize('shape,padding', [
+    ((4, 24, 24, 32, 5, 32), 'VALID'),  # conv2 of the improved LeNet.
+    ((3, 12, 12, 32, 3, 64), 'VALID'),  # conv3.
+    ((2, 9, 7, 5, 2, 3), 'VALID'),      # Odd sizes.
+    ((2, 9, 7, 5, 3, 3), 'SAME'),
+    ((2, 9, 7, 5, 3, 3), ((2, 0), (1, 1))),
+])
+def test_conv_with_cpu_weight_gradient_matches_lax_conv(shape, padding,
+                                                         conv_impl):
+  n, h, w_, c, k, o = shape
+  keys = jax.random.split(jax.random.key(0), 3)
+  # A ReLU'd input, as the models feed it: the producer the transpose is
+  # kept apart from.
+  x = jax.nn.relu(jax.random.normal(keys[0], (n, h, w_, c)))
+  w = jax.random.normal(keys[1], (k, k, c, o)) / np.sqrt(k * k * c)
+  nhwc = ('NHWC', 'HWIO', 'NHWC')
+  conv = lambda conv_fn: lambda x, w: conv_fn(
+      x, w, (1, 1), padding, dimension_numbers=nhwc)
+  y = conv(jax.lax.conv_general_dilated)(x, w)
+  dy = jax.random.normal(keys[2], y.shape)
+  options = xla_options.compiler_options(conv_impl)
+  got = _conv_value_and_gradients(
+      conv(models.conv_with_cpu_weight_gradient), x, w, dy, options)
+  want = _conv_value_and_gradients(
+      conv(jax.lax.conv_general_dilated), x, w, dy, options)
+  for g, wanted in zip(got, want):
+    assert g.shape == wanted.shape
+    np.testing.assert_allclose(g, wanted, rtol=1e-5,
+                               atol=1e-5 * float(np.abs(wanted).max()))
+
+
+def test_conv_with_cpu_weight_gradient_leaves_other_convolutions_plain():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  strided = lambda conv_fn: lambda x, w: conv_fn(
+      x, w, (2, 2), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  dy = jnp.ones((2, 4, 4, 4))
+  got = _conv_value_and_gradients(
+      strided(models.conv_with_cpu_weight_gradient), x, w, dy, None)
+  want = _conv_value_and_gradients(
+      strided(jax.lax.conv_general_dilated), x, w, dy, None)
+  for g, wanted in zip(got, want):
+    np.testing.assert_array_equal(g, wanted)
+
+
+def test_cpu_weight_gradients_train_the_same_model():
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+  plain = models.ImprovedLeNet()
+  variables = plain.init(jax.random.key(0), x, train=False)
+
+  def loss_and_grads(model):
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                              mutable=['batch_stats'],
+                              rngs={'dropout': jax.random.key(2)})
+      return jnp.sum(jnp.sin(logits))
+    return jax.jit(jax.value_and_grad(loss),
+                   compiler_options=xla_options.compiler_options('auto'))(
+                       variables['params'])
+
+  (loss, grads), (want_loss, want_grads) = (
+      loss_and_grads(models.ImprovedLeNet(cpu_weight_gradients=True)),
+      loss_and_grads(plain))
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(
+      g, w, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(w).max())),
+               grads, want_grads)
+
+
 def test_benchmark_reference_is_the_same_function():
   """scripts/benchmark.py's reference (stock Flax layers, XLA's default
   convolutions) must compute what ImprovedLeNet computes, or its speed ratio
@@ -104,7 +181,9 @@ def test_benchmark_reference_is_the_same_function():
   spec = importlib.util.spec_from_file_location('benchmark', path)
   benchmark = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(benchmark)
-  ours = models.create_model('improved_lenet')
+  ours = models.create_model(  # As train.build makes it.
+      'improved_lenet',
+      cpu_weight_gradients=xla_options.eigen_convolutions('auto'))
   x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
   variables = ours.init(jax.random.key(0), x, train=False)
   reference = benchmark.ReferenceImprovedLeNet()

@@ -13,12 +13,11 @@ convolution's input the same three ways, and their error against float64.
 import os
 import sys
 
-import numpy as np
-
 from absl import app
 from absl import flags
 import jax
 from jax import lax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position

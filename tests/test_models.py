@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import improved
 from digits_jax import models
 from digits_jax import train
 from digits_jax import xla_options
@@ -168,6 +169,15 @@ def test_cpu_weight_gradients_train_the_same_model():
   jax.tree.map(lambda g, w: np.testing.assert_allclose(
       g, w, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(w).max())),
                grads, want_grads)
+
+
+@pytest.mark.parametrize('conv_impl', ['auto', 'eigen', 'xla'])
+def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl):
+  config = improved.get_config()
+  config.conv_impl = conv_impl
+  model, _, _ = train.build(config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
+  assert jax.default_backend() == 'cpu'  # CI's machine; elsewhere: False.
+  assert model.cpu_weight_gradients == (conv_impl != 'xla')
 
 
 def test_benchmark_reference_is_the_same_function():

@@ -107,11 +107,12 @@ def conv_with_cpu_weight_gradient(lhs, rhs, window_strides, padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, precision=precision)
+  if lhs.ndim != 4:
+    return plain()
   nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                     ('NHWC', 'HWIO', 'NHWC'))
-  ones = (1,) * (lhs.ndim - 2)
-  if (lhs.ndim != 4 or tuple(window_strides) != ones
-      or tuple(lhs_dilation or ones) != ones
+  ones = (1, 1)
+  if (tuple(window_strides) != ones or tuple(lhs_dilation or ones) != ones
       or tuple(rhs_dilation or ones) != ones or feature_group_count != 1
       or lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                     dimension_numbers) != nhwc):

@@ -145,6 +145,13 @@ def test_conv_with_cpu_weight_gradient_leaves_other_convolutions_plain():
       strided(jax.lax.conv_general_dilated), x, w, dy, None)
   for g, wanted in zip(got, want):
     np.testing.assert_array_equal(g, wanted)
+  # One spatial dimension (nn.Conv on [N, L, C]).
+  x1, w1 = x[:, 0], w[0]
+  conv_1d = lambda conv_fn: conv_fn(x1, w1, (1,), 'VALID',
+                                    dimension_numbers=('NHC', 'HIO', 'NHC'))
+  np.testing.assert_array_equal(
+      conv_1d(models.conv_with_cpu_weight_gradient),
+      conv_1d(jax.lax.conv_general_dilated))
 
 
 def test_cpu_weight_gradients_train_the_same_model():

@@ -72,3 +72,69 @@ def test_random_parameters_stay_in_their_ranges():
   for shift in (params.shift_x, params.shift_y):
     assert np.abs(shift).max() <= 3.2 + 1e-5
     assert np.abs(shift).max() > 2.5  # The range is used, not just its centre.
+
+
+@pytest.mark.parametrize('which', ['rotation', 'zoom', 'shift'])
+def test_each_augmentation_parameter_alone_spans_its_range_on_both_sides(
+    which):
+  """Keras' ImageDataGenerator draws each transform uniformly in
+  [-range, +range] (zoom in [1 - range, 1 + range]); a parameter left at 0
+  leaves its transform the identity."""
+  ranges = {'rotation_degrees': 0.0, 'zoom_range': 0.0, 'shift_range': 0.0}
+  bound, name = {'rotation': (np.deg2rad(10), 'rotation_degrees'),
+                 'zoom': (0.1, 'zoom_range'),
+                 'shift': (0.1 * 32, 'shift_range')}[which]
+  ranges[name] = {'rotation_degrees': 10.0}.get(name, 0.1)
+  params = augment.random_params(jax.random.key(0), 2000, 32, **ranges)
+  identity = augment.AffineParams.identity(2000)
+  drawn = {'rotation': ('angle',), 'zoom': ('zoom_x', 'zoom_y'),
+           'shift': ('shift_x', 'shift_y')}[which]
+  for field in augment.AffineParams._fields:
+    value = np.asarray(getattr(params, field))
+    if field not in drawn:
+      np.testing.assert_array_equal(value, getattr(identity, field))
+      continue
+    offset = value - (1.0 if which == 'zoom' else 0.0)
+    assert offset.min() >= -bound - 1e-6 and offset.max() <= bound + 1e-6
+    assert offset.min() < -0.95 * bound and offset.max() > 0.95 * bound
+    assert abs(offset.mean()) < 0.05 * bound  # Uniform: centred.
+  if which == 'zoom':  # Independent per axis, as Keras draws them.
+    assert not np.allclose(params.zoom_x, params.zoom_y)
+
+
+def test_preprocess_pads_then_standardizes_a_known_image():
+  """No augmentation: pad 28 -> 32 with background 0 on every side, then
+  (x - mean) / std, by hand."""
+  from digits_jax import train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+  for size in (28, 32):
+    preprocess = train.Preprocess(input_size=size, pixel_mean=33.0,
+                                  pixel_std=78.0)
+    pad = (size - 28) // 2
+    want = (np.pad(images.astype(np.float32),
+                   ((0, 0), (pad, pad), (pad, pad))) - 33.0) / 78.0
+    np.testing.assert_allclose(np.asarray(preprocess(jnp.asarray(images))),
+                               want[..., None], rtol=1e-6, atol=1e-6)
+
+
+def test_preprocess_augments_the_padded_image_before_standardizing():
+  """The order is pad, warp, standardize, with every configured range: the
+  background that a shift or zoom brings in from outside the image is raw 0,
+  standardized like the rest (-mean / std), not a standardized 0."""
+  from digits_jax import train  # pylint: disable=g-import-not-at-top
+  preprocess = train.Preprocess(input_size=32, pixel_mean=33.0,
+                                pixel_std=78.0, rotation_degrees=7.0,
+                                zoom_range=0.08, shift_range=0.12)
+  images = jnp.full((64, 28, 28), 255, jnp.uint8)
+  key = jax.random.key(3)
+  got = np.asarray(jax.jit(preprocess)(images, key))[..., 0]
+  params = augment.random_params(key, 64, 32, rotation_degrees=7.0,
+                                 zoom_range=0.08, shift_range=0.12)
+  padded = np.pad(np.full((64, 28, 28), 255.0, np.float32),
+                  ((0, 0), (2, 2), (2, 2)))
+  want = (np.asarray(augment.affine_warp(jnp.asarray(padded), params))
+          - 33.0) / 78.0
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Pure background (padding and outside) is exactly -mean / std.
+  assert np.isclose(got, -33.0 / 78.0, atol=1e-6).mean() > 0.05

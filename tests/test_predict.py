@@ -103,3 +103,21 @@ def test_bad_files_get_one_line_each_and_the_rest_is_predicted(predict_run,
   for name, error in zip(bad, errors):
     assert name in error
   assert len(result.stdout.splitlines()) == 4  # The PNG and 3 .npy digits.
+
+
+def test_to_mnist_gives_back_real_mnist_digits(mnist_data_dir):
+  """MNIST digits are already in MNIST's form (20x20 box, centre of mass at
+  the centre): drawn dark on light, 3x larger, off-centre on a wide page,
+  they must come back as themselves."""
+  builder = input_pipeline.prepare_mnist(mnist_data_dir, try_download=False)
+  digits, _ = input_pipeline._read_split(builder, 'test', 20)
+  for digit in digits:
+    page = np.full((120, 160), 255, np.uint8)
+    page[10:94, 60:144] = 255 - np.asarray(
+        Image.fromarray(digit).resize((84, 84), Image.BILINEAR))
+    got = predict.to_mnist(Image.fromarray(page)).astype(np.float64)
+    want = digit.astype(np.float64)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+    rows, cols = np.indices(got.shape)
+    centre = lambda a: ((rows * a).sum() / a.sum(), (cols * a).sum() / a.sum())
+    np.testing.assert_allclose(centre(got), centre(want), atol=1.0)

@@ -5,10 +5,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import improved
 from digits_jax import checkpoint
+from digits_jax import models
 from digits_jax import train
 from digits_jax.errors import UserError
 
@@ -225,3 +227,72 @@ def test_a_partial_checkpoint_is_ignored_and_cleaned_up(trained_run,
   checkpoints = os.listdir(os.path.join(workdir_copy, 'checkpoints'))
   assert not [c for c in checkpoints if 'tmp' in c], checkpoints
   assert '60' in checkpoints  # Resumed from step 40 and wrote epoch 3.
+
+
+def test_each_step_draws_its_randomness_from_fold_in_of_the_step():
+  """A step at state.step = s augments with, and drops out with, the two
+  halves of fold_in(key, s): re-derived here by hand from the model."""
+  config = improved.get_config()
+  config.input_size = 28
+  model, tx, preprocess = train.build(
+      config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
+  state = train.create_train_state(model, tx, jax.random.key(0), 28)
+  step_fn = jax.jit(functools.partial(
+      train.train_step, model=model, tx=tx, preprocess=preprocess,
+      augment_images=True))
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.integers(0, 256, (16, 28, 28),
+                                             dtype=np.uint8)),
+           'label': jnp.asarray(rng.integers(0, 10, 16, dtype=np.int32))}
+  key = jax.random.key(7)
+
+  @jax.jit
+  def reference(step):
+    augment_key, dropout_key = jax.random.split(jax.random.fold_in(key, step))
+    logits, updates = model.apply(
+        {'params': state.params, 'batch_stats': state.batch_stats},
+        preprocess(batch['image'], augment_key), train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    loss = train.cross_entropy(logits, batch['label']).mean()
+    return loss, updates['batch_stats']
+
+  losses = []
+  for step in (0, 5, 6):
+    new_state, metrics = step_fn(state.replace(step=jnp.int32(step)), batch,
+                                 key)
+    loss, batch_stats = reference(step)
+    np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
+    # The step keeps the batch statistics that its forward pass updated.
+    _assert_trees_close(new_state.batch_stats, batch_stats, rtol=1e-5,
+                        atol=1e-6)
+    assert int(new_state.step) == step + 1
+    losses.append(float(metrics['loss']))
+  assert len(set(losses)) == 3  # Each step its own draws.
+
+
+def test_evaluator_returns_the_logits_of_each_image_in_order():
+  """Padding to the eval batch size must not shift or mix images: 7 images
+  in batches of 4 against the model applied to them directly."""
+  model = models.ImprovedLeNet()
+  preprocess = train.Preprocess(input_size=28, pixel_mean=33.0,
+                                pixel_std=78.0)
+  state = train.create_train_state(model, optax.identity(), jax.random.key(0),
+                                   28)
+  # Non-trivial BatchNorm statistics, so that they must be used.
+  rng = np.random.default_rng(1)
+  state = state.replace(batch_stats={
+      layer: {'mean': stats['mean'] + 0.01 * rng.normal(
+                  size=stats['mean'].shape).astype(np.float32),
+              'var': stats['var'] * rng.uniform(
+                  0.5, 2.0, stats['var'].shape).astype(np.float32)}
+      for layer, stats in state.batch_stats.items()})
+  images = np.random.default_rng(0).integers(0, 256, (7, 28, 28),
+                                             dtype=np.uint8)
+  got = train.Evaluator(model, preprocess, batch_size=4).logits(state, images)
+  want = model.apply({'params': state.params,
+                      'batch_stats': state.batch_stats},
+                     ((images.astype(np.float32) - 33.0) / 78.0)[..., None],
+                     train=False)
+  assert got.shape == (7, 10)
+  assert np.ptp(np.asarray(want), axis=0).min() > 0.01  # Images differ.
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -28,7 +28,7 @@ def get_config():
   config.zoom_range = 0.1
   config.shift_range = 0.1
 
-  # Which library runs the convolutions (digits_jax/xla_options.py): 'auto'
+  # Which library runs the convolutions (digits_jax/platform.py): 'auto'
   # (Eigen on CPU, measured faster than XLA's default YNNPACK, with the
   # models' CPU weight gradients; XLA's defaults elsewhere), 'xla' (XLA's
   # defaults everywhere) or 'eigen'.
@@ -52,9 +52,10 @@ def get_config():
   config.num_epochs = 30
   config.num_train_steps = 0  # > 0: stop after this many steps.
   # Training steps compiled into one dispatch (lax.scan); metrics are read
-  # back once per dispatch. 0 means a whole epoch. On CPU the steps are
-  # unrolled (see train.scan_train_steps), so compile time grows with it.
-  config.steps_per_dispatch = 8
+  # back once per dispatch. 0 means a whole epoch; -1 the platform's choice
+  # (digits_jax/platform.py: 8 unrolled steps on the CPU, where compile time
+  # grows with it; a whole epoch on accelerators).
+  config.steps_per_dispatch = -1
 
   # Adam with Keras' defaults.
   config.learning_rate = 1e-3

@@ -7,7 +7,7 @@ JAX and fails there with a traceback.
 
 from digits_jax import models
 from digits_jax import optim
-from digits_jax import xla_options
+from digits_jax import platform
 from digits_jax.errors import UserError
 
 DATASETS = ('mnist',)
@@ -66,7 +66,10 @@ def validate(config) -> None:
                'checkpoints_to_keep'):
     _require(config[name] > 0,
              f'config.{name}={config[name]!r} must be a positive integer')
-  for name in ('num_train_steps', 'steps_per_dispatch', 'validation_size',
+  _require(config.steps_per_dispatch >= -1,
+           f'config.steps_per_dispatch={config.steps_per_dispatch!r} must be '
+           '-1 (the platform\'s default), 0 (a whole epoch) or positive')
+  for name in ('num_train_steps', 'validation_size',
                'max_train_examples', 'max_test_examples', 'seed',
                'split_seed', 'plateau_patience', 'log_every_steps'):
     _require(config[name] >= 0,
@@ -104,9 +107,9 @@ def validate(config) -> None:
   _require(0 <= config.rotation_degrees <= 180,
            f'config.rotation_degrees={config.rotation_degrees!r} must be in '
            '[0, 180]')
-  _require(config.conv_impl in xla_options.CONV_IMPLS,
+  _require(config.conv_impl in platform.CONV_IMPLS,
            f'config.conv_impl={config.conv_impl!r} must be one of '
-           f'{xla_options.CONV_IMPLS}')
+           f'{platform.CONV_IMPLS}')
   _require(config.parallelism in ('mesh', 'pmap'),
            f'config.parallelism={config.parallelism!r} must be mesh or pmap')
   _require(config.compute_dtype in COMPUTE_DTYPES,

@@ -31,8 +31,8 @@ from digits_jax import input_pipeline
 from digits_jax import models
 from digits_jax import optim
 from digits_jax import parallel as parallel_lib
+from digits_jax import platform as platform_lib
 from digits_jax import reports
-from digits_jax import xla_options
 from digits_jax.errors import UserError
 
 MNIST_SIZE = 28
@@ -124,9 +124,8 @@ def scan_train_steps(step_fn: Callable, state: TrainState, images: jax.Array,
   """Runs one step per row of `batch_indices` [K, B] over device data.
 
   Returns the final state and each step's metrics, stacked to shape [K].
-  `unroll=True` compiles the K steps as straight-line code. XLA:CPU needs it:
-  measured here (jax 0.10, 2 cores), a step inside a while loop runs about
-  15 times slower than the same step outside one.
+  `unroll=True` compiles the K steps as straight-line code, which XLA:CPU
+  needs (platform.py).
   """
 
   def body(state, indices):
@@ -312,19 +311,21 @@ class StopSignal:
     self._previous = {}
 
 
-def build(config, splits_or_meta, axis_name=None, total_steps: int = 0):
-  """Model, optimizer and preprocessing as the config says.
+def build(config, splits_or_meta, axis_name=None, total_steps: int = 0,
+          platform: platform_lib.Platform | None = None):
+  """Model, optimizer and preprocessing as the config says, for `platform`
+  (default: this process's).
 
   `total_steps` sets the length of a step-driven LR schedule; evaluation
   leaves it out (only the optimizer state's structure matters there).
   """
+  platform = platform or platform_lib.current(config.conv_impl)
   dtype = jnp.dtype(config.compute_dtype)
   extra = ({'dropout_rate': config.dropout_rate}
            if config.model == 'improved_lenet' else {})
   model = models.create_model(
       config.model, dtype=dtype, axis_name=axis_name,
-      cpu_weight_gradients=xla_options.eigen_convolutions(config.conv_impl),
-      **extra)
+      cpu_weight_gradients=platform.cpu_weight_gradients, **extra)
   tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
   preprocess = Preprocess(
       input_size=config.input_size,
@@ -342,9 +343,12 @@ def _checkpoint_meta(config, preprocess: Preprocess, epoch: int) -> dict:
           'config': json.loads(config.to_json())}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str,
+                       platform: platform_lib.Platform | None = None) -> dict:
   """Trains as the config says, resuming from `workdir`; returns the test
-  report of the best checkpoint."""
+  report of the best checkpoint. `platform` (default: this process's) makes
+  the platform's choices; tests pass another to run its path here."""
+  platform = platform or platform_lib.current(config.conv_impl)
   devices = parallel_lib.create(config)
   splits = input_pipeline.load_splits(config)
   data_stats = {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std}
@@ -357,7 +361,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if config.num_train_steps > 0:
     total_steps = min(total_steps, config.num_train_steps)
   model, tx, preprocess = build(config, data_stats, devices.axis_name,
-                                total_steps)
+                                total_steps, platform)
 
   key = jax.random.key(config.seed)
   init_key, shuffle_key, train_key = jax.random.split(key, 3)
@@ -381,14 +385,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info('Resuming from the checkpoint at step %d in %s.', step,
                  workdir)
 
-  steps_per_dispatch = config.steps_per_dispatch or steps_per_epoch
+  steps_per_dispatch = platform.steps_per_dispatch(config.steps_per_dispatch,
+                                                  steps_per_epoch)
 
   step_fn = functools.partial(train_step, model=model, tx=tx,
                               preprocess=preprocess,
                               augment_images=config.augment,
                               axis_name=devices.axis_name)
-  unroll = jax.default_backend() == 'cpu'
-  options = xla_options.compiler_options(config.conv_impl)
+  unroll = platform.unroll_scan
+  options = platform.compiler_options
   if devices.host_fed:
     train_chunk = devices.compile_host_fed(functools.partial(
         scan_train_batches, step_fn, unroll=unroll), options)
@@ -515,8 +520,9 @@ class Restored:
 
   def evaluator(self, config) -> Evaluator:
     """Inference for this checkpoint's model, compiled as training's."""
-    return Evaluator(self.model, self.preprocess, config.eval_batch_size,
-                     xla_options.compiler_options(config.conv_impl))
+    return Evaluator(
+        self.model, self.preprocess, config.eval_batch_size,
+        platform_lib.current(config.conv_impl).compiler_options)
 
 
 def restore_best(config, workdir: str) -> Restored:

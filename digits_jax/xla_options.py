@@ -37,14 +37,12 @@ import functools
 from absl import logging
 import jax
 
-CONV_IMPLS = ('auto', 'xla', 'eigen')
-
 _FUSION_TYPES = 'xla_cpu_experimental_ynn_fusion_type'
 # YNNPACK takes the reductions and nothing else: Eigen convolutions.
-_EIGEN_CONVOLUTIONS = {_FUSION_TYPES: 'LIBRARY_FUSION_TYPE_REDUCE'}
+EIGEN_CONVOLUTIONS = {_FUSION_TYPES: 'LIBRARY_FUSION_TYPE_REDUCE'}
 # An empty list of fusion types, for a jaxlib that names no REDUCE type:
 # YNNPACK takes nothing, Eigen the convolutions, XLA's emitters the rest.
-_EIGEN_ONLY = {_FUSION_TYPES: ''}
+EIGEN_ONLY = {_FUSION_TYPES: ''}
 
 
 @functools.cache
@@ -60,25 +58,11 @@ def _accepted(options: tuple) -> bool:
   return True
 
 
-def eigen_convolutions(conv_impl: str) -> bool:
-  """Whether `conv_impl` runs the convolutions with Eigen (on the CPU); the
-  models then also take their CPU weight gradients (models.py)."""
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={conv_impl!r} is not one of {CONV_IMPLS}')
-  return conv_impl != 'xla' and jax.default_backend() == 'cpu'
-
-
-def compiler_options(conv_impl: str) -> dict[str, str] | None:
-  """Compiler options for a program whose convolutions run per `conv_impl`:
-
-  'xla': XLA's defaults on every backend; 'eigen': on the CPU, Eigen rather
-  than YNNPACK for the convolutions, YNNPACK for the reductions (other
-  backends have their own libraries and keep their defaults); 'auto': the
-  faster measured, which is 'eigen'.
-  """
-  if not eigen_convolutions(conv_impl):
-    return None
-  for options in (_EIGEN_CONVOLUTIONS, _EIGEN_ONLY):
+def cpu_eigen_convolutions() -> dict[str, str] | None:
+  """XLA:CPU compiler options under which Eigen runs the convolutions and
+  YNNPACK the reductions; None (XLA's defaults) if this jaxlib takes
+  neither form. `platform.py` decides where they apply."""
+  for options in (EIGEN_CONVOLUTIONS, EIGEN_ONLY):
     if _accepted(tuple(options.items())):
       return dict(options)
   logging.warning("Compiling with XLA's default options.")

@@ -5,9 +5,9 @@ in one process:
 
   * digits_jax: the dataset on the device as uint8, `--steps` train steps per
     dispatch under lax.scan (unrolled on CPU), donated state, metrics read
-    back once per dispatch, compiled with digits_jax/xla_options.py's
-    options for `--conv_impl` (auto: on CPU, Eigen's convolutions rather
-    than YNNPACK's);
+    back once per dispatch, compiled as digits_jax/platform.py decides for
+    this backend and `--conv_impl` (auto: on CPU, Eigen's convolutions
+    rather than YNNPACK's);
   * reference: the Flax examples' shape: the same architecture written with
     Flax's stock layers (`nn.Conv`, `nn.max_pool`, `nn.Dropout`), XLA's
     default compiler options, numpy batches from the host, one jitted step
@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import xla_options  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
 _INPUT_SIZE = flags.DEFINE_enum('input_size', '28', ['28', '32'],
@@ -49,7 +49,7 @@ _STEPS = flags.DEFINE_integer('steps', 8, 'Train steps per timed window (and '
 _WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows; the median '
                                 'is reported.')
 _MODEL = flags.DEFINE_string('model', 'improved_lenet', 'Model name.')
-_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', xla_options.CONV_IMPLS,
+_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', platform_lib.CONV_IMPLS,
                                 'Convolutions of the digits_jax path.')
 _DTYPE = flags.DEFINE_enum('compute_dtype', 'float32',
                            ['float32', 'bfloat16'], 'Compute dtype.')
@@ -132,11 +132,11 @@ class Timed:
 
 def digits_jax_path(config, images, labels, batch, steps) -> Timed:
   state, step_fn = _setup(config)
+  platform = platform_lib.current(_CONV_IMPL.value)
   chunk = jax.jit(functools.partial(train.scan_train_steps, step_fn,
-                                    unroll=jax.default_backend() == 'cpu'),
+                                    unroll=platform.unroll_scan),
                   donate_argnums=(0,),
-                  compiler_options=xla_options.compiler_options(
-                      _CONV_IMPL.value))
+                  compiler_options=platform.compiler_options)
   key = jax.random.key(1)
   images, labels = jax.device_put(images), jax.device_put(labels)
   start = time.perf_counter()

@@ -56,8 +56,8 @@ def main(argv):
                       (x, w, dy)),
   }
   options = {'xla': None,
-             'no ynn': xla_options._EIGEN_ONLY,  # pylint: disable=protected-access
-             'eigen': xla_options.compiler_options('eigen')}
+             'no ynn': xla_options.EIGEN_ONLY,
+             'eigen': xla_options.cpu_eigen_convolutions()}
   print(f'conv {k}x{k}, {c}->{o} channels, input {n}x{h}x{h}, '
         f'{flops / 1e9:.2f} GFLOP per pass, {jax.devices()[0].device_kind}')
   print(f'{"":12s}' + ''.join(f'{name + " ms":>10s}{"GFLOP/s":>9s}'

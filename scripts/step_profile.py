@@ -26,11 +26,11 @@ from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import xla_options  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
 _INPUT_SIZE = flags.DEFINE_enum('input_size', '28', ['28', '32'], 'Input.')
-_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', xla_options.CONV_IMPLS,
+_CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', platform_lib.CONV_IMPLS,
                                'Convolutions (compiler options).')
 _REPEATS = flags.DEFINE_integer('repeats', 9, 'Timed calls; median shown.')
 
@@ -38,7 +38,8 @@ _REPEATS = flags.DEFINE_integer('repeats', 9, 'Timed calls; median shown.')
 def _ms(f, *args) -> float:
   return timing.median_seconds(
       f, *args, repeats=_REPEATS.value,
-      compiler_options=xla_options.compiler_options(_CONV_IMPL.value)) * 1e3
+      compiler_options=platform_lib.current(
+          _CONV_IMPL.value).compiler_options) * 1e3
 
 
 def _forward_and_gradient(fn, *args) -> tuple[float, float]:

@@ -9,8 +9,12 @@ import pytest
 from configs import improved
 from digits_jax import models
 from digits_jax import train
-from digits_jax import xla_options
+from digits_jax import platform as platform_lib
 from digits_jax.errors import UserError
+
+# The XLA:CPU choices, whatever backend runs the tests (the functions they
+# compile run on the CPU backend only when it is the default).
+CPU = platform_lib.Platform('cpu')
 
 
 def _counts(model, size):
@@ -122,7 +126,7 @@ def test_conv_with_cpu_weight_gradient_matches_lax_conv(shape, padding,
       x, w, (1, 1), padding, dimension_numbers=nhwc)
   y = conv(jax.lax.conv_general_dilated)(x, w)
   dy = jax.random.normal(keys[2], y.shape)
-  options = xla_options.compiler_options(conv_impl)
+  options = platform_lib.Platform('cpu', conv_impl).compiler_options
   got = _conv_value_and_gradients(
       conv(models.conv_with_cpu_weight_gradient), x, w, dy, options)
   want = _conv_value_and_gradients(
@@ -166,7 +170,7 @@ def test_cpu_weight_gradients_train_the_same_model():
                               rngs={'dropout': jax.random.key(2)})
       return jnp.sum(jnp.sin(logits))
     return jax.jit(jax.value_and_grad(loss),
-                   compiler_options=xla_options.compiler_options('auto'))(
+                   compiler_options=CPU.compiler_options)(
                        variables['params'])
 
   (loss, grads), (want_loss, want_grads) = (
@@ -178,13 +182,16 @@ def test_cpu_weight_gradients_train_the_same_model():
                grads, want_grads)
 
 
+@pytest.mark.parametrize('backend', ['cpu', 'gpu', 'tpu'])
 @pytest.mark.parametrize('conv_impl', ['auto', 'eigen', 'xla'])
-def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl):
+def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl,
+                                                               backend):
   config = improved.get_config()
   config.conv_impl = conv_impl
-  model, _, _ = train.build(config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
-  assert jax.default_backend() == 'cpu'  # CI's machine; elsewhere: False.
-  assert model.cpu_weight_gradients == (conv_impl != 'xla')
+  model, _, _ = train.build(config, {'pixel_mean': 33.3, 'pixel_std': 78.6},
+                            platform=platform_lib.Platform(backend, conv_impl))
+  assert model.cpu_weight_gradients == (backend == 'cpu' and
+                                        conv_impl != 'xla')
 
 
 def test_benchmark_reference_is_the_same_function():
@@ -200,7 +207,7 @@ def test_benchmark_reference_is_the_same_function():
   spec.loader.exec_module(benchmark)
   ours = models.create_model(  # As train.build makes it.
       'improved_lenet',
-      cpu_weight_gradients=xla_options.eigen_convolutions('auto'))
+      cpu_weight_gradients=platform_lib.current().cpu_weight_gradients)
   x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
   variables = ours.init(jax.random.key(0), x, train=False)
   reference = benchmark.ReferenceImprovedLeNet()
@@ -215,7 +222,7 @@ def test_benchmark_reference_is_the_same_function():
 
   # Ours compiled as training compiles it (on CPU: Eigen convolutions), the
   # reference with XLA's defaults, as the benchmark runs them.
-  options = xla_options.compiler_options('auto')
+  options = platform_lib.current().compiler_options
   infer = lambda model, options: jax.jit(
       functools.partial(model.apply, train=False),
       compiler_options=options)(variables, x)
@@ -228,3 +235,75 @@ def test_benchmark_reference_is_the_same_function():
   # each element (a gradient of 0.2 beside ones of 20 differs by 6e-5).
   jax.tree.map(lambda g, w: np.testing.assert_allclose(
       g, w, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(w).max())), got, want)
+
+
+def test_batchnorm_uses_kerass_momentum_and_epsilon():
+  """bn2 in training: normalizes conv2's output with the batch's mean and
+  (biased) variance plus epsilon 1e-3, and moves its running statistics
+  by momentum 0.99, computed here with NumPy from the captured input."""
+  model = models.ImprovedLeNet(dropout_rate=0.0)
+  x = jax.random.normal(jax.random.key(1), (16, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  old = variables['batch_stats']['bn2']
+  variables['batch_stats']['bn2'] = {'mean': old['mean'] + 0.3,
+                                     'var': old['var'] * 2.0}
+  _, state = model.apply(variables, x, train=True,
+                         mutable=['batch_stats', 'intermediates'],
+                         capture_intermediates=True)
+  conv2 = np.asarray(state['intermediates']['conv2']['__call__'][0],
+                     np.float64)
+  bn2 = np.asarray(state['intermediates']['bn2']['__call__'][0])
+  mean, var = conv2.mean((0, 1, 2)), conv2.var((0, 1, 2))
+  np.testing.assert_allclose(bn2, (conv2 - mean) / np.sqrt(var + 1e-3),
+                             rtol=1e-4, atol=1e-4)
+  new = state['batch_stats']['bn2']
+  np.testing.assert_allclose(new['mean'], 0.99 * 0.3 + 0.01 * mean,
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new['var'], 0.99 * 2.0 + 0.01 * var, rtol=1e-4)
+
+
+def test_dropout_zeroes_the_rate_and_rescales_the_rest():
+  layer = models.Dropout(rate=0.25, deterministic=False)
+  out = np.asarray(layer.apply({}, jnp.ones((400, 250)),
+                               rngs={'dropout': jax.random.key(0)}))
+  np.testing.assert_allclose(np.unique(out), [0.0, 1 / 0.75], rtol=1e-6)
+  assert abs((out == 0).mean() - 0.25) < 0.01
+
+
+def test_dropout_sits_after_each_conv_block_and_after_fc3():
+  """The article's three Dropout(0.25): after the two pooled conv blocks
+  ([N, 12, 12, 32] and [N, 4, 4, 64] at 32x32) and after fc3's ReLU."""
+  model = models.ImprovedLeNet(dropout_rate=0.25)
+  x = jax.random.normal(jax.random.key(1), (64, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  _, state = model.apply(variables, x, train=True,
+                         mutable=['batch_stats', 'intermediates'],
+                         capture_intermediates=True,
+                         rngs={'dropout': jax.random.key(2)})
+  captured = state['intermediates']
+  shapes = {name: captured[name]['__call__'][0].shape
+            for name in captured if name.startswith('Dropout')}
+  assert shapes == {'Dropout_0': (64, 12, 12, 32),
+                    'Dropout_1': (64, 4, 4, 64), 'Dropout_2': (64, 84)}
+  # The last one drops a quarter of fc3's ReLU'd units and scales the rest.
+  fc3 = np.maximum(np.asarray(captured['bn_fc3']['__call__'][0]), 0)
+  out = np.asarray(captured['Dropout_2']['__call__'][0])
+  alive = fc3 > 0
+  kept = out[alive] != 0
+  np.testing.assert_allclose(out[alive][kept], fc3[alive][kept] / 0.75,
+                             rtol=1e-5)
+  assert abs(1 - kept.mean() - 0.25) < 0.04
+
+
+def test_train_build_passes_the_config_to_the_model_and_preprocessing():
+  config = improved.get_config()
+  config.update_from_flattened_dict({
+      'dropout_rate': 0.4, 'rotation_degrees': 7.0, 'zoom_range': 0.05,
+      'shift_range': 0.15, 'input_size': 28})
+  model, _, preprocess = train.build(config, {'pixel_mean': 33.3,
+                                              'pixel_std': 78.6})
+  assert model.dropout_rate == 0.4
+  assert (preprocess.input_size, preprocess.rotation_degrees,
+          preprocess.zoom_range, preprocess.shift_range,
+          preprocess.pixel_mean, preprocess.pixel_std) == (
+              28, 7.0, 0.05, 0.15, 33.3, 78.6)

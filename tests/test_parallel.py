@@ -5,6 +5,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+
+import pytest
 
 from test_cli import ROOT, run_cli
 
@@ -136,6 +140,70 @@ def test_two_processes_train_the_model_one_process_trains(
   assert abs(again['loss'] - reported['loss']) < 1e-6
 
 
+def _launch_two_hosts(args, env):
+  port = _free_port()
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'digits_jax.main', *args,
+       '--config.distributed=True',
+       f'--config.coordinator_address=127.0.0.1:{port}',
+       '--config.num_processes=2', f'--config.process_id={i}'],
+      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+
+
+def _sigterm_when(processes, trigger, watch=None):
+  """Reads process 0's log and sends SIGTERM to process 1 when `trigger`
+  appears in a line, or, with `watch`, as soon as that path exists."""
+  if watch is not None:
+    def signal_when_written():
+      while not os.path.exists(watch):
+        time.sleep(0.002)
+      processes[1].send_signal(signal.SIGTERM)
+    threading.Thread(target=signal_when_written, daemon=True).start()
+  log0 = []
+  for line in processes[0].stderr:
+    log0.append(line)
+    if trigger and trigger in line:
+      processes[1].send_signal(signal.SIGTERM)
+      break
+  log0.extend(processes[0].stderr)
+  log1 = processes[1].communicate(timeout=600)[1]
+  for p, log in zip(processes, (''.join(log0), log1)):
+    assert p.wait(timeout=600) == 0, log[-3000:]
+    assert 'all hosts stop at this step' in log, log[-3000:]
+  return ''.join(log0)
+
+
+@pytest.mark.parametrize('when', ['before_save', 'after_save', 'mid_epoch'])
+def test_sigterm_on_one_host_stops_both_within_two_dispatches(
+    when, tmp_path, mnist_data_dir):
+  """Whenever the preemption notice comes: between an epoch's last dispatch
+  and its checkpoint (during validation or the save, where orbax itself
+  asks JAX's sync point with the training step), right after a save, or in
+  the middle of an epoch. 20 steps per epoch, 4 per dispatch."""
+  from test_reliability import _final_state
+  dispatch = 4
+  overrides = {'num_epochs': 10, 'steps_per_dispatch': dispatch}
+  workdir = tmp_path / 'run'
+  args = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
+          f'--workdir={workdir}', '--config.num_epochs=10',
+          f'--config.steps_per_dispatch={dispatch}',
+          f'--config.log_every_steps={dispatch}']
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)  # One CPU device per process.
+  processes = _launch_two_hosts(args, env)
+  # The step the hosts had at least reached when the signal was sent.
+  if when == 'before_save':  # Logged after validation, before the save.
+    signalled_at, log = 20, _sigterm_when(processes, 'epoch 1/10')
+  elif when == 'after_save':
+    signalled_at, log = 20, _sigterm_when(
+        processes, None, watch=workdir / 'checkpoints' / '20')
+  else:
+    signalled_at, log = 28, _sigterm_when(processes, 'step 28:')
+  assert 'Run the same command to resume' in log
+  stopped_step, _ = _final_state(str(workdir), overrides)
+  assert signalled_at < stopped_step <= signalled_at + 2 * dispatch, log
+
+
 def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(
     tmp_path, mnist_data_dir):
   """JAX's preemption sync point: SIGTERM reaches process 1 only; both save
@@ -150,34 +218,14 @@ def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(
   workdir = tmp_path / 'preempted'
   env = dict(os.environ, PYTHONPATH=ROOT)
   env.pop('XLA_FLAGS', None)
-
-  def launch():
-    port = _free_port()
-    return [subprocess.Popen(
-        [sys.executable, '-m', 'digits_jax.main', *common,
-         f'--workdir={workdir}', '--config.distributed=True',
-         f'--config.coordinator_address=127.0.0.1:{port}',
-         '--config.num_processes=2', f'--config.process_id={i}'],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-            for i in (0, 1)]
-
-  processes = launch()
-  log0 = []
-  for line in processes[0].stderr:
-    log0.append(line)
-    if 'epoch 1/3' in line:  # Training is under way: preempt host 1 only.
-      processes[1].send_signal(signal.SIGTERM)
-      break
-  log0.extend(processes[0].stderr)
-  log1 = processes[1].communicate(timeout=600)[1]
-  for p, log in zip(processes, (''.join(log0), log1)):
-    assert p.wait(timeout=600) == 0, log[-3000:]
-    assert 'all hosts stop at this step' in log
-  assert 'Run the same command to resume' in ''.join(log0)
+  args = [*common, f'--workdir={workdir}']
+  # Training is under way: preempt host 1 only.
+  log = _sigterm_when(_launch_two_hosts(args, env), 'epoch 1/3')
+  assert 'Run the same command to resume' in log
   stopped_step, _ = _final_state(str(workdir), overrides)
-  assert 20 <= stopped_step < 60
+  assert 20 < stopped_step <= 24
 
-  processes = launch()
+  processes = _launch_two_hosts(args, env)
   logs = [p.communicate(timeout=600)[1] for p in processes]
   for p, log in zip(processes, logs):
     assert p.returncode == 0, log[-3000:]

@@ -1,15 +1,22 @@
-"""The library choices: same functions, options that take effect."""
-
-import functools
+"""The XLA:CPU library choices: same functions, options that take effect."""
 
 import jax
 from jax import lax
 import numpy as np
 import pytest
 
+from digits_jax import platform as platform_lib
 from digits_jax import xla_options
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+# What these tests look for (YNNPACK fusions, Eigen convolutions) exists in
+# XLA:CPU's programs only.
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != 'cpu',
+    reason='XLA:CPU compiler options; this backend keeps its defaults')
+
+EIGEN = xla_options.cpu_eigen_convolutions()
 
 
 def _conv(x, w):
@@ -18,12 +25,12 @@ def _conv(x, w):
 
 
 def test_auto_is_eigen_on_cpu_and_xla_is_the_defaults():
-  assert jax.default_backend() == 'cpu'
-  assert xla_options.compiler_options('xla') is None
-  eigen = xla_options.compiler_options('eigen')
-  assert eigen and xla_options.compiler_options('auto') == eigen
+  cpu = lambda conv_impl: platform_lib.Platform('cpu', conv_impl)
+  assert cpu('xla').compiler_options is None
+  assert EIGEN and cpu('eigen').compiler_options == EIGEN
+  assert cpu('auto').compiler_options == EIGEN
   with pytest.raises(ValueError, match='cpu_fast'):
-    xla_options.compiler_options('cpu_fast')
+    cpu('cpu_fast')
 
 
 def test_eigen_takes_the_convolutions_from_ynnpack():
@@ -33,8 +40,8 @@ def test_eigen_takes_the_convolutions_from_ynnpack():
   w = np.ones((5, 5, 32, 32), np.float32)
   hlo = lambda options: jax.jit(_conv, compiler_options=options).lower(
       x, w).compile().as_text()
-  assert 'ynn_fusion' not in hlo(xla_options.compiler_options('eigen'))
-  assert 'convolution(' in hlo(xla_options.compiler_options('eigen'))
+  assert 'ynn_fusion' not in hlo(EIGEN)
+  assert 'convolution(' in hlo(EIGEN)
 
 
 def test_eigen_leaves_the_reductions_to_ynnpack():
@@ -43,7 +50,7 @@ def test_eigen_leaves_the_reductions_to_ynnpack():
   x = jax.random.normal(jax.random.key(0), (16, 24, 24, 32)) + 3.0
   sums = lambda x: (x.sum((0, 1, 2)), (x * x).sum((0, 1, 2)))
   compiled = jax.jit(sums).lower(x).compile(
-      compiler_options=xla_options.compiler_options('eigen'))
+      compiler_options=EIGEN)
   hlo = compiled.as_text()
   assert 'ynn_fusion' in hlo and 'reduce-window' not in hlo
   exact = np.asarray(x, np.float64)
@@ -75,7 +82,7 @@ def test_eigen_convolutions_match_the_defaults_in_value_and_gradients(shape):
       return (y, *vjp(dy))
     return jax.jit(f, compiler_options=options)(x, w, dy)
 
-  eigen = value_and_gradients(xla_options.compiler_options('eigen'))
+  eigen = value_and_gradients(EIGEN)
   default = value_and_gradients(None)
   for got, want in zip(eigen, default):
     scale = float(np.abs(want).max())
@@ -103,5 +110,5 @@ def test_the_train_program_compiles_with_the_options():
         kernel, images, labels, batch_indices, jax.random.key(0)).compile(
         ).as_text()
 
-  eigen = hlo(xla_options.compiler_options('eigen'))
+  eigen = hlo(EIGEN)
   assert 'ynn_fusion' not in eigen and eigen != hlo(None)

@@ -1,0 +1,82 @@
+"""Everything that depends on the platform, decided in one place.
+
+The trainer, evaluation, predict, export and the benchmark all ask a
+`Platform` rather than `jax.default_backend()`. What differs:
+
+  choice                      CPU                          GPU, TPU
+  compiler options            Eigen convolutions and       XLA's defaults
+                              YNNPACK reductions
+                              (xla_options.py)
+  conv weight gradients       transposed apart             as JAX derives them
+                              (models.conv_with_cpu_
+                              weight_gradient)
+  steps under lax.scan        unrolled: XLA:CPU runs a     rolled (a while loop)
+                              while loop's body ~15x
+                              slower
+  steps per dispatch (-1)     8 (unrolled code grows       a whole epoch
+                              with it)
+
+`conv_impl='xla'` keeps XLA's defaults on the CPU too. Tests build a
+`Platform('gpu')` on the CPU to run the accelerator path there
+(tests/test_platform.py).
+"""
+
+import dataclasses
+
+import jax
+
+from digits_jax import xla_options
+
+CONV_IMPLS = ('auto', 'xla', 'eigen')
+# Steps per dispatch when the config says -1, on the CPU (unrolled).
+CPU_STEPS_PER_DISPATCH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+  """The choices for one backend ('cpu', 'gpu', 'tpu') and `conv_impl`."""
+  backend: str
+  conv_impl: str = 'auto'
+
+  def __post_init__(self):
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f'conv_impl={self.conv_impl!r} is not one of '
+                       f'{CONV_IMPLS}')
+
+  @property
+  def is_cpu(self) -> bool:
+    return self.backend == 'cpu'
+
+  @property
+  def eigen_convolutions(self) -> bool:
+    """Whether XLA:CPU's convolutions go to Eigen ('auto' and 'eigen' on the
+    CPU); other backends have their own libraries."""
+    return self.is_cpu and self.conv_impl != 'xla'
+
+  @property
+  def compiler_options(self) -> dict[str, str] | None:
+    """For every jitted program that runs the model; None: XLA's defaults."""
+    return (xla_options.cpu_eigen_convolutions() if self.eigen_convolutions
+            else None)
+
+  @property
+  def cpu_weight_gradients(self) -> bool:
+    """Whether the models take `conv_with_cpu_weight_gradient` (measured
+    faster with the Eigen convolutions only)."""
+    return self.eigen_convolutions
+
+  @property
+  def unroll_scan(self) -> bool:
+    return self.is_cpu
+
+  def steps_per_dispatch(self, configured: int, steps_per_epoch: int) -> int:
+    """Train steps per compiled dispatch: `configured` > 0 as is, 0 a whole
+    epoch, -1 this platform's default."""
+    if configured < 0:
+      configured = CPU_STEPS_PER_DISPATCH if self.is_cpu else 0
+    return min(configured or steps_per_epoch, steps_per_epoch)
+
+
+def current(conv_impl: str = 'auto') -> Platform:
+  """The platform JAX runs on in this process."""
+  return Platform(jax.default_backend(), conv_impl)

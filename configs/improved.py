@@ -76,5 +76,7 @@ def get_config():
 
   config.seed = 0
   config.checkpoints_to_keep = 3
-  config.log_every_steps = 0  # 0: per dispatch only.
+  # > 0: also log the training loss when the step passes a multiple of it
+  # (checked once per dispatch); 0: one line per epoch.
+  config.log_every_steps = 0
   return config

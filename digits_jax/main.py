@@ -18,6 +18,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from digits_jax import config_checks
+from digits_jax import paths
 from digits_jax.errors import UserError
 
 DEFAULT_WORKDIR = 'runs/default'
@@ -26,7 +27,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', DEFAULT_WORKDIR,
-    'Run directory: checkpoints, metrics, TensorBoard events, eval_test.json.')
+    'Run directory, local or a URI such as gs://bucket/run: checkpoints, '
+    'metrics, TensorBoard events, eval_test.json.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
                           'train (resuming from --workdir if it holds a '
                           'checkpoint), eval (the best checkpoint on the '
@@ -34,30 +36,14 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
 _IMAGES = flags.DEFINE_list(
     'images', [], 'predict: comma-separated image files (PNG, JPEG, ...), '
     'directories of them, or .npy arrays of [N, 28, 28] digits.')
-_OUTPUT = flags.DEFINE_string('output', None,
-                              'predict: also write the predictions as JSON.')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, 'predict: also write the predictions as JSON (a local '
+    'path or a URI).')
 
 
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
-
-
-def _check_workdir(workdir: str, mode: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if mode in ('eval', 'predict'):
-    if not os.path.isdir(workdir):
-      raise UserError(f'--workdir={workdir} does not exist; point it at a '
-                      'training run')
-    return workdir
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise UserError(f'cannot create --workdir={workdir} ({e.strerror}); '
-                    'choose a writable directory') from None
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise UserError(f'--workdir={workdir} is not writable; choose another')
-  return workdir
 
 
 def main(argv):
@@ -80,7 +66,8 @@ def main(argv):
     parallel.initialize_distributed(config)
     if jax.process_index() != 0:
       logging.set_verbosity(logging.WARNING)  # Process 0 reports.
-    workdir = _check_workdir(_WORKDIR.value, _MODE.value)
+    workdir = paths.prepare_workdir(_WORKDIR.value,
+                                    must_exist=_MODE.value != 'train')
     logging.info('Workdir: %s', workdir)
     if _MODE.value == 'train':
       train.train_and_evaluate(config, workdir)

@@ -143,8 +143,19 @@ def predict_files(config, workdir: str, specs: list[str],
   for name, message in errors:
     print(f'error: {name}: {message}', file=sys.stderr)
   if output:
-    with open(output, 'w') as f:
-      json.dump({'predictions': results,
-                 'errors': [{'image': n, 'error': m} for n, m in errors]},
-                f, indent=1)
+    from digits_jax import paths  # pylint: disable=g-import-not-at-top
+    from digits_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+    text = json.dumps({'predictions': results,
+                       'errors': [{'image': n, 'error': m}
+                                  for n, m in errors]}, indent=1)
+    path = paths.resolve(output)
+    if paths.is_remote(path):
+      paths.call_with_deadline(lambda: paths.write_atomically(path, text),
+                               f'cannot write --output={path}')
+    else:
+      try:
+        paths.write_atomically(path, text)
+      except OSError as e:
+        raise UserError(f'cannot write --output={path} ({e.strerror}); '
+                        'choose a writable path') from None
   return len(errors)

@@ -6,10 +6,13 @@
                         read from the run's own metrics.jsonl
 """
 
+import io
 import json
-import os
 
+from etils import epath
 import numpy as np
+
+from digits_jax import paths
 
 CONFUSION = 'confusion_matrix.png'
 MISCLASSIFIED = 'misclassified.png'
@@ -23,21 +26,28 @@ def _pyplot():
   return plt
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir: epath.PathLike) -> list[dict]:
   """The per-epoch records of metrics.jsonl; a resumed run's rewritten
   epochs count once (the last record of each epoch wins)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
     return []
   by_epoch = {}
-  with open(path) as f:
-    for line in f:
+  for line in path.read_text().splitlines():
+    if line.strip():
       record = json.loads(line)
       by_epoch[record['epoch']] = record
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def plot_confusion_matrix(confusion, path: str) -> None:
+def _save(fig, path: epath.Path) -> None:
+  """Saves a figure as PNG to any filesystem."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=120, format='png')
+  paths.write_atomically(path, buffer.getvalue())
+
+
+def plot_confusion_matrix(confusion, path: epath.Path) -> None:
   plt = _pyplot()
   confusion = np.asarray(confusion)
   fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -50,11 +60,11 @@ def plot_confusion_matrix(confusion, path: str) -> None:
          ylabel='true', title=f'Confusion matrix ({confusion.sum()} images)')
   fig.colorbar(image, ax=ax, label='log(1 + count)')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
 
-def plot_misclassified(images, labels, probabilities, path: str,
+def plot_misclassified(images, labels, probabilities, path: epath.Path,
                        limit: int = 100) -> None:
   plt = _pyplot()
   predicted = probabilities.argmax(-1)
@@ -72,11 +82,11 @@ def plot_misclassified(images, labels, probabilities, path: str,
   fig.suptitle(f'{int((predicted != labels).sum())} misclassified '
                '(true→predicted probability)', fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
 
-def plot_training_curves(metrics: list[dict], path: str) -> None:
+def plot_training_curves(metrics: list[dict], path: epath.Path) -> None:
   plt = _pyplot()
   epochs = [m['epoch'] for m in metrics]
   fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -93,20 +103,21 @@ def plot_training_curves(metrics: list[dict], path: str) -> None:
   loss_ax.legend()
   acc_ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  _save(fig, path)
   plt.close(fig)
 
 
-def write_eval_reports(workdir: str, report: dict, images, labels,
-                       probabilities) -> list[str]:
+def write_eval_reports(workdir: epath.PathLike, report: dict, images,
+                       labels, probabilities) -> list[str]:
   """Writes the three pictures; returns their paths."""
-  paths = [os.path.join(workdir, name)
-           for name in (CONFUSION, MISCLASSIFIED, CURVES)]
-  plot_confusion_matrix(report['confusion_matrix'], paths[0])
-  plot_misclassified(images, labels, probabilities, paths[1])
+  workdir = epath.Path(workdir)
+  confusion, misclassified, curves = (
+      workdir / name for name in (CONFUSION, MISCLASSIFIED, CURVES))
+  plot_confusion_matrix(report['confusion_matrix'], confusion)
+  plot_misclassified(images, labels, probabilities, misclassified)
+  written = [confusion, misclassified]
   metrics = read_metrics(workdir)
   if metrics:
-    plot_training_curves(metrics, paths[2])
-  else:
-    paths.pop()
-  return paths
+    plot_training_curves(metrics, curves)
+    written.append(curves)
+  return [str(path) for path in written]

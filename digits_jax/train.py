@@ -12,13 +12,15 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from typing import Any, Callable
 
 from absl import logging
-import flax
+from etils import epath
 from flax import struct
 import jax
 import jax.numpy as jnp
@@ -31,6 +33,7 @@ from digits_jax import input_pipeline
 from digits_jax import models
 from digits_jax import optim
 from digits_jax import parallel as parallel_lib
+from digits_jax import paths
 from digits_jax import platform as platform_lib
 from digits_jax import reports
 from digits_jax.errors import UserError
@@ -234,24 +237,45 @@ def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 class MetricsWriter:
-  """Per-epoch metrics as JSON lines and TensorBoard events in the workdir."""
+  """Per-epoch metrics as JSON lines and TensorBoard events in the workdir.
 
-  def __init__(self, workdir: str):
+  `metrics.jsonl` is rewritten whole at each epoch (object stores cannot
+  append; a resumed run keeps the lines already there). TensorBoard events
+  for a remote workdir are written locally and copied there after each
+  epoch.
+  """
+
+  def __init__(self, workdir: epath.Path):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._jsonl = workdir / 'metrics.jsonl'
+    self._lines = (self._jsonl.read_text().splitlines()
+                   if self._jsonl.exists() else [])
+    self._tb_dir = workdir / 'tensorboard'
+    self._local_tb = (tempfile.mkdtemp(prefix='digits_jax_tb_')
+                      if paths.is_remote(workdir) else None)
+    self._tb = SummaryWriter(self._local_tb or os.fspath(self._tb_dir))
 
   def write(self, step: int, metrics: dict) -> None:
-    self._jsonl.write(json.dumps({'step': step, **metrics}) + '\n')
-    self._jsonl.flush()
+    self._lines.append(json.dumps({'step': step, **metrics}))
+    paths.write_atomically(self._jsonl, '\n'.join(self._lines) + '\n')
     for name, value in metrics.items():
       if isinstance(value, (int, float)):
         self._tb.add_scalar(name, value, step)
     self._tb.flush()
+    self._copy_events()
+
+  def _copy_events(self) -> None:
+    if self._local_tb:
+      self._tb_dir.mkdir(parents=True, exist_ok=True)
+      for name in os.listdir(self._local_tb):
+        with open(os.path.join(self._local_tb, name), 'rb') as f:
+          (self._tb_dir / name).write_bytes(f.read())
 
   def close(self) -> None:
-    self._jsonl.close()
     self._tb.close()
+    self._copy_events()
+    if self._local_tb:
+      shutil.rmtree(self._local_tb, ignore_errors=True)
 
 
 class TrainingDiverged(Exception):
@@ -269,17 +293,23 @@ class StopSignal:
 
   Several processes: every host must save the same step, or the collective
   save waits forever. JAX's preemption service (started by
-  `jax.distributed.initialize`) catches SIGTERM on whichever host gets it,
-  tells the others, and agrees on a dispatch at which all of them stop;
-  `multihost_utils.reached_preemption_sync_point` says when it is reached.
+  `jax.distributed.initialize`) catches SIGTERM on whichever host gets it
+  and tells the others; each host then reports the last counter it passed
+  to `multihost_utils.reached_preemption_sync_point`, and the sync point is
+  one above the largest, answered True for exactly that value. Orbax's save
+  asks the same sync point with the training step, so the counter here is
+  the training step too, and every step a dispatch covered is offered in
+  turn: whenever the notice comes (mid-epoch, during validation or a save),
+  all hosts stop after the same dispatch, the first to pass the sync point.
   No Python SIGTERM handler is installed then: it would take the signal away
   from JAX's. SIGINT keeps its default (it usually reaches a single host).
   """
 
-  def __init__(self):
+  def __init__(self, step: int):
+    """`step`: the training step the run starts (or resumes) at."""
     self.received = None
     self._multihost = jax.process_count() > 1
-    self._dispatches = 0
+    self._offered_step = step
     self._previous = {}
     signals = () if self._multihost else (signal.SIGTERM, signal.SIGINT)
     if threading.current_thread() is threading.main_thread():
@@ -293,16 +323,18 @@ class StopSignal:
                     self.received)
     self.restore()
 
-  def poll(self) -> bool:
-    """Whether to stop now; called exactly once per dispatch, on every host
-    (the preemption sync point counts the calls)."""
+  def poll(self, step: int) -> bool:
+    """Whether to stop now, at training step `step`; called after every
+    dispatch, on every host."""
     if self._multihost and self.received is None:
-      self._dispatches += 1
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      if multihost_utils.reached_preemption_sync_point(self._dispatches):
-        self.received = 'SIGTERM'
-        logging.warning('Preemption notice (SIGTERM on some host): all '
-                        'hosts stop at this step.')
+      for offered in range(self._offered_step + 1, step + 1):
+        if multihost_utils.reached_preemption_sync_point(offered):
+          self.received = 'SIGTERM'
+          logging.warning('Preemption notice (SIGTERM on some host): all '
+                          'hosts stop at step %d.', step)
+          break
+      self._offered_step = step
     return self.received is not None
 
   def restore(self):
@@ -348,6 +380,7 @@ def train_and_evaluate(config, workdir: str,
   """Trains as the config says, resuming from `workdir`; returns the test
   report of the best checkpoint. `platform` (default: this process's) makes
   the platform's choices; tests pass another to run its path here."""
+  workdir = paths.resolve(os.fspath(workdir))
   platform = platform or platform_lib.current(config.conv_impl)
   devices = parallel_lib.create(config)
   splits = input_pipeline.load_splits(config)
@@ -372,7 +405,7 @@ def train_and_evaluate(config, workdir: str,
                counts['trainable'], counts['batch_stats'], devices.num_devices,
                jax.default_backend(), devices.mode)
 
-  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
+  manager = checkpoint.create_manager(workdir / 'checkpoints',
                                       config.checkpoints_to_keep)
   if manager.latest_step() is not None:
     step = manager.latest_step()
@@ -417,8 +450,8 @@ def train_and_evaluate(config, workdir: str,
                        devices.shard_batch_indices(batch_indices), train_key)
 
   writer = MetricsWriter(workdir) if jax.process_index() == 0 else None
-  stop_signal = StopSignal()
   step = int(devices.unreplicate(state).step)
+  stop_signal = StopSignal(step)
   try:
     while step < total_steps:
       epoch = step // steps_per_epoch
@@ -447,7 +480,11 @@ def train_and_evaluate(config, workdir: str,
         images_done += count * config.batch_size
         progress.update(count)
         progress.set_postfix(loss=f'{metrics["loss"].mean():.4f}')
-        if stop_signal.poll() and step < epoch_end:
+        every = config.log_every_steps
+        if every and step // every > (step - count) // every:
+          logging.info('step %d: train loss %.4f', step,
+                       float(metrics['loss'].mean()))
+        if stop_signal.poll(step) and step < epoch_end:
           break
       progress.close()
       if stop_signal.received and step < epoch_end:
@@ -525,10 +562,11 @@ class Restored:
         platform_lib.current(config.conv_impl).compiler_options)
 
 
-def restore_best(config, workdir: str) -> Restored:
+def restore_best(config, workdir: epath.PathLike) -> Restored:
   """The best checkpoint in `workdir`, on this process's devices."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
+  workdir = paths.resolve(os.fspath(workdir))
+  directory = workdir / 'checkpoints'
+  if not directory.exists():
     raise UserError(f'no checkpoints in {workdir}; train first or point '
                     '--workdir at a training run')
   manager = checkpoint.create_manager(directory, config.checkpoints_to_keep,
@@ -545,9 +583,10 @@ def restore_best(config, workdir: str) -> Restored:
                   step=int(step))
 
 
-def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
+def evaluate_checkpoint(config, workdir: epath.PathLike, splits=None) -> dict:
   """Evaluates the best checkpoint in `workdir` on the official test set and
   writes `eval_test.json` and the report pictures beside it."""
+  workdir = paths.resolve(os.fspath(workdir))
   restored = restore_best(config, workdir)
   if splits is None:
     splits = input_pipeline.load_splits(config)
@@ -557,8 +596,8 @@ def evaluate_checkpoint(config, workdir: str, splits=None) -> dict:
   report.update({'checkpoint_step': restored.step,
                  'epoch': restored.meta.get('epoch'), 'model': config.model})
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval_test.json'), 'w') as f:
-      json.dump(report, f, indent=1)
+    paths.write_atomically(workdir / 'eval_test.json',
+                           json.dumps(report, indent=1))
     probabilities = np.exp(log_softmax(logits))
     written = reports.write_eval_reports(workdir, report, splits.test_images,
                                          splits.test_labels, probabilities)

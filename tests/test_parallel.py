@@ -169,7 +169,7 @@ def _sigterm_when(processes, trigger, watch=None):
   log1 = processes[1].communicate(timeout=600)[1]
   for p, log in zip(processes, (''.join(log0), log1)):
     assert p.wait(timeout=600) == 0, log[-3000:]
-    assert 'all hosts stop at this step' in log, log[-3000:]
+    assert 'all hosts stop at step' in log, log[-3000:]
   return ''.join(log0)
 
 
@@ -193,7 +193,7 @@ def test_sigterm_on_one_host_stops_both_within_two_dispatches(
   processes = _launch_two_hosts(args, env)
   # The step the hosts had at least reached when the signal was sent.
   if when == 'before_save':  # Logged after validation, before the save.
-    signalled_at, log = 20, _sigterm_when(processes, 'epoch 1/10')
+    signalled_at, log = 20, _sigterm_when(processes, 'epoch 1/10 step 20')
   elif when == 'after_save':
     signalled_at, log = 20, _sigterm_when(
         processes, None, watch=workdir / 'checkpoints' / '20')

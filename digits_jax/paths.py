@@ -1,0 +1,114 @@
+"""Run folders and data on any filesystem orbax and TFDS support.
+
+Workdirs, `data_dir` and `--output` may be local paths or URIs such as
+`gs://bucket/run`: everything the trainer writes goes through one path type,
+`etils.epath.Path` (local files, or fsspec's gcsfs and friends for URIs;
+TensorFlow's gfile where TensorFlow is installed), and orbax writes the
+checkpoint arrays through TensorStore, which reads the same URIs.
+"""
+
+import concurrent.futures
+import logging
+import os
+import uuid
+
+from etils import epath
+
+from digits_jax.errors import UserError
+
+# How long the first look at a remote workdir may take before the run gives
+# up with one line: client libraries retry a dead network or a refused
+# credential for many minutes.
+REMOTE_DEADLINE_S = 60
+
+
+def is_remote(path) -> bool:
+  return '://' in os.fspath(path)
+
+
+def resolve(path: str) -> epath.Path:
+  """A user's path: a URI as is, a local path absolute (`~` expanded)."""
+  if is_remote(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def write_atomically(path: epath.Path, data: str | bytes) -> None:
+  """Writes the whole file, so that a crash leaves the previous version: a
+  temporary file beside it, renamed into place (on object stores one
+  upload is already all or nothing)."""
+  if is_remote(path):
+    (path.write_bytes if isinstance(data, bytes) else path.write_text)(data)
+    return
+  temporary = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
+  (temporary.write_bytes if isinstance(data, bytes) else
+   temporary.write_text)(data)
+  temporary.replace(path)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
+
+
+# Client libraries that log each failed retry with its traceback; while a
+# remote path is first looked at, the one line below says it instead.
+_RETRYING_LOGGERS = ('gcsfs', 'fsspec', 's3fs', 'google')
+
+
+def call_with_deadline(function, description: str,
+                       deadline_s: float = REMOTE_DEADLINE_S):
+  """`function()`, or a UserError naming `description` if it raises or has
+  not answered within `deadline_s` (the thread is left to the retries)."""
+  loggers = [logging.getLogger(name) for name in _RETRYING_LOGGERS]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(logging.CRITICAL)
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  future = pool.submit(function)
+  try:
+    return future.result(timeout=deadline_s)
+  except concurrent.futures.TimeoutError:
+    raise UserError(
+        f'{description}: no answer in {deadline_s:.0f} s; check the bucket '
+        'name, the network and the credentials (gcloud auth '
+        'application-default login)') from None
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise UserError(f'{description}: {_first_line(e)}; check the path and '
+                    'the credentials') from None
+  finally:
+    pool.shutdown(wait=False)
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+def prepare_workdir(workdir: str, *, must_exist: bool) -> epath.Path:
+  """Resolves `--workdir`: for training, creates it and checks that it can be
+  written; for evaluation, checks that it exists. One UserError line
+  otherwise, within a minute for an unreachable bucket."""
+  path = resolve(workdir)
+  if must_exist:
+    exists = (call_with_deadline(path.exists, f'cannot read --workdir={path}')
+              if is_remote(path) else path.exists())
+    if not exists:
+      raise UserError(f'--workdir={path} does not exist; point it at a '
+                      'training run')
+    return path
+  if is_remote(path):
+    def probe():
+      path.mkdir(parents=True, exist_ok=True)
+      marker = path / f'.write_check.{uuid.uuid4().hex}'
+      marker.write_text('')
+      marker.unlink()
+    call_with_deadline(probe, f'cannot write to --workdir={path}')
+    return path
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'cannot create --workdir={path} ({e.strerror}); '
+                    'choose a writable directory') from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise UserError(f'--workdir={path} is not writable; choose another')
+  return path

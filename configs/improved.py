@@ -9,7 +9,6 @@ def get_config():
   config.model = 'improved_lenet'
   # The article's Dropout(0.25) after each conv block and the last dense layer.
   config.dropout_rate = 0.25
-  config.dataset = 'mnist'
   # '': TFDS's default data directory (~/tensorflow_datasets or $TFDS_DATA_DIR).
   config.data_dir = ''
   # Held out of the 60k training set, fixed by `split_seed`; drives the LR

@@ -36,12 +36,14 @@ def create_manager(directory: epath.PathLike, keep: int,
       preservation_policy=preservation,
       best_fn=_best_metric,
       best_mode='max',
+      # Reading (eval, predict, export) creates nothing and leaves a crashed
+      # run's partial checkpoint for the next training run to remove. Not
+      # orbax's read_only mode, which warns three times that it is on.
       create=not read_only,
-      read_only=read_only,
       # Synchronous: a checkpoint is complete when `save` returns, so a
       # signal or crash right after cannot leave it half written.
       enable_async_checkpointing=False,
-      cleanup_tmp_directories=True,
+      cleanup_tmp_directories=not read_only,
   )
   return ocp.CheckpointManager(epath.Path(directory), options=options)
 

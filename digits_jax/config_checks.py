@@ -10,7 +10,6 @@ from digits_jax import optim
 from digits_jax import platform
 from digits_jax.errors import UserError
 
-DATASETS = ('mnist',)
 INPUT_SIZES = (28, 32)
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
@@ -47,7 +46,7 @@ def _check_types(config) -> None:
   for name in ('augment', 'distributed'):
     _require(isinstance(config[name], bool),
              f'config.{name}={config[name]!r} must be True or False')
-  for name in ('model', 'dataset', 'data_dir', 'conv_impl', 'compute_dtype',
+  for name in ('model', 'data_dir', 'conv_impl', 'compute_dtype',
                'parallelism', 'coordinator_address', 'lr_schedule'):
     _require(isinstance(config[name], str),
              f'config.{name}={config[name]!r} must be a string')
@@ -59,9 +58,6 @@ def validate(config) -> None:
   _require(config.model in models.MODELS,
            f'config.model={config.model!r} is not a model; choose one of '
            f'{", ".join(sorted(models.MODELS))}')
-  _require(config.dataset in DATASETS,
-           f'config.dataset={config.dataset!r} is not supported; choose one '
-           f'of {", ".join(DATASETS)}')
   for name in ('batch_size', 'eval_batch_size', 'num_epochs',
                'checkpoints_to_keep'):
     _require(config[name] > 0,

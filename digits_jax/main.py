@@ -1,20 +1,22 @@
-"""Command line: train, or evaluate a checkpoint.
+"""Command line: train, evaluate, predict with or export a checkpoint.
 
   python -m digits_jax.main --config=configs/improved.py --workdir=runs/improved
   python -m digits_jax.main --config=configs/improved.py --workdir=runs/improved \
       --mode=eval
+  ... --mode=predict --images=digit.png   ... --mode=export --output=digits.jax
 
 Bad input (a config value, a workdir, a checkpoint) ends with one line on
 stderr and exit code 2.
 """
 
+import logging
 import os
 import sys
 import traceback
 
 from absl import app
 from absl import flags
-from absl import logging
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from digits_jax import config_checks
@@ -29,16 +31,35 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', DEFAULT_WORKDIR,
     'Run directory, local or a URI such as gs://bucket/run: checkpoints, '
     'metrics, TensorBoard events, eval_test.json.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
+_MODE = flags.DEFINE_enum('mode', 'train',
+                          ['train', 'eval', 'predict', 'export'],
                           'train (resuming from --workdir if it holds a '
                           'checkpoint), eval (the best checkpoint on the '
-                          'test set) or predict (--images).')
+                          'test set), predict (--images) or export (the best '
+                          'checkpoint as a jax.export artifact, --output).')
 _IMAGES = flags.DEFINE_list(
     'images', [], 'predict: comma-separated image files (PNG, JPEG, ...), '
     'directories of them, or .npy arrays of [N, 28, 28] digits.')
 _OUTPUT = flags.DEFINE_string(
-    'output', None, 'predict: also write the predictions as JSON (a local '
-    'path or a URI).')
+    'output', None, 'predict: also write the predictions as JSON; export: '
+    'the artifact (a local path or a URI).')
+
+
+def _configure_logging() -> None:
+  """Quiet by default: the trainer's own lines (the `digits_jax` loggers),
+  warnings and errors. Libraries' INFO logs (orbax, TFDS, JAX) show only
+  when asked with absl's `--verbosity=0` (or `-v`); TensorFlow's C++ INFO
+  notices only with TF_CPP_MIN_LOG_LEVEL set."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  if not (flags.FLAGS['verbosity'].present or flags.FLAGS['v'].present):
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  ours = logging.getLogger('digits_jax')
+  ours.setLevel(logging.INFO)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter('%(asctime)s %(message)s',
+                                         datefmt='%H:%M:%S'))
+  ours.addHandler(handler)
+  ours.propagate = False  # Not again through absl's handler.
 
 
 def _fail(message: str) -> None:
@@ -51,9 +72,11 @@ def main(argv):
     _fail(f'unexpected arguments {argv[1:]}; options go as --name=value')
   if _CONFIG.value is None:
     _fail('--config is required, e.g. --config=configs/improved.py')
+  _configure_logging()
   # Imported here so that `--help` and flag errors stay instant.
   import jax  # pylint: disable=g-import-not-at-top
   from digits_jax import parallel  # pylint: disable=g-import-not-at-top
+  from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
 
   try:
@@ -64,15 +87,19 @@ def main(argv):
   try:
     config_checks.validate(config)
     parallel.initialize_distributed(config)
-    if jax.process_index() != 0:
-      logging.set_verbosity(logging.WARNING)  # Process 0 reports.
+    if jax.process_index() != 0:  # Process 0 reports.
+      absl_logging.set_verbosity(absl_logging.WARNING)
+      logging.getLogger('digits_jax').setLevel(logging.WARNING)
     workdir = paths.prepare_workdir(_WORKDIR.value,
                                     must_exist=_MODE.value != 'train')
-    logging.info('Workdir: %s', workdir)
+    logging.getLogger('digits_jax.main').info('Workdir: %s', workdir)
     if _MODE.value == 'train':
       train.train_and_evaluate(config, workdir)
     elif _MODE.value == 'eval':
-      train.evaluate_checkpoint(config, workdir)
+      evaluation.evaluate_checkpoint(config, workdir)
+    elif _MODE.value == 'export':
+      from digits_jax import export  # pylint: disable=g-import-not-at-top
+      export.export_checkpoint(config, workdir, _OUTPUT.value)
     else:
       if not _IMAGES.value:
         raise UserError('--mode=predict needs --images=PATH[,PATH...]')

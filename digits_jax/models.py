@@ -7,121 +7,15 @@ the loss and in `predict`.
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
 
+from digits_jax import cpu_kernels
 from digits_jax.errors import UserError
-
-
-def max_pool_2x2(x):
-  """2x2 max pooling, stride 2 (Keras' MaxPooling2D(2, 2): odd edges dropped).
-
-  The same function as `nn.max_pool(x, (2, 2), (2, 2))`, written as three
-  elementwise choices between the window's four values: XLA:CPU
-  differentiates `reduce_window` through select-and-scatter, which measured
-  about 4x slower here. Not as `reshape(...).max()` either: the gradient JAX
-  derives for a max compares the input with the max for equality, XLA may
-  recompute the two in different fusions with different rounding, and then
-  the comparison fails and the gradient is lost (measured: wrong gradients
-  for the whole improved LeNet under the Eigen convolutions of
-  xla_options.py). Here the gradient follows the same comparisons as the
-  value, and goes to one element of a window (the first of tied ones, as in
-  Keras and PyTorch).
-  """
-  n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
-  larger = lambda a, b: jnp.where(b > a, b, a)
-  top = larger(x[:, :, 0, :, 0], x[:, :, 0, :, 1])
-  bottom = larger(x[:, :, 1, :, 0], x[:, :, 1, :, 1])
-  return larger(top, bottom)
-
-
-def _transposed_apart(x, token):
-  """[N, H, W, C] -> [C, H, W, N], computed where XLA cannot fuse into it.
-
-  XLA:CPU fuses the elementwise ops that produce `x` (a bias and a ReLU)
-  into this transpose, and the fused loop runs about 5x slower than the
-  transpose alone (measured on [128, 24, 24, 32]: ~11 ms against ~2.3 ms).
-  A conditional's branches are computations of their own, so the transpose
-  in one reads `x` as the buffer the forward pass already wrote.
-  `lax.optimization_barrier` does not do it: XLA:CPU removes it before
-  fusion. Both branches are the transpose; `token`, any traced scalar the
-  compiler cannot fold, only keeps the conditional in the program.
-  """
-  transpose = lambda v: jnp.transpose(v, (3, 1, 2, 0))
-  return lax.cond(token == token, transpose, transpose, x)
-
-
-def _conv_nhwc(x, kernel, padding, precision):
-  return lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                  precision=precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_transposed_weight_gradient(x, kernel, padding, precision):
-  return _conv_nhwc(x, kernel, padding, precision)
-
-
-def _conv_forward(x, kernel, padding, precision):
-  return _conv_nhwc(x, kernel, padding, precision), (x, kernel)
-
-
-def _conv_backward(padding, precision, residuals, dy):
-  x, kernel = residuals
-  _, input_vjp = jax.vjp(
-      lambda x: _conv_nhwc(x, kernel, padding, precision), x)
-  dx, = input_vjp(dy)
-  # dW[i, j, c, o] = sum over n, h, w of x[n, h + i, w + j, c] dy[n, h, w, o]:
-  # a convolution of x as [C, H, W, N] (N contracted) with dy as its kernel.
-  dw = lax.conv_general_dilated(
-      _transposed_apart(x, kernel[0, 0, 0, 0]), dy, (1, 1), padding,
-      dimension_numbers=('NHWC', 'IHWO', 'NHWC'), precision=precision)
-  return dx, jnp.transpose(dw, (1, 2, 0, 3))
-
-
-_conv_transposed_weight_gradient.defvjp(_conv_forward, _conv_backward)
-
-
-def conv_with_cpu_weight_gradient(lhs, rhs, window_strides, padding,
-                                  lhs_dilation=None, rhs_dilation=None,
-                                  dimension_numbers=None,
-                                  feature_group_count=1, precision=None):
-  """`lax.conv_general_dilated` (Flax's `conv_general_dilated` hook) with a
-  weight gradient that XLA:CPU computes faster.
-
-  XLA derives the weight gradient of an NHWC convolution as a convolution
-  over the input transposed to [C, H, W, N], and XLA:CPU fuses the input's
-  producer into that transpose (`_transposed_apart` says what that costs).
-  Here the backward pass transposes the input on its own; the values are
-  the same. Only stride-1, undilated, ungrouped NHWC/HWIO convolutions
-  (the models' own) take this path; others are plain
-  `lax.conv_general_dilated`.
-  """
-  plain = functools.partial(
-      lax.conv_general_dilated, lhs, rhs, window_strides, padding,
-      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, precision=precision)
-  if lhs.ndim != 4:
-    return plain()
-  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                    ('NHWC', 'HWIO', 'NHWC'))
-  ones = (1, 1)
-  if (tuple(window_strides) != ones or tuple(lhs_dilation or ones) != ones
-      or tuple(rhs_dilation or ones) != ones or feature_group_count != 1
-      or lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                    dimension_numbers) != nhwc):
-    return plain()
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1),
-                                  padding)
-  padding = tuple(tuple(pair) for pair in padding)
-  return _conv_transposed_weight_gradient(lhs, rhs, padding, precision)
 
 
 class Dropout(nn.Module):
@@ -158,24 +52,24 @@ class ImprovedLeNet(nn.Module):
 
   `axis_name` makes BatchNorm average its batch statistics across devices
   under pmap; under jit over a mesh the batch axis is already global.
-  `cpu_weight_gradients` computes the weight gradients of conv2-4 as
-  `conv_with_cpu_weight_gradient` does (the same values, faster on XLA:CPU).
-  Not conv1's: its one-channel input is cheap to transpose, and there the
-  conditional measured slower than the fused transpose.
+  `conv_general_dilated` (None: lax's) computes conv2-4, e.g.
+  `cpu_kernels.conv_with_cpu_weight_gradient` on XLA:CPU. Not conv1: its
+  one-channel input is cheap to transpose, and there the CPU form measured
+  slower.
   """
   num_classes: int = 10
   dropout_rate: float = 0.25
   dtype: Any = jnp.float32
   axis_name: str | None = None
-  cpu_weight_gradients: bool = False
+  conv_general_dilated: Callable | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     plain_conv = functools.partial(
         nn.Conv, padding='VALID', dtype=self.dtype,
         kernel_init=nn.initializers.glorot_uniform())
-    conv = functools.partial(plain_conv, conv_general_dilated=(
-        conv_with_cpu_weight_gradient if self.cpu_weight_gradients else None))
+    conv = functools.partial(plain_conv,
+                             conv_general_dilated=self.conv_general_dilated)
     dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
                               kernel_init=nn.initializers.glorot_uniform())
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
@@ -184,7 +78,7 @@ class ImprovedLeNet(nn.Module):
     dropout = functools.partial(Dropout, rate=self.dropout_rate,
                                 deterministic=not train,
                                 axis_name=self.axis_name)
-    pool = max_pool_2x2
+    pool = cpu_kernels.max_pool_2x2
 
     x = nn.relu(plain_conv(32, (5, 5), name='conv1')(x))
     x = conv(32, (5, 5), use_bias=False, name='conv2')(x)
@@ -209,7 +103,7 @@ class LeNet5(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   axis_name: str | None = None  # Unused: no BatchNorm. Kept for one interface.
-  cpu_weight_gradients: bool = False  # As ImprovedLeNet's, for conv2.
+  conv_general_dilated: Callable | None = None  # As ImprovedLeNet's, conv2.
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -217,11 +111,11 @@ class LeNet5(nn.Module):
     plain_conv = functools.partial(
         nn.Conv, padding='VALID', dtype=self.dtype,
         kernel_init=nn.initializers.glorot_uniform())
-    conv = functools.partial(plain_conv, conv_general_dilated=(
-        conv_with_cpu_weight_gradient if self.cpu_weight_gradients else None))
+    conv = functools.partial(plain_conv,
+                             conv_general_dilated=self.conv_general_dilated)
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=nn.initializers.glorot_uniform())
-    pool = max_pool_2x2
+    pool = cpu_kernels.max_pool_2x2
     x = pool(nn.relu(plain_conv(6, (5, 5), name='conv1')(x)))
     x = pool(nn.relu(conv(16, (5, 5), name='conv2')(x)))
     x = x.reshape((x.shape[0], -1))

@@ -1,6 +1,6 @@
 """Data parallelism over all devices: jit over a device mesh, or pmap.
 
-Both wrap the same pure `train.scan_train_steps` and give the same model as
+Both wrap the same pure `steps.scan_train_steps` and give the same model as
 one device would (tests/test_parallel.py):
 
 * 'mesh' (default, what JAX recommends now): the state and the dataset are

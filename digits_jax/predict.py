@@ -126,15 +126,15 @@ def predict_files(config, workdir: str, specs: list[str],
   failure. Returns the number of failures."""
   import json  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from digits_jax import train  # pylint: disable=g-import-not-at-top
+  from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
 
   digits, errors = load_images(specs)
   results = []
   if digits:
-    restored = train.restore_best(config, workdir)
+    restored = evaluation.restore_best(config, workdir)
     logits = restored.evaluator(config).logits(
         restored.state, np.stack([d for _, d in digits]))
-    probabilities = np.exp(train.log_softmax(logits))
+    probabilities = np.exp(evaluation.log_softmax(logits))
     for (name, _), p in zip(digits, probabilities):
       results.append({'image': name, 'digit': int(p.argmax()),
                       'probability': float(p.max()),

@@ -33,9 +33,11 @@ benchmark's reference, keep XLA's defaults.
 """
 
 import functools
+import logging
 
-from absl import logging
 import jax
+
+log = logging.getLogger(__name__)
 
 _FUSION_TYPES = 'xla_cpu_experimental_ynn_fusion_type'
 # YNNPACK takes the reductions and nothing else: Eigen convolutions.
@@ -52,7 +54,7 @@ def _accepted(options: tuple) -> bool:
   try:
     jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=dict(options))
   except Exception as e:  # pylint: disable=broad-exception-caught
-    logging.warning('This jaxlib does not take the XLA:CPU options %s (%s).',
+    log.warning('This jaxlib does not take the XLA:CPU options %s (%s).',
                     dict(options), e)
     return False
   return True
@@ -65,5 +67,5 @@ def cpu_eigen_convolutions() -> dict[str, str] | None:
   for options in (EIGEN_CONVOLUTIONS, EIGEN_ONLY):
     if _accepted(tuple(options.items())):
       return dict(options)
-  logging.warning("Compiling with XLA's default options.")
+  log.warning("Compiling with XLA's default options.")
   return None

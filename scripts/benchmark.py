@@ -37,7 +37,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
@@ -101,14 +102,12 @@ class ReferenceImprovedLeNet(nn.Module):
 
 def _setup(config, model=None):
   config = config.copy_and_resolve_references()
-  built, tx, preprocess = train.build(config, {'pixel_mean': 33.3,
+  built, tx, preprocess = recipe.build(config, {'pixel_mean': 33.3,
                                                'pixel_std': 78.6})
   model = model or built
-  state = train.create_train_state(model, tx, jax.random.key(0),
+  state = steps_lib.create_train_state(model, tx, jax.random.key(0),
                                    config.input_size)
-  step_fn = functools.partial(train.train_step, model=model, tx=tx,
-                              preprocess=preprocess, augment_images=True)
-  return state, step_fn
+  return state, recipe.train_step_fn(config, model, tx, preprocess)
 
 
 def _flops(compiled) -> float:
@@ -133,23 +132,22 @@ class Timed:
 def digits_jax_path(config, images, labels, batch, steps) -> Timed:
   state, step_fn = _setup(config)
   platform = platform_lib.current(_CONV_IMPL.value)
-  chunk = jax.jit(functools.partial(train.scan_train_steps, step_fn,
+  chunk = jax.jit(functools.partial(steps_lib.scan_train_steps, step_fn,
                                     unroll=platform.unroll_scan),
                   donate_argnums=(0,),
                   compiler_options=platform.compiler_options)
   key = jax.random.key(1)
   images, labels = jax.device_put(images), jax.device_put(labels)
   start = time.perf_counter()
-  compiled = chunk.lower(state, images, labels,
-                         train.epoch_batches(key, 0, len(images), batch)[:steps],
-                         key).compile()
+  first = steps_lib.epoch_batches(key, 0, len(images), batch)[:steps]
+  compiled = chunk.lower(state, images, labels, first, key).compile()
   compile_s = time.perf_counter() - start
   holder = {'state': state, 'epoch': 0}
 
   def window():
     holder['epoch'] += 1
-    indices = train.epoch_batches(key, holder['epoch'], len(images),
-                                  batch)[:steps]
+    indices = steps_lib.epoch_batches(key, holder['epoch'], len(images),
+                                      batch)[:steps]
     indices.block_until_ready()
     begin = time.perf_counter()
     holder['state'], metrics = compiled(holder['state'], images, labels,

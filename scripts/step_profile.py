@@ -24,8 +24,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import cpu_kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
@@ -57,22 +58,21 @@ def main(argv):
   batch, size = _BATCH.value, int(_INPUT_SIZE.value)
   config = improved.get_config()
   config.input_size, config.conv_impl = size, _CONV_IMPL.value
-  model, tx, preprocess = train.build(config, {'pixel_mean': 33.3,
+  model, tx, preprocess = recipe.build(config, {'pixel_mean': 33.3,
                                                'pixel_std': 78.6})
-  state = train.create_train_state(model, tx, jax.random.key(0), size)
+  state = steps.create_train_state(model, tx, jax.random.key(0), size)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (batch, 28, 28), np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, batch, np.int32))
   key = jax.random.key(1)
-  step = functools.partial(train.train_step, model=model, tx=tx,
-                           preprocess=preprocess, augment_images=True)
+  step = recipe.train_step_fn(config, model, tx, preprocess)
   x = preprocess(images)
 
   def loss(params):
     logits, _ = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
         mutable=['batch_stats'], rngs={'dropout': key})
-    return train.cross_entropy(logits, labels).mean()
+    return steps.cross_entropy(logits, labels).mean()
 
   grads = jax.grad(loss)(state.params)
   rows = [
@@ -112,7 +112,7 @@ def main(argv):
       ('bn2 (BatchNorm, training)',
        lambda v: norm.apply(norm_vars, v, mutable=['batch_stats'])[0],
        normal(batch, side1, side1, 32)),
-      ('relu + max pool 2x2', lambda v: models.max_pool_2x2(nn.relu(v)),
+      ('relu + max pool 2x2', lambda v: cpu_kernels.max_pool_2x2(nn.relu(v)),
        normal(batch, side1, side1, 32)),
       ('fc1 dense', jnp.matmul, normal(batch, flat), normal(flat, 256)),
   ]

@@ -47,8 +47,8 @@ def test_zoom_enlarges_about_the_centre():
 
 
 def test_preprocess_augments_each_image_with_its_own_transform():
-  from digits_jax import train  # pylint: disable=g-import-not-at-top
-  preprocess = train.Preprocess(input_size=32, pixel_mean=0.0, pixel_std=1.0,
+  from digits_jax import steps  # pylint: disable=g-import-not-at-top
+  preprocess = steps.Preprocess(input_size=32, pixel_mean=0.0, pixel_std=1.0,
                                 rotation_degrees=10, zoom_range=0.1,
                                 shift_range=0.1)
   images = jnp.tile(jnp.asarray(_dot_image(28, 14, 14), jnp.uint8)[None],
@@ -105,11 +105,11 @@ def test_each_augmentation_parameter_alone_spans_its_range_on_both_sides(
 def test_preprocess_pads_then_standardizes_a_known_image():
   """No augmentation: pad 28 -> 32 with background 0 on every side, then
   (x - mean) / std, by hand."""
-  from digits_jax import train  # pylint: disable=g-import-not-at-top
+  from digits_jax import steps  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
   for size in (28, 32):
-    preprocess = train.Preprocess(input_size=size, pixel_mean=33.0,
+    preprocess = steps.Preprocess(input_size=size, pixel_mean=33.0,
                                   pixel_std=78.0)
     pad = (size - 28) // 2
     want = (np.pad(images.astype(np.float32),
@@ -122,8 +122,8 @@ def test_preprocess_augments_the_padded_image_before_standardizing():
   """The order is pad, warp, standardize, with every configured range: the
   background that a shift or zoom brings in from outside the image is raw 0,
   standardized like the rest (-mean / std), not a standardized 0."""
-  from digits_jax import train  # pylint: disable=g-import-not-at-top
-  preprocess = train.Preprocess(input_size=32, pixel_mean=33.0,
+  from digits_jax import steps  # pylint: disable=g-import-not-at-top
+  preprocess = steps.Preprocess(input_size=32, pixel_mean=33.0,
                                 pixel_std=78.0, rotation_degrees=7.0,
                                 zoom_range=0.08, shift_range=0.12)
   images = jnp.full((64, 28, 28), 255, jnp.uint8)

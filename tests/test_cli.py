@@ -52,6 +52,17 @@ def test_train_then_eval_from_the_command_line(cli_run):
   assert evaluated['loss'] == trained['loss']
 
 
+def test_a_run_prints_little_besides_its_epoch_lines(cli_run):
+  """Libraries' INFO logs (orbax's ~20 lines per checkpoint, TFDS, JAX)
+  stay off by default; the trainer says what it does in a few lines."""
+  _, _, result = cli_run
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  epoch_lines = [l for l in lines if ' epoch 1/1 step ' in l]
+  assert len(epoch_lines) == 1, result.stderr[-3000:]
+  others = [l for l in lines if l not in epoch_lines]
+  assert len(others) <= 8, '\n'.join(others)
+
+
 @pytest.mark.parametrize('override, fragments', [
     ('--config.no_such_key=1', ['no_such_key']),
     ('--config.model=resnet', ["config.model='resnet'", 'improved_lenet']),
@@ -65,7 +76,9 @@ def test_train_then_eval_from_the_command_line(cli_run):
     ('--config.adam_b2=1.0', ['config.adam_b2=1.0', '[0, 1)']),
     ('--config.lr_schedule=cosine', ["config.lr_schedule='cosine'",
                                      'onecycle']),
-    ('--config.dataset=cifar10', ["config.dataset='cifar10'", 'mnist']),
+    ('--config.dataset=cifar10', ['dataset']),
+    ('--config.steps_per_dispatch=-2', ['config.steps_per_dispatch=-2',
+                                        'whole epoch']),
     ('--config.compute_dtype=float16', ["config.compute_dtype='float16'"]),
     ('--config.augment=maybe', ['config.augment', 'maybe']),
 ])

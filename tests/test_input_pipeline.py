@@ -1,4 +1,3 @@
-import hashlib
 import logging as std_logging
 import os
 import zipfile

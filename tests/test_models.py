@@ -7,8 +7,10 @@ import optax
 import pytest
 
 from configs import improved
+from digits_jax import cpu_kernels
 from digits_jax import models
-from digits_jax import train
+from digits_jax import recipe
+from digits_jax import steps
 from digits_jax import platform as platform_lib
 from digits_jax.errors import UserError
 
@@ -71,7 +73,7 @@ def test_unknown_model_is_a_user_error():
 
 
 def test_l2_regularized_layers_exist_in_the_model():
-  state = train.create_train_state(models.ImprovedLeNet(), optax.identity(),
+  state = steps.create_train_state(models.ImprovedLeNet(), optax.identity(),
                                    jax.random.key(0), 32)
   for name in models.L2_REGULARIZED:
     assert 'kernel' in state.params[name]
@@ -83,9 +85,9 @@ def test_max_pool_2x2_matches_flax_max_pool_and_its_gradient(shape):
   import numpy as np
   x = jax.random.normal(jax.random.key(0), shape)
   reference = lambda x: nn.max_pool(x, (2, 2), (2, 2))
-  np.testing.assert_array_equal(models.max_pool_2x2(x), reference(x))
+  np.testing.assert_array_equal(cpu_kernels.max_pool_2x2(x), reference(x))
   loss = lambda pool: jax.grad(lambda x: (pool(x) ** 3).sum())(x)
-  np.testing.assert_allclose(loss(models.max_pool_2x2), loss(reference),
+  np.testing.assert_allclose(loss(cpu_kernels.max_pool_2x2), loss(reference),
                              rtol=1e-6)
 
 
@@ -93,7 +95,7 @@ def test_max_pool_2x2_sends_a_tied_windows_gradient_to_its_first_element():
   import numpy as np
   x = np.zeros((1, 4, 4, 1), np.float32)
   x[0, 2, 3, 0] = 1.0  # One window with a single max; three all tied.
-  grad = jax.grad(lambda x: models.max_pool_2x2(x).sum())(x)[0, :, :, 0]
+  grad = jax.grad(lambda x: cpu_kernels.max_pool_2x2(x).sum())(x)[0, :, :, 0]
   np.testing.assert_array_equal(
       grad, [[1, 0, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]])
 
@@ -128,7 +130,7 @@ def test_conv_with_cpu_weight_gradient_matches_lax_conv(shape, padding,
   dy = jax.random.normal(keys[2], y.shape)
   options = platform_lib.Platform('cpu', conv_impl).compiler_options
   got = _conv_value_and_gradients(
-      conv(models.conv_with_cpu_weight_gradient), x, w, dy, options)
+      conv(cpu_kernels.conv_with_cpu_weight_gradient), x, w, dy, options)
   want = _conv_value_and_gradients(
       conv(jax.lax.conv_general_dilated), x, w, dy, options)
   for g, wanted in zip(got, want):
@@ -144,7 +146,7 @@ def test_conv_with_cpu_weight_gradient_leaves_other_convolutions_plain():
       x, w, (2, 2), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   dy = jnp.ones((2, 4, 4, 4))
   got = _conv_value_and_gradients(
-      strided(models.conv_with_cpu_weight_gradient), x, w, dy, None)
+      strided(cpu_kernels.conv_with_cpu_weight_gradient), x, w, dy, None)
   want = _conv_value_and_gradients(
       strided(jax.lax.conv_general_dilated), x, w, dy, None)
   for g, wanted in zip(got, want):
@@ -154,7 +156,7 @@ def test_conv_with_cpu_weight_gradient_leaves_other_convolutions_plain():
   conv_1d = lambda conv_fn: conv_fn(x1, w1, (1,), 'VALID',
                                     dimension_numbers=('NHC', 'HIO', 'NHC'))
   np.testing.assert_array_equal(
-      conv_1d(models.conv_with_cpu_weight_gradient),
+      conv_1d(cpu_kernels.conv_with_cpu_weight_gradient),
       conv_1d(jax.lax.conv_general_dilated))
 
 
@@ -174,7 +176,8 @@ def test_cpu_weight_gradients_train_the_same_model():
                        variables['params'])
 
   (loss, grads), (want_loss, want_grads) = (
-      loss_and_grads(models.ImprovedLeNet(cpu_weight_gradients=True)),
+      loss_and_grads(models.ImprovedLeNet(
+          conv_general_dilated=cpu_kernels.conv_with_cpu_weight_gradient)),
       loss_and_grads(plain))
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
   jax.tree.map(lambda g, w: np.testing.assert_allclose(
@@ -188,10 +191,11 @@ def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl,
                                                                backend):
   config = improved.get_config()
   config.conv_impl = conv_impl
-  model, _, _ = train.build(config, {'pixel_mean': 33.3, 'pixel_std': 78.6},
+  model, _, _ = recipe.build(config, {'pixel_mean': 33.3, 'pixel_std': 78.6},
                             platform=platform_lib.Platform(backend, conv_impl))
-  assert model.cpu_weight_gradients == (backend == 'cpu' and
-                                        conv_impl != 'xla')
+  cpu_form = backend == 'cpu' and conv_impl != 'xla'
+  assert model.conv_general_dilated is (
+      cpu_kernels.conv_with_cpu_weight_gradient if cpu_form else None)
 
 
 def test_benchmark_reference_is_the_same_function():
@@ -205,9 +209,11 @@ def test_benchmark_reference_is_the_same_function():
   spec = importlib.util.spec_from_file_location('benchmark', path)
   benchmark = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(benchmark)
-  ours = models.create_model(  # As train.build makes it.
+  ours = models.create_model(  # As recipe.build makes it.
       'improved_lenet',
-      cpu_weight_gradients=platform_lib.current().cpu_weight_gradients)
+      conv_general_dilated=(cpu_kernels.conv_with_cpu_weight_gradient if
+                            platform_lib.current().cpu_weight_gradients
+                            else None))
   x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
   variables = ours.init(jax.random.key(0), x, train=False)
   reference = benchmark.ReferenceImprovedLeNet()
@@ -300,7 +306,7 @@ def test_train_build_passes_the_config_to_the_model_and_preprocessing():
   config.update_from_flattened_dict({
       'dropout_rate': 0.4, 'rotation_degrees': 7.0, 'zoom_range': 0.05,
       'shift_range': 0.15, 'input_size': 28})
-  model, _, preprocess = train.build(config, {'pixel_mean': 33.3,
+  model, _, preprocess = recipe.build(config, {'pixel_mean': 33.3,
                                               'pixel_std': 78.6})
   assert model.dropout_rate == 0.4
   assert (preprocess.input_size, preprocess.rotation_degrees,

@@ -3,13 +3,12 @@ GPU or TPU (scan rolled, a whole epoch per dispatch, XLA's default compiler
 options, the models' plain weight gradients) train the model the CPU path
 trains."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
 
-from digits_jax import checkpoint
+from test_reliability import latest_checkpoint
+
 from digits_jax import platform as platform_lib
 from digits_jax import train
 
@@ -32,14 +31,7 @@ def test_accelerators_keep_xlas_defaults_and_a_rolled_scan(backend):
 
 def _trained_state(config, workdir, platform):
   train.train_and_evaluate(config, workdir, platform)
-  model, tx, _ = train.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
-                             platform=platform)
-  target = train.create_train_state(model, tx, jax.random.key(0),
-                                    config.input_size)
-  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
-                                      2, read_only=True)
-  step = manager.latest_step()
-  return step, checkpoint.restore_state(manager, step, target)
+  return latest_checkpoint(config, workdir, platform)
 
 
 def _close(state, reference) -> bool:

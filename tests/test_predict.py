@@ -1,7 +1,6 @@
 """--mode=predict: MNIST-style preprocessing of real image files, bad files."""
 
 import json
-import os
 
 import numpy as np
 from PIL import Image
@@ -11,6 +10,7 @@ from test_cli import run_cli
 
 from digits_jax import input_pipeline
 from digits_jax import predict
+from digits_jax import evaluation
 from digits_jax import train
 
 NUM_DIGITS = 200
@@ -63,8 +63,8 @@ def test_to_mnist_inverts_fits_20x20_and_centres_by_mass():
 def test_predicting_png_files_matches_evaluating_the_digits(predict_run,
                                                             tmp_path):
   config, workdir, digits, png_dir = predict_run
-  restored = train.restore_best(config, workdir)
-  direct = train.Evaluator(restored.model, restored.preprocess,
+  restored = evaluation.restore_best(config, workdir)
+  direct = evaluation.Evaluator(restored.model, restored.preprocess,
                            config.eval_batch_size).logits(
                                restored.state, digits).argmax(-1)
   output = tmp_path / 'predictions.json'

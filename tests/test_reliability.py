@@ -12,20 +12,27 @@ import numpy as np
 from test_cli import ROOT, run_cli
 
 from digits_jax import checkpoint
-from digits_jax import train
+from digits_jax import recipe
+from digits_jax import steps
+
+
+def latest_checkpoint(config, workdir, platform=None):
+  """(step, train state) of the latest checkpoint in `workdir`."""
+  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
+                              platform=platform)
+  target = steps.create_train_state(model, tx, jax.random.key(0),
+                                    config.input_size)
+  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
+                                      2, read_only=True)
+  step = manager.latest_step()
+  return step, checkpoint.restore_state(manager, step, target)
 
 
 def _final_state(workdir, config_overrides):
   from configs import tiny
   config = tiny.get_config()
   config.update_from_flattened_dict(config_overrides)
-  model, tx, _ = train.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
-  target = train.create_train_state(model, tx, jax.random.key(0),
-                                    config.input_size)
-  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
-                                      2, read_only=True)
-  step = manager.latest_step()
-  return step, checkpoint.restore_state(manager, step, target)
+  return latest_checkpoint(config, workdir)
 
 
 def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(

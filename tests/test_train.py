@@ -11,6 +11,9 @@ import pytest
 from configs import improved
 from digits_jax import checkpoint
 from digits_jax import models
+from digits_jax import evaluation
+from digits_jax import recipe
+from digits_jax import steps
 from digits_jax import train
 from digits_jax.errors import UserError
 
@@ -18,11 +21,10 @@ from digits_jax.errors import UserError
 def _setup(input_size=28):
   config = improved.get_config()
   config.input_size = input_size
-  model, tx, preprocess = train.build(
+  model, tx, preprocess = recipe.build(
       config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
-  state = train.create_train_state(model, tx, jax.random.key(0), input_size)
-  step_fn = functools.partial(train.train_step, model=model, tx=tx,
-                              preprocess=preprocess, augment_images=True)
+  state = steps.create_train_state(model, tx, jax.random.key(0), input_size)
+  step_fn = recipe.train_step_fn(config, model, tx, preprocess)
   return state, step_fn
 
 
@@ -37,11 +39,11 @@ def test_scanned_steps_equal_single_steps(unroll):
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (64, 28, 28), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, 64, dtype=np.int32))
-  batches = train.epoch_batches(jax.random.key(1), 0, 64, 16)[:3]  # K = 3.
+  batches = steps.epoch_batches(jax.random.key(1), 0, 64, 16)[:3]  # K = 3.
   key = jax.random.key(2)
 
   scanned, metrics = jax.jit(functools.partial(
-      train.scan_train_steps, step_fn, unroll=unroll))(
+      steps.scan_train_steps, step_fn, unroll=unroll))(
           state, images, labels, batches, key)
 
   single = state
@@ -70,10 +72,10 @@ def test_scanned_steps_equal_single_steps(unroll):
 
 
 def test_epoch_batches_are_a_seeded_permutation():
-  a = np.asarray(train.epoch_batches(jax.random.key(0), 3, 103, 10))
+  a = np.asarray(steps.epoch_batches(jax.random.key(0), 3, 103, 10))
   assert a.shape == (10, 10) and len(set(a.ravel())) == 100
-  b = np.asarray(train.epoch_batches(jax.random.key(0), 3, 103, 10))
-  c = np.asarray(train.epoch_batches(jax.random.key(0), 4, 103, 10))
+  b = np.asarray(steps.epoch_batches(jax.random.key(0), 3, 103, 10))
+  c = np.asarray(steps.epoch_batches(jax.random.key(0), 4, 103, 10))
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
 
@@ -82,7 +84,7 @@ def test_classification_report():
   logits = np.log(np.array([[0.7, 0.2, 0.1] + [1e-9] * 7,
                             [0.1, 0.8, 0.1] + [1e-9] * 7,
                             [0.6, 0.3, 0.1] + [1e-9] * 7]))
-  report = train.classification_report(logits, np.array([0, 1, 1]))
+  report = evaluation.classification_report(logits, np.array([0, 1, 1]))
   assert report['accuracy'] == pytest.approx(2 / 3)
   assert report['loss'] == pytest.approx(
       -(np.log(0.7) + np.log(0.8) + np.log(0.3)) / 3, rel=1e-6)
@@ -133,7 +135,7 @@ def test_eval_writes_the_three_report_pictures_from_the_runs_metrics(
 
 def test_checkpoint_round_trip_reproduces_the_eval_figures(trained_run):
   config, workdir, report = trained_run
-  again = train.evaluate_checkpoint(config, workdir)
+  again = evaluation.evaluate_checkpoint(config, workdir)
   for key in ('accuracy', 'loss', 'confusion_matrix', 'checkpoint_step'):
     assert again[key] == report[key]
 
@@ -162,8 +164,8 @@ def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
 
 
 def _target(config):
-  model, tx, _ = train.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
-  return train.create_train_state(model, tx, jax.random.key(0),
+  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
+  return steps.create_train_state(model, tx, jax.random.key(0),
                                   config.input_size)
 
 
@@ -175,24 +177,29 @@ def test_checkpoint_of_another_model_is_refused(trained_run):
   with pytest.raises(UserError, match="model='improved_lenet'"):
     train.train_and_evaluate(config, workdir)
   with pytest.raises(UserError, match='model'):
-    train.evaluate_checkpoint(config, workdir)
+    evaluation.evaluate_checkpoint(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
 
 
-def test_bfloat16_compute_keeps_state_in_float32():
+def _one_batch_setup(**overrides):
+  """The improved model at 28x28 (with `overrides`), its state, its jitted
+  step and a random batch of 16."""
   config = improved.get_config()
   config.input_size = 28
-  config.compute_dtype = 'bfloat16'
-  model, tx, preprocess = train.build(
+  config.update(overrides)
+  model, tx, preprocess = recipe.build(
       config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
-  state = train.create_train_state(model, tx, jax.random.key(0), 28)
-  step_fn = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, preprocess=preprocess,
-      augment_images=True))
+  state = steps.create_train_state(model, tx, jax.random.key(0), 28)
+  step_fn = jax.jit(recipe.train_step_fn(config, model, tx, preprocess))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.integers(0, 256, (16, 28, 28),
                                              dtype=np.uint8)),
            'label': jnp.asarray(rng.integers(0, 10, 16, dtype=np.int32))}
+  return model, preprocess, state, step_fn, batch
+
+
+def test_bfloat16_compute_keeps_state_in_float32():
+  _, _, state, step_fn, batch = _one_batch_setup(compute_dtype='bfloat16')
   new_state, metrics = step_fn(state, batch, jax.random.key(1))
   assert np.isfinite(float(metrics['loss']))
   for tree in (new_state.params, new_state.batch_stats, new_state.opt_state):
@@ -218,7 +225,7 @@ def test_a_partial_checkpoint_is_ignored_and_cleaned_up(trained_run,
   with open(os.path.join(partial, 'state', 'half_written'), 'wb') as f:
     f.write(b'\0' * 100)
 
-  again = train.evaluate_checkpoint(config, workdir_copy)
+  again = evaluation.evaluate_checkpoint(config, workdir_copy)
   assert again['accuracy'] == report['accuracy']
 
   config = config.copy_and_resolve_references()
@@ -232,18 +239,7 @@ def test_a_partial_checkpoint_is_ignored_and_cleaned_up(trained_run,
 def test_each_step_draws_its_randomness_from_fold_in_of_the_step():
   """A step at state.step = s augments with, and drops out with, the two
   halves of fold_in(key, s): re-derived here by hand from the model."""
-  config = improved.get_config()
-  config.input_size = 28
-  model, tx, preprocess = train.build(
-      config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
-  state = train.create_train_state(model, tx, jax.random.key(0), 28)
-  step_fn = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, preprocess=preprocess,
-      augment_images=True))
-  rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.integers(0, 256, (16, 28, 28),
-                                             dtype=np.uint8)),
-           'label': jnp.asarray(rng.integers(0, 10, 16, dtype=np.int32))}
+  model, preprocess, state, step_fn, batch = _one_batch_setup()
   key = jax.random.key(7)
 
   @jax.jit
@@ -253,7 +249,7 @@ def test_each_step_draws_its_randomness_from_fold_in_of_the_step():
         {'params': state.params, 'batch_stats': state.batch_stats},
         preprocess(batch['image'], augment_key), train=True,
         mutable=['batch_stats'], rngs={'dropout': dropout_key})
-    loss = train.cross_entropy(logits, batch['label']).mean()
+    loss = steps.cross_entropy(logits, batch['label']).mean()
     return loss, updates['batch_stats']
 
   losses = []
@@ -274,9 +270,9 @@ def test_evaluator_returns_the_logits_of_each_image_in_order():
   """Padding to the eval batch size must not shift or mix images: 7 images
   in batches of 4 against the model applied to them directly."""
   model = models.ImprovedLeNet()
-  preprocess = train.Preprocess(input_size=28, pixel_mean=33.0,
+  preprocess = steps.Preprocess(input_size=28, pixel_mean=33.0,
                                 pixel_std=78.0)
-  state = train.create_train_state(model, optax.identity(), jax.random.key(0),
+  state = steps.create_train_state(model, optax.identity(), jax.random.key(0),
                                    28)
   # Non-trivial BatchNorm statistics, so that they must be used.
   rng = np.random.default_rng(1)
@@ -288,7 +284,7 @@ def test_evaluator_returns_the_logits_of_each_image_in_order():
       for layer, stats in state.batch_stats.items()})
   images = np.random.default_rng(0).integers(0, 256, (7, 28, 28),
                                              dtype=np.uint8)
-  got = train.Evaluator(model, preprocess, batch_size=4).logits(state, images)
+  got = evaluation.Evaluator(model, preprocess, batch_size=4).logits(state, images)
   want = model.apply({'params': state.params,
                       'batch_stats': state.batch_stats},
                      ((images.astype(np.float32) - 33.0) / 78.0)[..., None],

@@ -16,7 +16,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import recipe
+from digits_jax import steps
 
 STEPS, BATCH = 3, 32
 
@@ -25,12 +26,11 @@ def run(devices: parallel.DataParallel, images, labels, batches):
   config = tiny.get_config()
   config.input_size = 28
   stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
-  model, tx, preprocess = train.build(config, stats, devices.axis_name)
-  state = train.create_train_state(model, tx, jax.random.key(0), 28)
-  step_fn = functools.partial(train.train_step, model=model, tx=tx,
-                              preprocess=preprocess, augment_images=True,
-                              axis_name=devices.axis_name)
-  chunk = devices.compile(functools.partial(train.scan_train_steps, step_fn))
+  model, tx, preprocess = recipe.build(config, stats, devices.axis_name)
+  state = steps.create_train_state(model, tx, jax.random.key(0), 28)
+  step_fn = recipe.train_step_fn(config, model, tx, preprocess,
+                                 devices.axis_name)
+  chunk = devices.compile(functools.partial(steps.scan_train_steps, step_fn))
   args = (devices.replicate(state), devices.replicate(images),
           devices.replicate(labels), devices.shard_batch_indices(batches),
           jax.random.key(1))
@@ -50,7 +50,7 @@ def main():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (256, 28, 28), dtype=np.uint8)
   labels = rng.integers(0, 10, 256, dtype=np.int32)
-  batches = np.asarray(train.epoch_batches(jax.random.key(2), 0, 256, BATCH)
+  batches = np.asarray(steps.epoch_batches(jax.random.key(2), 0, 256, BATCH)
                        [:STEPS])
   one, one_metrics, _ = run(
       parallel.DataParallel('mesh', tuple(jax.devices()[:1])), images, labels,

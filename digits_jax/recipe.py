@@ -1,0 +1,63 @@
+"""What a config describes, built once for every caller: the model, the
+optimizer, the preprocessing and the train step.
+
+The trainer, evaluation, predict, export, the benchmark, the profiles and
+the tests all build through here, so that none of them can drift from what
+training runs.
+"""
+
+import functools
+import json
+
+import jax.numpy as jnp
+
+from digits_jax import cpu_kernels
+from digits_jax import models
+from digits_jax import optim
+from digits_jax import platform as platform_lib
+from digits_jax import steps
+
+
+def build(config, splits_or_meta, axis_name=None, total_steps: int = 0,
+          platform: platform_lib.Platform | None = None):
+  """Model, optimizer and preprocessing as the config says, for `platform`
+  (default: this process's).
+
+  `total_steps` sets the length of a step-driven LR schedule; evaluation
+  leaves it out (only the optimizer state's structure matters there).
+  """
+  platform = platform or platform_lib.current(config.conv_impl)
+  dtype = jnp.dtype(config.compute_dtype)
+  extra = ({'dropout_rate': config.dropout_rate}
+           if config.model == 'improved_lenet' else {})
+  model = models.create_model(
+      config.model, dtype=dtype, axis_name=axis_name,
+      conv_general_dilated=(cpu_kernels.conv_with_cpu_weight_gradient
+                            if platform.cpu_weight_gradients else None),
+      **extra)
+  tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
+  preprocess = steps.Preprocess(
+      input_size=config.input_size,
+      pixel_mean=splits_or_meta['pixel_mean'],
+      pixel_std=splits_or_meta['pixel_std'],
+      rotation_degrees=config.rotation_degrees,
+      zoom_range=config.zoom_range, shift_range=config.shift_range)
+  return model, tx, preprocess
+
+
+def checkpoint_meta(config, preprocess: steps.Preprocess, epoch: int) -> dict:
+  """What a checkpoint records beside the state: enough to rebuild the
+  model and its preprocessing without the training data."""
+  return {'model': config.model, 'input_size': config.input_size,
+          'pixel_mean': preprocess.pixel_mean,
+          'pixel_std': preprocess.pixel_std, 'epoch': epoch,
+          'config': json.loads(config.to_json())}
+
+
+def train_step_fn(config, model, tx, preprocess: steps.Preprocess,
+                  axis_name: str | None = None):
+  """`steps.train_step` with this config's model, optimizer and
+  preprocessing bound: (state, batch, key) -> (state, metrics)."""
+  return functools.partial(steps.train_step, model=model, tx=tx,
+                           preprocess=preprocess,
+                           augment_images=config.augment, axis_name=axis_name)

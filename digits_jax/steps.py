@@ -1,0 +1,158 @@
+"""The pure training and inference steps, and what they carry.
+
+Everything here is a function of arrays in and arrays out, so that jit, pmap,
+a device mesh or `lax.scan` can wrap it unchanged: `train_step` takes
+(state, batch, key) and returns (state, metrics). The dataset lives on the
+device as uint8; an epoch's order is a device-side permutation
+(`epoch_batches`), and `scan_train_steps` gathers, pads, augments and
+standardizes each batch inside the compiled program, several steps per
+dispatch.
+"""
+
+from typing import Any, Callable
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from digits_jax import augment
+
+MNIST_SIZE = 28
+NUM_CLASSES = 10
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@struct.dataclass
+class Preprocess:
+  """uint8 digits [B, 28, 28] -> standardized model input [B, S, S, 1]."""
+  input_size: int = struct.field(pytree_node=False)
+  pixel_mean: float = struct.field(pytree_node=False)
+  pixel_std: float = struct.field(pytree_node=False)
+  rotation_degrees: float = struct.field(pytree_node=False, default=0.0)
+  zoom_range: float = struct.field(pytree_node=False, default=0.0)
+  shift_range: float = struct.field(pytree_node=False, default=0.0)
+
+  def __call__(self, images, augment_key=None, axis_name=None):
+    """Under pmap (`axis_name`), the augmentation is drawn for the global
+    batch and sliced, so it does not depend on the number of devices."""
+    x = images.astype(jnp.float32)
+    pad = (self.input_size - MNIST_SIZE) // 2
+    if pad:
+      x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad)))
+    if augment_key is not None:
+      local = x.shape[0]
+      shards = 1 if axis_name is None else jax.lax.psum(1, axis_name)
+      params = augment.random_params(
+          augment_key, local * shards, self.input_size,
+          rotation_degrees=self.rotation_degrees, zoom_range=self.zoom_range,
+          shift_range=self.shift_range)
+      if axis_name is not None:
+        start = jax.lax.axis_index(axis_name) * local
+        params = jax.tree.map(
+            lambda p: jax.lax.dynamic_slice_in_dim(p, start, local), params)
+      x = augment.affine_warp(x, params)
+    return ((x - self.pixel_mean) / self.pixel_std)[..., None]
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state: TrainState, batch: dict, key: jax.Array, *,
+               model, tx: optax.GradientTransformation, preprocess: Preprocess,
+               augment_images: bool, axis_name: str | None = None):
+  """One optimizer step: (state, batch, key) -> (state, metrics).
+
+  Randomness is `fold_in(key, step)`, so a run restored at any step draws
+  the same augmentation and dropout as the run that never stopped.
+  `axis_name` names the pmap axis to average gradients and metrics over;
+  the model must then carry the same axis name (BatchNorm, dropout).
+  """
+  step_key = jax.random.fold_in(key, state.step)
+  augment_key, dropout_key = jax.random.split(step_key)
+  images = preprocess(batch['image'],
+                      augment_key if augment_images else None, axis_name)
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, images,
+        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    loss = cross_entropy(logits, batch['label']).mean()
+    return loss, (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  metrics = {'loss': loss,
+             'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+    metrics = jax.lax.pmean(metrics, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=batch_stats, opt_state=opt_state)
+  return new_state, metrics
+
+
+def scan_train_steps(step_fn: Callable, state: TrainState, images: jax.Array,
+                     labels: jax.Array, batch_indices: jax.Array,
+                     key: jax.Array, *, unroll: bool = False):
+  """Runs one step per row of `batch_indices` [K, B] over device data.
+
+  Returns the final state and each step's metrics, stacked to shape [K].
+  `unroll=True` compiles the K steps as straight-line code, which XLA:CPU
+  needs (platform.py).
+  """
+
+  def body(state, indices):
+    batch = {'image': images[indices], 'label': labels[indices]}
+    return step_fn(state, batch, key)
+
+  return jax.lax.scan(body, state, batch_indices, unroll=unroll)
+
+
+def scan_train_batches(step_fn: Callable, state: TrainState, batches: dict,
+                       key: jax.Array, *, unroll: bool = False):
+  """Like `scan_train_steps`, over batches assembled by the hosts: a dict of
+  'image' [K, B, 28, 28] and 'label' [K, B] (the multi-host path)."""
+  return jax.lax.scan(lambda s, b: step_fn(s, b, key), state, batches,
+                      unroll=unroll)
+
+
+def epoch_batches(key: jax.Array, epoch: int, num_examples: int,
+                  batch_size: int) -> jax.Array:
+  """This epoch's shuffled example indices as [steps_per_epoch, batch_size].
+
+  The remainder that does not fill a batch is left out of this epoch (a
+  different remainder each epoch).
+  """
+  steps = num_examples // batch_size
+  order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  return order[:steps * batch_size].reshape(steps, batch_size)
+
+
+def predict_logits(variables, images, *, model, preprocess: Preprocess,
+                   batch_size: int):
+  """Logits for uint8 images [N, 28, 28], N a multiple of `batch_size`."""
+
+  def logits_of(batch):
+    return model.apply(variables, preprocess(batch), train=False)
+
+  batches = images.reshape(-1, batch_size, *images.shape[1:])
+  return jax.lax.map(logits_of, batches).reshape(-1, NUM_CLASSES)
+
+
+def create_train_state(model, tx, key, input_size: int) -> TrainState:
+  dummy = jnp.zeros((1, input_size, input_size, 1), jnp.float32)
+  variables = model.init({'params': key}, dummy, train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=tx.init(params))

@@ -1,0 +1,97 @@
+"""--mode=export: the best checkpoint as a jax.export artifact that a plain
+jax install loads and calls."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_cli import assert_one_line_error, run_cli
+
+from digits_jax import input_pipeline
+from digits_jax import evaluation
+from digits_jax import train
+
+# Runs with nothing but jax and numpy importable from the project: the
+# artifact must not need digits_jax, flax or optax.
+LOADER = r'''
+import json, sys
+import jax, numpy as np
+with open(sys.argv[1], 'rb') as f:
+  predict = jax.export.deserialize(bytearray(f.read()))
+digits = np.load(sys.argv[2])
+first = predict.call(digits[:7])
+rest = predict.call(digits[7:])
+probabilities = np.concatenate([np.asarray(first), np.asarray(rest)])
+leaked = sorted(m for m in sys.modules
+                if m.split('.')[0] in ('digits_jax', 'flax', 'optax'))
+print(json.dumps({'probabilities': probabilities.tolist(), 'leaked': leaked,
+                  'platforms': list(predict.platforms),
+                  'dtype': str(probabilities.dtype)}))
+'''
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory, mnist_data_dir):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data_dir = mnist_data_dir
+  config.num_epochs = 1
+  root = tmp_path_factory.mktemp('export')
+  workdir = str(root / 'run')
+  train.train_and_evaluate(config, workdir)
+  output = root / 'digits.jax'
+  result = run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
+                   f'--config.data_dir={mnist_data_dir}', '--mode=export',
+                   f'--output={output}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return config, workdir, output
+
+
+def test_a_plain_jax_process_predicts_what_eval_computes(exported, tmp_path):
+  config, workdir, output = exported
+  splits = input_pipeline.load_splits(config)
+  digits = splits.test_images[:50]
+  np.save(tmp_path / 'digits.npy', digits)
+  # Only jax and numpy on the path: not the project, not its packages.
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run(
+      [sys.executable, '-c', LOADER, str(output), str(tmp_path / 'digits.npy')],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  loaded = json.loads(result.stdout.strip().splitlines()[-1])
+  assert loaded['leaked'] == []
+  assert 'cpu' in loaded['platforms'] and loaded['dtype'] == 'float32'
+  probabilities = np.asarray(loaded['probabilities'])
+
+  restored = evaluation.restore_best(config, workdir)
+  logits = restored.evaluator(config).logits(restored.state, digits)
+  want = np.exp(evaluation.log_softmax(logits))
+  np.testing.assert_allclose(probabilities, want, atol=1e-5)
+  labels = splits.test_labels[:50]
+  assert ((probabilities.argmax(-1) == labels).mean()
+          == (logits.argmax(-1) == labels).mean())
+
+
+def test_export_without_a_checkpoint_or_output_is_one_line(tmp_path,
+                                                           exported):
+  _, workdir, _ = exported
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  assert_one_line_error(
+      run_cli('--config=configs/tiny.py', f'--workdir={empty}',
+              '--mode=export', f'--output={tmp_path / "x.jax"}'),
+      'no checkpoints')
+  assert_one_line_error(
+      run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
+              '--mode=export'), '--output')
+  blocked = tmp_path / 'file'
+  blocked.write_text('')
+  assert_one_line_error(
+      run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
+              '--mode=export', f'--output={blocked}/digits.jax'),
+      'cannot write --output')

@@ -1,0 +1,341 @@
+"""Does the test suite notice when the recipe silently changes?
+
+Applies one-line mutations, one at a time, to a scratch copy of the project
+(the package, configs and tests), runs the tests that should catch each, and
+prints which were caught and by which test. Rerun it after a refactor: a
+mutation that survives is a part of the recipe no test holds.
+
+  python scripts/mutation_check.py              # every mutation
+  python scripts/mutation_check.py --only=l2_after_adam,evaluator_last_rows
+  python scripts/mutation_check.py --list
+
+Real MNIST for the tests that need it is prepared once, offline, under
+--data_dir (default: a folder in the system temp directory, kept between
+runs). A mutation whose `old` text is no longer in the code is reported as
+stale: update its entry here with the code.
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COPIED = ('digits_jax', 'configs', 'tests', 'scripts', 'pyproject.toml')
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+  name: str
+  path: str  # Relative to the project root.
+  edits: tuple  # (old, new) pairs; each `old` must occur exactly once.
+  tests: tuple  # pytest node ids expected to catch it.
+  why: str  # What a user would silently get.
+
+
+def _m(name, path, old, new, tests, why):
+  edits = ((old, new),) if isinstance(old, str) else tuple(zip(old, new))
+  return Mutation(name, path, edits, tuple(tests), why)
+
+
+OPT = 'tests/test_optim.py::'
+AUG = 'tests/test_augment.py::'
+TRAIN = 'tests/test_train.py::'
+MODELS = 'tests/test_models.py::'
+DATA = 'tests/test_input_pipeline.py::'
+CKPT = 'tests/test_checkpoint.py::'
+PRED = 'tests/test_predict.py::'
+
+RECIPE = OPT + 'test_the_optimizer_chain_equals_a_hand_written_keras_recipe'
+L2_LAYERS = OPT + 'test_l2_reaches_exactly_conv1_and_conv3_kernels_of_the_real_model'
+PLATEAU = OPT + 'test_plateau_cuts_after_patience_epochs_without_improvement'
+PLATEAU_DELTA = (OPT + 'test_plateau_ignores_improvements_below_min_delta_'
+                 'and_respects_floor')
+PLATEAU_CONFIG = OPT + 'test_report_epoch_applies_the_articles_plateau_constants'
+ONECYCLE = OPT + 'test_onecycle_warms_up_to_the_peak_then_decays_to_the_floor'
+AUG_ORDER = AUG + 'test_preprocess_augments_the_padded_image_before_standardizing'
+AUG_PAD = AUG + 'test_preprocess_pads_then_standardizes_a_known_image'
+AUG_RANGES = AUG + 'test_each_augmentation_parameter_alone_spans_its_range_on_both_sides'
+AUG_ROTATION = AUG + 'test_rotation_by_90_degrees_counter_clockwise'
+STEP_RANDOMNESS = TRAIN + 'test_each_step_draws_its_randomness_from_fold_in_of_the_step'
+EVAL_ORDER = TRAIN + 'test_evaluator_returns_the_logits_of_each_image_in_order'
+REPORT = TRAIN + 'test_classification_report'
+EPOCH_ORDER = TRAIN + 'test_epoch_batches_are_a_seeded_permutation'
+BATCHNORM = MODELS + 'test_batchnorm_uses_kerass_momentum_and_epsilon'
+DROPOUT_RATE = MODELS + 'test_dropout_zeroes_the_rate_and_rescales_the_rest'
+DROPOUT_PLACES = MODELS + 'test_dropout_sits_after_each_conv_block_and_after_fc3'
+BUILD = MODELS + 'test_train_build_passes_the_config_to_the_model_and_preprocessing'
+SPLITS = DATA + 'test_splits_are_fixed_disjoint_and_seeded'
+SHA = DATA + 'test_each_of_the_four_idx_files_is_checked'
+BEST = CKPT + 'test_the_best_checkpoint_is_the_highest_validation_accuracy'
+TO_MNIST = PRED + 'test_to_mnist_inverts_fits_20x20_and_centres_by_mass'
+ROUND_TRIP = PRED + 'test_to_mnist_gives_back_real_mnist_digits'
+PLATFORM = ('tests/test_platform.py::'
+            'test_accelerators_keep_xlas_defaults_and_a_rolled_scan')
+EXPORT = ('tests/test_export.py::'
+          'test_a_plain_jax_process_predicts_what_eval_computes')
+
+MUTATIONS = (
+    # The optimizer chain.
+    _m('l2_after_adam', 'digits_jax/optim.py',
+       'optax.chain(l2, adam, scale_by_plateau()',
+       'optax.chain(adam, l2, scale_by_plateau()', [RECIPE],
+       "the article's coupled L2 becomes a negligible decoupled decay"),
+    _m('l2_without_factor_2', 'digits_jax/optim.py',
+       '2 * config.l2, mask=', 'config.l2, mask=', [RECIPE],
+       "half of Keras' l2(5e-4) gradient"),
+    _m('l2_on_every_kernel', 'digits_jax/optim.py',
+       "return names[-1] == 'kernel' and any(n in kernel_names for n in names)",
+       "return names[-1] == 'kernel'", [L2_LAYERS],
+       'L2 on all kernels instead of two'),
+    _m('l2_on_the_wrong_layers', 'digits_jax/models.py',
+       "L2_REGULARIZED = ('conv1', 'conv3')",
+       "L2_REGULARIZED = ('conv1', 'conv2')", [L2_LAYERS],
+       'L2 on another conv kernel than the article'),
+    _m('adam_b2_is_b1', 'digits_jax/optim.py',
+       'b2=config.adam_b2', 'b2=config.adam_b1', [RECIPE],
+       "Adam's second moment decays like the first"),
+    _m('plateau_patience_off_by_one', 'digits_jax/optim.py',
+       'cut = num_bad >= patience', 'cut = num_bad > patience', [PLATEAU],
+       'the LR cut an epoch late'),
+    _m('plateau_min_delta_sign', 'digits_jax/optim.py',
+       'loss < state.best_loss - min_delta',
+       'loss < state.best_loss + min_delta', [PLATEAU_DELTA],
+       'tiny worsenings count as improvements'),
+    _m('plateau_no_floor', 'digits_jax/optim.py',
+       'jnp.maximum(state.scale * factor, min_scale)',
+       'state.scale * factor', [PLATEAU_DELTA],
+       'the LR falls below min_learning_rate'),
+    _m('plateau_factor_ignored', 'digits_jax/optim.py',
+       'factor=config.plateau_factor,', 'factor=0.5,', [PLATEAU_CONFIG],
+       'config.plateau_factor ignored'),
+    _m('onecycle_warmup_ignored', 'digits_jax/optim.py',
+       'pct_start=config.warmup_fraction', 'pct_start=0.3', [ONECYCLE],
+       'config.warmup_fraction ignored'),
+    # Augmentation and preprocessing.
+    _m('preprocess_drops_shift', 'digits_jax/steps.py',
+       'shift_range=self.shift_range)', 'shift_range=0.0)', [AUG_ORDER],
+       'config.shift_range ignored'),
+    _m('build_drops_rotation', 'digits_jax/recipe.py',
+       'rotation_degrees=config.rotation_degrees,', 'rotation_degrees=10.0,',
+       [BUILD], 'config.rotation_degrees ignored'),
+    _m('augmentation_one_sided', 'digits_jax/augment.py',
+       'minval=center - bound', 'minval=center', [AUG_RANGES],
+       'rotations, zooms and shifts only one way'),
+    _m('zoom_axes_share_a_draw', 'digits_jax/augment.py',
+       'zoom_y=uniform(keys[2], zoom_range, 1.0)',
+       'zoom_y=uniform(keys[1], zoom_range, 1.0)', [AUG_RANGES],
+       'zoom always uniform in x and y (Keras draws them apart)'),
+    _m('rotation_sign', 'digits_jax/augment.py',
+       'x, y = cos * x - sin * y, sin * x + cos * y',
+       'x, y = cos * x + sin * y, -sin * x + cos * y', [AUG_ROTATION],
+       'rotations turn the other way'),
+    _m('standardize_before_warp', 'digits_jax/steps.py',
+       ('x = images.astype(jnp.float32)',
+        'return ((x - self.pixel_mean) / self.pixel_std)[..., None]'),
+       ('x = (images.astype(jnp.float32) - self.pixel_mean) / self.pixel_std',
+        'return x[..., None]'), [AUG_ORDER, AUG_PAD],
+       'padding and warped-in background not the standardized 0'),
+    _m('padding_on_one_side', 'digits_jax/steps.py',
+       'x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad)))',
+       'x = jnp.pad(x, ((0, 0), (2 * pad, 0), (pad, pad)))', [AUG_PAD],
+       'digits off-centre in the 32x32 input'),
+    # The train step.
+    _m('step_key_fixed', 'digits_jax/steps.py',
+       'step_key = jax.random.fold_in(key, state.step)', 'step_key = key',
+       [STEP_RANDOMNESS], 'every step the same augmentation and dropout'),
+    _m('dropout_key_is_augment_key', 'digits_jax/steps.py',
+       'augment_key, dropout_key = jax.random.split(step_key)',
+       'augment_key = dropout_key = step_key', [STEP_RANDOMNESS],
+       'dropout masks correlated with the augmentation'),
+    _m('step_never_augments', 'digits_jax/steps.py',
+       'augment_key if augment_images else None', 'None', [STEP_RANDOMNESS],
+       'augmentation silently off'),
+    _m('batch_stats_not_kept', 'digits_jax/steps.py',
+       'batch_stats=batch_stats, opt_state=opt_state)',
+       'batch_stats=state.batch_stats, opt_state=opt_state)',
+       [STEP_RANDOMNESS], "BatchNorm's running statistics never move"),
+    # The model.
+    _m('batchnorm_momentum', 'digits_jax/models.py',
+       'momentum=0.99, epsilon=1e-3', 'momentum=0.9, epsilon=1e-3',
+       [BATCHNORM], "PyTorch's momentum instead of Keras'"),
+    _m('batchnorm_epsilon', 'digits_jax/models.py',
+       'momentum=0.99, epsilon=1e-3', 'momentum=0.99, epsilon=1e-5',
+       [BATCHNORM], "Flax's epsilon instead of Keras'"),
+    _m('dropout_keeps_the_rate', 'digits_jax/models.py',
+       'keep = 1.0 - self.rate', 'keep = self.rate', [DROPOUT_RATE],
+       'dropout 0.25 drops three quarters'),
+    _m('dropout_not_rescaled', 'digits_jax/models.py',
+       'lax.select(mask, x / keep, jnp.zeros_like(x))',
+       'lax.select(mask, x, jnp.zeros_like(x))', [DROPOUT_RATE],
+       'activations shrink in training only'),
+    _m('last_dropout_missing', 'digits_jax/models.py',
+       'x = dropout()(x)\n    x = nn.Dense(self.num_classes',
+       'x = nn.Dense(self.num_classes', [DROPOUT_PLACES],
+       'no dropout before the classifier'),
+    _m('build_drops_dropout_rate', 'digits_jax/recipe.py',
+       "{'dropout_rate': config.dropout_rate}", "{'dropout_rate': 0.25}",
+       [BUILD], 'config.dropout_rate ignored'),
+    # The data.
+    _m('validation_overlaps_train', 'digits_jax/input_pipeline.py',
+       'train_idx = np.sort(order[config.validation_size:])',
+       'train_idx = np.sort(order[config.validation_size - 1:])', [SPLITS],
+       'a validation image is also trained on'),
+    _m('pixel_stats_from_all_images', 'digits_jax/input_pipeline.py',
+       'pixel_mean=float(train_images.mean())',
+       'pixel_mean=float(images.mean())', [SPLITS],
+       'standardization sees the validation images'),
+    _m('split_ignores_its_seed', 'digits_jax/input_pipeline.py',
+       'np.random.default_rng(config.split_seed)', 'np.random.default_rng(0)',
+       [SPLITS], 'config.split_seed ignored'),
+    _m('one_idx_file_unchecked', 'digits_jax/input_pipeline.py',
+       'for name, expected in IDX_SHA256.items():',
+       'for name, expected in list(IDX_SHA256.items())[:3]:', [SHA],
+       'a corrupt label file accepted'),
+    _m('epochs_share_one_order', 'digits_jax/steps.py',
+       'jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)',
+       'jax.random.permutation(key, num_examples)', [EPOCH_ORDER],
+       'every epoch the same batches'),
+    # Evaluation and the best checkpoint.
+    _m('evaluator_last_rows', 'digits_jax/evaluation.py',
+       'return np.asarray(self._logits(variables, images))[:n]',
+       'return np.asarray(self._logits(variables, images))[-n:]',
+       [EVAL_ORDER], 'logits of the padding images'),
+    _m('report_loss_summed', 'digits_jax/evaluation.py',
+       "'loss': float(-log_probs[np.arange(len(labels)), labels].mean())",
+       "'loss': float(-log_probs[np.arange(len(labels)), labels].sum())",
+       [REPORT], 'validation loss scaled by the split size'),
+    _m('best_checkpoint_lowest_accuracy', 'digits_jax/checkpoint.py',
+       "best_mode='max'", "best_mode='min'", [BEST],
+       'the worst checkpoint evaluated'),
+    _m('best_checkpoint_by_loss', 'digits_jax/checkpoint.py',
+       "BEST_METRIC = 'val_accuracy'", "BEST_METRIC = 'val_loss'", [BEST],
+       'the highest-loss checkpoint evaluated'),
+    # The platform's choices and the exported model.
+    _m('accelerators_unroll_the_scan', 'digits_jax/platform.py',
+       'return self.is_cpu\n', 'return True\n', [PLATFORM],
+       'GPU/TPU compile every step of an epoch as straight-line code'),
+    _m('export_returns_logits', 'digits_jax/export.py',
+       'return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)',
+       'return logits.astype(jnp.float32)', [EXPORT],
+       'the served model answers logits, not probabilities'),
+    # Predict's preprocessing.
+    _m('predict_box_28', 'digits_jax/predict.py',
+       'scale = 20.0 / max(digit.shape)', 'scale = 28.0 / max(digit.shape)',
+       [TO_MNIST, ROUND_TRIP], 'digits larger than MNIST\'s 20x20 box'),
+    _m('predict_centre_axes_swapped', 'digits_jax/predict.py',
+       'top = int(np.clip(round(14 - com_y)',
+       'top = int(np.clip(round(14 - com_x)', [ROUND_TRIP],
+       'digits placed off-centre'),
+    _m('predict_never_inverts', 'digits_jax/predict.py',
+       'if np.median(border(gray)) > 127:', 'if np.median(border(gray)) > 255:',
+       [TO_MNIST, ROUND_TRIP], 'dark ink on white paper read as blank'),
+)
+
+
+def _scratch_copy(destination: str) -> None:
+  for name in COPIED:
+    source = os.path.join(ROOT, name)
+    if os.path.isdir(source):
+      shutil.copytree(source, os.path.join(destination, name),
+                      ignore=shutil.ignore_patterns('__pycache__'))
+    else:
+      shutil.copy2(source, destination)
+
+
+def _apply(mutation: Mutation, root: str) -> str | None:
+  """Edits the scratch copy; returns why it cannot, or None."""
+  path = os.path.join(root, mutation.path)
+  with open(path) as f:
+    text = f.read()
+  for old, new in mutation.edits:
+    count = text.count(old)
+    if count != 1:
+      return f'stale: {old!r} occurs {count} times in {mutation.path}'
+    text = text.replace(old, new)
+  with open(path, 'w') as f:
+    f.write(text)
+  return None
+
+
+def _run_tests(root: str, tests, data_dir: str):
+  """(passed, the first failing test or None, seconds)."""
+  env = dict(os.environ, PYTHONPATH=root, DIGITS_JAX_TEST_DATA_DIR=data_dir,
+             PYTHONDONTWRITEBYTECODE='1')
+  start = time.perf_counter()
+  result = subprocess.run(
+      [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
+       *tests], cwd=root, env=env, capture_output=True, text=True,
+      check=False)
+  failed = re.findall(r'^FAILED (\S+)', result.stdout, re.MULTILINE)
+  if result.returncode not in (0, 1):  # Collection error, crash.
+    failed = failed or ['(error: ' + result.stdout.strip().splitlines()[-1]
+                        + ')']
+  return result.returncode == 0, (failed[0] if failed else None), (
+      time.perf_counter() - start)
+
+
+def _prepare_data(data_dir: str) -> None:
+  sys.path.insert(0, ROOT)
+  from digits_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  input_pipeline.prepare_mnist(data_dir, try_download=False)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--only', default='',
+                      help='comma-separated mutation names')
+  parser.add_argument('--list', action='store_true')
+  parser.add_argument('--data_dir', default=os.path.join(
+      tempfile.gettempdir(), 'digits_jax_mutation_tfds'))
+  args = parser.parse_args()
+  mutations = MUTATIONS
+  if args.only:
+    names = set(args.only.split(','))
+    unknown = names - {m.name for m in MUTATIONS}
+    if unknown:
+      parser.error(f'unknown mutations: {sorted(unknown)}')
+    mutations = [m for m in MUTATIONS if m.name in names]
+  if args.list:
+    for m in mutations:
+      print(f'{m.name:34s} {m.path:28s} {m.why}')
+    return 0
+
+  _prepare_data(args.data_dir)
+  # The tests must pass on the code as it is, or a failure means nothing.
+  all_tests = sorted({t for m in mutations for t in m.tests})
+  with tempfile.TemporaryDirectory() as scratch:
+    _scratch_copy(scratch)
+    passed, failed, seconds = _run_tests(scratch, all_tests, args.data_dir)
+  if not passed:
+    print(f'The unmutated code fails {failed}: fix that first.')
+    return 1
+  print(f'Unmutated: the {len(all_tests)} tests pass ({seconds:.0f} s).\n')
+
+  rows, survivors = [], 0
+  for mutation in mutations:
+    with tempfile.TemporaryDirectory() as scratch:
+      _scratch_copy(scratch)
+      problem = _apply(mutation, scratch)
+      if problem:
+        outcome, by, seconds = 'STALE', problem, 0.0
+      else:
+        passed, by, seconds = _run_tests(scratch, mutation.tests,
+                                         args.data_dir)
+        outcome = 'SURVIVED' if passed else 'caught'
+    survivors += outcome != 'caught'
+    by = (by or '').split('::')[-1]
+    rows.append((mutation.name, outcome, by))
+    print(f'{mutation.name:34s} {outcome:8s} {seconds:5.0f} s  {by}',
+          flush=True)
+  print(f'\n{len(rows) - survivors} of {len(rows)} mutations caught.')
+  return 1 if survivors else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -8,11 +8,17 @@ few epochs. Same model, augmentation and L2 as configs/improved.py; the best
 checkpoint is still chosen on the validation split only.
 """
 
-from configs import improved
+import os
+import runpy
+
+# The article's recipe, loaded by path: configs/ is not an installed package,
+# so that a config file works from any directory.
+improved = runpy.run_path(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), 'improved.py'))
 
 
 def get_config():
-  config = improved.get_config()
+  config = improved['get_config']()
   config.input_size = 28
   config.batch_size = 128
   config.num_epochs = 6

@@ -122,6 +122,23 @@ def test_config_file_that_fails_fails_in_one_line(tmp_path, body, fragments):
   assert_one_line_error(result, *fragments)
 
 
+def test_the_config_files_work_from_any_directory(tmp_path):
+  """configs/ is not installed as a package: fast.py finds improved.py
+  beside it, from a directory that is not the project's."""
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  result = subprocess.run(
+      [sys.executable, '-m', 'digits_jax.main',
+       f'--config={os.path.join(ROOT, "configs", "fast.py")}',
+       f'--workdir={tmp_path}/w', '--config.batch_size=0'],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+      check=False)
+  # The config loaded (its values were checked), then the bad value stopped it.
+  assert_one_line_error(result, 'config.batch_size=0')
+  assert subprocess.run([sys.executable, '-c', 'import configs'], cwd=tmp_path,
+                        env=env, capture_output=True,
+                        check=False).returncode != 0
+
+
 def test_missing_config_file_fails_in_one_line(tmp_path):
   result = run_cli('--config=configs/no_such_config.py',
                    f'--workdir={tmp_path}/w', timeout=120)

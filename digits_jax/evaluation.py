@@ -128,7 +128,7 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, splits=None) -> dict:
                                          splits.test_labels, probabilities)
     log.info('Wrote %s.', ', '.join(written))
   log.info('Test set (%d images), best checkpoint (step %d, epoch %s): '
-               'accuracy %.4f, loss %.4f', report['num_examples'],
-               restored.step, restored.meta.get('epoch'), report['accuracy'],
-               report['loss'])
+           'accuracy %.4f, loss %.4f', report['num_examples'],
+           restored.step, restored.meta.get('epoch'), report['accuracy'],
+           report['loss'])
   return report

@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from digits_jax import paths
+from digits_jax import steps
 from digits_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
-MNIST_SIZE = 28
 
 
 def inference_function(restored):
@@ -44,7 +44,8 @@ def export_inference(restored, platforms=PLATFORMS) -> tuple[bytes, tuple]:
   """The serialized artifact and the platforms it was lowered for (those of
   `platforms` this jaxlib lowers for; at least 'cpu')."""
   batch, = jax.export.symbolic_shape('n')
-  spec = jax.ShapeDtypeStruct((batch, MNIST_SIZE, MNIST_SIZE), jnp.uint8)
+  spec = jax.ShapeDtypeStruct((batch, steps.MNIST_SIZE, steps.MNIST_SIZE),
+                              jnp.uint8)
   function = jax.jit(inference_function(restored))
   lowered_for = []
   for platform in platforms:
@@ -53,7 +54,7 @@ def export_inference(restored, platforms=PLATFORMS) -> tuple[bytes, tuple]:
       lowered_for.append(platform)
     except Exception as e:  # pylint: disable=broad-exception-caught
       log.warning('Not exporting for %s: %s', platform,
-                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+                  str(e).splitlines()[0] if str(e) else type(e).__name__)
   exported = jax.export.export(function, platforms=lowered_for)(spec)
   return exported.serialize(), tuple(lowered_for)
 
@@ -63,22 +64,11 @@ def export_checkpoint(config, workdir, output: str) -> str:
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   if not output:
     raise UserError('--mode=export needs --output=PATH (e.g. digits.jax)')
-  path = paths.resolve(output)
   restored = evaluation.restore_best(config, workdir)
   serialized, platforms = export_inference(restored)
-  try:
-    if paths.is_remote(path):
-      paths.call_with_deadline(
-          lambda: paths.write_atomically(path, bytes(serialized)),
-          f'cannot write --output={path}')
-    else:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      paths.write_atomically(path, bytes(serialized))
-  except OSError as e:
-    raise UserError(f'cannot write --output={path} ({e.strerror or e}); '
-                    'choose a writable path') from None
+  path = paths.write_output(output, bytes(serialized), create_parents=True)
   log.info('Exported the checkpoint at step %d (epoch %s) to %s: uint8 '
-               '[N, 28, 28] digits -> probabilities [N, 10], for %s.',
-               restored.step, restored.meta.get('epoch'), path,
-               ', '.join(platforms))
+           '[N, 28, 28] digits -> probabilities [N, 10], for %s.',
+           restored.step, restored.meta.get('epoch'), path,
+           ', '.join(platforms))
   return str(path)

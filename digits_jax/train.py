@@ -111,9 +111,9 @@ def train_and_evaluate(config, workdir: str,
   state = steps.create_train_state(model, tx, init_key, config.input_size)
   counts = parameter_counts(state)
   log.info('Model %s: %d trainable parameters, %d BatchNorm statistics. '
-               '%d %s device(s), parallelism %s.', config.model,
-               counts['trainable'], counts['batch_stats'], devices.num_devices,
-               jax.default_backend(), devices.mode)
+           '%d %s device(s), parallelism %s.', config.model,
+           counts['trainable'], counts['batch_stats'], devices.num_devices,
+           jax.default_backend(), devices.mode)
 
   manager = checkpoint.create_manager(workdir / 'checkpoints',
                                       config.checkpoints_to_keep)
@@ -126,7 +126,7 @@ def train_and_evaluate(config, workdir: str,
         manager, step, state if devices.mode == 'pmap' else
         devices.replicate(state))
     log.info('Resuming from the checkpoint at step %d in %s.', step,
-                 workdir)
+             workdir)
 
   steps_per_dispatch = platform.steps_per_dispatch(config.steps_per_dispatch,
                                                   steps_per_epoch)
@@ -191,7 +191,7 @@ def train_and_evaluate(config, workdir: str,
         every = config.log_every_steps
         if every and step // every > (step - count) // every:
           log.info('step %d: train loss %.4f', step,
-                       float(metrics['loss'].mean()))
+                   float(metrics['loss'].mean()))
         if stop_signal.poll(step) and step < epoch_end:
           break
       progress.close()
@@ -201,8 +201,8 @@ def train_and_evaluate(config, workdir: str,
         checkpoint.save(manager, step, devices.unreplicate(state),
                         recipe.checkpoint_meta(config, preprocess, epoch), None)
         log.info('Stopped by %s at step %d (epoch %d); saved a '
-                     'checkpoint. Run the same command to resume.',
-                     stop_signal.received, step, epoch + 1)
+                 'checkpoint. Run the same command to resume.',
+                 stop_signal.received, step, epoch + 1)
         return {'interrupted_at_step': step}
       elapsed = time.perf_counter() - start
 
@@ -238,8 +238,8 @@ def train_and_evaluate(config, workdir: str,
                        'val_loss': val['loss']})
       if stop_signal.received:
         log.info('Stopped by %s after epoch %d; saved a checkpoint. Run '
-                     'the same command to resume.', stop_signal.received,
-                     epoch + 1)
+                 'the same command to resume.', stop_signal.received,
+                 epoch + 1)
         return {'interrupted_at_step': step}
   finally:
     if writer:

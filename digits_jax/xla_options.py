@@ -55,7 +55,7 @@ def _accepted(options: tuple) -> bool:
     jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=dict(options))
   except Exception as e:  # pylint: disable=broad-exception-caught
     log.warning('This jaxlib does not take the XLA:CPU options %s (%s).',
-                    dict(options), e)
+                dict(options), e)
     return False
   return True
 

@@ -73,6 +73,14 @@ def get_config():
   config.plateau_min_delta = 1e-4
   config.min_learning_rate = 1e-6
 
+  # An ensemble of num_models improved LeNets trained together in one
+  # compiled step (digits_jax/ensemble.py); member i is the single run with
+  # seed + i. Evaluated and predicted as the mean of their probabilities.
+  config.num_models = 1
+  # Devices along the members' axis of the mesh; 0: as many as divide both
+  # num_models and the device count (the rest split each batch).
+  config.member_devices = 0
+
   config.seed = 0
   config.checkpoints_to_keep = 3
   # > 0: also log the training loss when the step passes a multiple of it

@@ -68,9 +68,11 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def check_compatible(meta: dict, config, directory: str) -> None:
-  """Refuses a checkpoint written for another model, input size or LR
-  schedule (each changes the shape of what is saved)."""
+  """Refuses a checkpoint written for another model, input size, number of
+  ensemble members or LR schedule (each changes the shape of what is saved).
+  Checkpoints from before ensembles hold one model."""
   written = {'model': meta.get('model'), 'input_size': meta.get('input_size'),
+             'num_models': meta.get('num_models', 1),
              'lr_schedule': meta.get('config', {}).get('lr_schedule',
                                                        'plateau')}
   for key, value in written.items():

@@ -33,7 +33,8 @@ def _check_types(config) -> None:
                'checkpoints_to_keep', 'num_train_steps', 'steps_per_dispatch',
                'validation_size', 'max_train_examples', 'max_test_examples',
                'seed', 'split_seed', 'plateau_patience', 'input_size',
-               'num_processes', 'process_id', 'log_every_steps'):
+               'num_processes', 'process_id', 'log_every_steps',
+               'num_models', 'member_devices'):
     _require(_is_int(config[name]),
              f'config.{name}={config[name]!r} must be an integer')
   for name in ('learning_rate', 'min_learning_rate', 'warmup_fraction',
@@ -65,7 +66,10 @@ def validate(config) -> None:
   _require(config.steps_per_dispatch >= -1,
            f'config.steps_per_dispatch={config.steps_per_dispatch!r} must be '
            '-1 (the platform\'s default), 0 (a whole epoch) or positive')
-  for name in ('num_train_steps', 'validation_size',
+  _require(config.num_models >= 1,
+           f'config.num_models={config.num_models!r} must be a positive '
+           'integer (1: a single model; K > 1: an ensemble of K)')
+  for name in ('num_train_steps', 'validation_size', 'member_devices',
                'max_train_examples', 'max_test_examples', 'seed',
                'split_seed', 'plateau_patience', 'log_every_steps'):
     _require(config[name] >= 0,

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from digits_jax import checkpoint
+from digits_jax import ensemble
 from digits_jax import input_pipeline
 from digits_jax import paths
 from digits_jax import platform as platform_lib
@@ -35,6 +36,13 @@ class Evaluator:
         batch_size=batch_size), compiler_options=compiler_options)
 
   def logits(self, state: steps.TrainState, images: np.ndarray) -> np.ndarray:
+    """One model's logits [N, C]."""
+    return self.member_logits(state, images, ensemble.Members())[0]
+
+  def member_logits(self, state: steps.TrainState, images: np.ndarray,
+                    members: ensemble.Members) -> np.ndarray:
+    """Each member's logits [K, N, C] ([1, N, C] for a single model), one
+    member at a time through the same compiled program."""
     n = len(images)
     padded = -(-n // self._batch_size) * self._batch_size
     images = np.concatenate(
@@ -43,7 +51,8 @@ class Evaluator:
     # devices (or hosts) the train state is spread over.
     variables = jax.device_get({'params': state.params,
                                 'batch_stats': state.batch_stats})
-    return np.asarray(self._logits(variables, images))[:n]
+    return np.stack([np.asarray(self._logits(member, images))[:n]
+                     for member in members.unstack(variables)])
 
   def evaluate(self, state: steps.TrainState, images: np.ndarray,
                labels: np.ndarray) -> dict:
@@ -72,6 +81,28 @@ def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:
   }
 
 
+def ensemble_report(member_logits: np.ndarray, labels: np.ndarray) -> dict:
+  """`classification_report` of the ensemble (the mean of the members'
+  probabilities), with each member's accuracy and loss, their mean and
+  sample standard deviation. One member: its plain report."""
+  if len(member_logits) == 1:
+    return classification_report(member_logits[0], labels)
+  report = classification_report(ensemble.combine(member_logits), labels)
+  members = [classification_report(logits, labels)
+             for logits in member_logits]
+  accuracy = np.array([m['accuracy'] for m in members])
+  loss = np.array([m['loss'] for m in members])
+  report.update({
+      'members': [{'member': i, 'accuracy': m['accuracy'], 'loss': m['loss']}
+                  for i, m in enumerate(members)],
+      'member_accuracy_mean': float(accuracy.mean()),
+      'member_accuracy_std': float(accuracy.std(ddof=1)),
+      'member_loss_mean': float(loss.mean()),
+      'member_loss_std': float(loss.std(ddof=1)),
+  })
+  return report
+
+
 @dataclasses.dataclass(frozen=True)
 class Restored:
   state: steps.TrainState
@@ -79,12 +110,18 @@ class Restored:
   preprocess: steps.Preprocess
   meta: dict
   step: int
+  members: ensemble.Members = ensemble.Members()
 
   def evaluator(self, config) -> Evaluator:
     """Inference for this checkpoint's model, compiled as training's."""
     return Evaluator(
         self.model, self.preprocess, config.eval_batch_size,
         platform_lib.current(config.conv_impl).compiler_options)
+
+  def member_logits(self, config, images: np.ndarray) -> np.ndarray:
+    """[K, N, C]: each member's logits for uint8 digits [N, 28, 28]."""
+    return self.evaluator(config).member_logits(self.state, images,
+                                                self.members)
 
 
 def restore_best(config, workdir: epath.PathLike) -> Restored:
@@ -102,10 +139,13 @@ def restore_best(config, workdir: epath.PathLike) -> Restored:
   meta = checkpoint.read_meta(manager, step)
   checkpoint.check_compatible(meta, config, workdir)
   model, tx, preprocess = recipe.build(config, meta)
-  target = steps.create_train_state(model, tx, jax.random.key(0), config.input_size)
+  members = recipe.members(config)
+  # Onto this process's default device, whatever device count wrote it.
+  target = members.create_train_state(model, tx, members.keys(0)[0],
+                                      config.input_size)
   state = checkpoint.restore_state(manager, step, target)
   return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
-                  step=int(step))
+                  step=int(step), members=members)
 
 
 def evaluate_checkpoint(config, workdir: epath.PathLike, splits=None) -> dict:
@@ -115,15 +155,16 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, splits=None) -> dict:
   restored = restore_best(config, workdir)
   if splits is None:
     splits = input_pipeline.load_splits(config)
-  logits = restored.evaluator(config).logits(restored.state,
-                                             splits.test_images)
-  report = classification_report(logits, splits.test_labels)
+  member_logits = restored.member_logits(config, splits.test_images)
+  report = ensemble_report(member_logits, splits.test_labels)
   report.update({'checkpoint_step': restored.step,
                  'epoch': restored.meta.get('epoch'), 'model': config.model})
+  if restored.members.stacked:
+    report['num_models'] = restored.members.num_models
   if jax.process_index() == 0:
     paths.write_atomically(workdir / 'eval_test.json',
                            json.dumps(report, indent=1))
-    probabilities = np.exp(log_softmax(logits))
+    probabilities = np.exp(ensemble.combine(member_logits))
     written = reports.write_eval_reports(workdir, report, splits.test_images,
                                          splits.test_labels, probabilities)
     log.info('Wrote %s.', ', '.join(written))
@@ -131,4 +172,10 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, splits=None) -> dict:
            'accuracy %.4f, loss %.4f', report['num_examples'],
            restored.step, restored.meta.get('epoch'), report['accuracy'],
            report['loss'])
+  if restored.members.stacked:
+    log.info('The ensemble of %d: members\' accuracy %.4f +- %.4f (min %.4f, '
+             'max %.4f).', restored.members.num_models,
+             report['member_accuracy_mean'], report['member_accuracy_std'],
+             min(m['accuracy'] for m in report['members']),
+             max(m['accuracy'] for m in report['members']))
   return report

@@ -11,10 +11,17 @@ one device would (tests/test_parallel.py):
   averages gradients and metrics with `lax.pmean`, BatchNorm averages its
   statistics over the axis, and random draws (augmentation, dropout) are
   made for the global batch and sliced, so they match one device's.
+
+An ensemble (`config.num_models` K > 1, ensemble.py) trains on a 2-D mesh,
+('members', 'data'): its state's leading member axis is split over the
+first, each batch over the second. By default as many devices as divide both
+K and the device count go to the members, whose steps need no communication
+at all; the rest split each member's batch as above.
 """
 
 import dataclasses
 import functools
+import math
 
 import jax
 from jax.sharding import NamedSharding
@@ -24,6 +31,7 @@ import numpy as np
 from digits_jax.errors import UserError
 
 AXIS = 'data'
+MEMBER_AXIS = 'members'
 MODES = ('mesh', 'pmap')
 
 
@@ -31,10 +39,22 @@ MODES = ('mesh', 'pmap')
 class DataParallel:
   mode: str
   devices: tuple
+  # Devices along the ensemble's member axis; 0: a single model, no member
+  # axis (the 1-D mesh).
+  member_devices: int = 0
 
   @property
   def num_devices(self) -> int:
     return len(self.devices)
+
+  @property
+  def ensemble(self) -> bool:
+    return self.member_devices > 0
+
+  @property
+  def data_devices(self) -> int:
+    """Devices each batch is split over."""
+    return self.num_devices // max(self.member_devices, 1)
 
   @property
   def host_fed(self) -> bool:
@@ -50,7 +70,39 @@ class DataParallel:
 
   @functools.cached_property
   def mesh(self) -> jax.sharding.Mesh:
+    if self.ensemble:
+      return jax.sharding.Mesh(
+          np.asarray(self.devices).reshape(self.member_devices, -1),
+          (MEMBER_AXIS, AXIS))
     return jax.sharding.Mesh(np.asarray(self.devices), (AXIS,))
+
+  @property
+  def _state_spec(self) -> P:
+    """The train state and the per-member keys: split over the members'
+    leading axis, or replicated."""
+    return P(MEMBER_AXIS) if self.ensemble else P()
+
+  @property
+  def _batch_spec(self) -> P:
+    """[K steps, (members,) B, ...]: each batch split over the data axis."""
+    return P(None, MEMBER_AXIS, AXIS) if self.ensemble else P(None, AXIS)
+
+  def place_state(self, tree):
+    """The train state (or per-member keys) on the devices: replicated, or
+    member i on its row of the mesh."""
+    if not self.ensemble:
+      return self.replicate(tree)
+    return self._place(tree, NamedSharding(self.mesh, self._state_spec))
+
+  def _place(self, tree, sharding):
+    if self.host_fed:
+      # Every process holds the same values; each places its devices' part.
+      def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding,
+                                            lambda index: x[index])
+      return jax.tree.map(place, jax.device_get(tree))
+    return jax.device_put(tree, sharding)
 
   def replicate(self, tree):
     """The same values on every device."""
@@ -60,42 +112,43 @@ class DataParallel:
                                         (self.num_devices, *np.shape(x)))
       return jax.device_put(jax.tree.map(stack, tree),
                             NamedSharding(self.mesh, P(AXIS)))
-    sharding = NamedSharding(self.mesh, P())
-    if self.host_fed:
-      # Every process holds the same values; each places its devices' copy.
-      def place(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding,
-                                            lambda index: x[index])
-      return jax.tree.map(place, jax.device_get(tree))
-    return jax.device_put(tree, sharding)
+    return self._place(tree, NamedSharding(self.mesh, P()))
 
   def assemble_batches(self, images: np.ndarray, labels: np.ndarray,
                        batch_indices) -> dict:
-    """Global batches [K, B, ...] split on B over all devices of all hosts.
+    """Global batches [K, (members,) B, ...] split on B over all devices of
+    all hosts (and on the members, for an ensemble).
 
     Every host knows the global indices (the permutation is seeded); each
     reads only the examples of its own devices' shards.
     """
     batch_indices = np.asarray(batch_indices)
-    sharding = NamedSharding(self.mesh, P(None, AXIS))
+    sharding = NamedSharding(self.mesh, self._batch_spec)
+    index_dims = batch_indices.ndim
 
     def global_array(source):
       shape = (*batch_indices.shape, *source.shape[1:])
       return jax.make_array_from_callback(
-          shape, sharding, lambda index: source[batch_indices[index[:2]]])
+          shape, sharding,
+          lambda index: source[batch_indices[index[:index_dims]]])
 
     return {'image': global_array(images), 'label': global_array(labels)}
 
   def compile_host_fed(self, scan_fn, compiler_options=None):
     """Wraps `scan_fn(state, batches, key)` for host-assembled batches."""
-    replicated = NamedSharding(self.mesh, P())
+    state = NamedSharding(self.mesh, self._state_spec)
     return jax.jit(scan_fn,
-                   in_shardings=(replicated,
-                                 NamedSharding(self.mesh, P(None, AXIS)),
-                                 replicated),
-                   out_shardings=(replicated, replicated),
+                   in_shardings=(state,
+                                 NamedSharding(self.mesh, self._batch_spec),
+                                 state),
+                   out_shardings=(state, self._metrics_sharding),
                    donate_argnums=(0,), compiler_options=compiler_options)
+
+  @property
+  def _metrics_sharding(self) -> NamedSharding:
+    """Metrics [K steps, (members)]."""
+    return NamedSharding(self.mesh,
+                         P(None, MEMBER_AXIS) if self.ensemble else P())
 
   def unreplicate(self, tree):
     """One copy of replicated values (what checkpoints and eval take)."""
@@ -111,7 +164,7 @@ class DataParallel:
           k, self.num_devices, b // self.num_devices).transpose(1, 0, 2)
       return jax.device_put(per_device, NamedSharding(self.mesh, P(AXIS)))
     return jax.device_put(batch_indices,
-                          NamedSharding(self.mesh, P(None, AXIS)))
+                          NamedSharding(self.mesh, self._batch_spec))
 
   def compile(self, scan_fn, compiler_options=None):
     """Wraps `scan_fn(state, images, labels, batch_indices, key)`.
@@ -123,11 +176,12 @@ class DataParallel:
       return jax.pmap(scan_fn, axis_name=AXIS,
                       in_axes=(0, 0, 0, 0, None), donate_argnums=(0,))
     replicated = NamedSharding(self.mesh, P())
+    state = NamedSharding(self.mesh, self._state_spec)
     return jax.jit(
         scan_fn,
-        in_shardings=(replicated, replicated, replicated,
-                      NamedSharding(self.mesh, P(None, AXIS)), replicated),
-        out_shardings=(replicated, replicated),
+        in_shardings=(state, replicated, replicated,
+                      NamedSharding(self.mesh, self._batch_spec), state),
+        out_shardings=(state, self._metrics_sharding),
         donate_argnums=(0,), compiler_options=compiler_options)
 
   def metrics_to_host(self, metrics):
@@ -162,9 +216,27 @@ def create(config) -> DataParallel:
   if mode == 'pmap' and jax.process_count() > 1:
     raise UserError('config.parallelism=pmap runs on one host; use mesh for '
                     f'{jax.process_count()} processes')
+  num_models = config.get('num_models', 1)
+  if num_models > 1 and mode == 'pmap':
+    raise UserError(f'config.num_models={num_models} trains on a device '
+                    'mesh; use config.parallelism=mesh')
   devices = tuple(jax.local_devices() if mode == 'pmap' else jax.devices())
-  if config.batch_size % len(devices):
+  member_devices = 0
+  if num_models > 1:
+    member_devices = (config.get('member_devices', 0)
+                      or math.gcd(num_models, len(devices)))
+    if len(devices) % member_devices or num_models % member_devices:
+      raise UserError(
+          f'config.member_devices={member_devices} must divide both the '
+          f'{len(devices)} devices and num_models={num_models}; use a common '
+          f'divisor (0 picks {math.gcd(num_models, len(devices))})')
+  data_devices = len(devices) // max(member_devices, 1)
+  if config.batch_size % data_devices:
+    split = (f'the {data_devices} devices of the data axis '
+             f'({len(devices)} devices, {member_devices} on the members)'
+             if member_devices else f'the {len(devices)} devices')
     raise UserError(
-        f'config.batch_size={config.batch_size} does not divide by the '
-        f'{len(devices)} devices; use a multiple of {len(devices)}')
-  return DataParallel(mode=mode, devices=devices)
+        f'config.batch_size={config.batch_size} does not divide by {split}; '
+        f'use a multiple of {data_devices}')
+  return DataParallel(mode=mode, devices=devices,
+                      member_devices=member_devices)

@@ -14,7 +14,13 @@ The trainer, evaluation, predict, export and the benchmark all ask a
                               while loop's body ~15x
                               slower
   steps per dispatch (-1)     8 (unrolled code grows       a whole epoch
-                              with it)
+                              with it), shared by an
+                              ensemble's members
+  an ensemble's members       side by side in the step:    jax.vmap
+                              vmap makes grouped
+                              convolutions, which XLA:CPU
+                              runs ~2x slower than K
+                              plain ones
 
 `conv_impl='xla'` keeps XLA's defaults on the CPU too. Tests build a
 `Platform('gpu')` on the CPU to run the accelerator path there
@@ -69,11 +75,20 @@ class Platform:
   def unroll_scan(self) -> bool:
     return self.is_cpu
 
-  def steps_per_dispatch(self, configured: int, steps_per_epoch: int) -> int:
+  @property
+  def vmap_members(self) -> bool:
+    """Whether an ensemble's step is vmapped over its members (ensemble.py);
+    measured: scripts/benchmark.py --num_models=4."""
+    return not self.is_cpu
+
+  def steps_per_dispatch(self, configured: int, steps_per_epoch: int,
+                         num_models: int = 1) -> int:
     """Train steps per compiled dispatch: `configured` > 0 as is, 0 a whole
-    epoch, -1 this platform's default."""
+    epoch, -1 this platform's default (on the CPU, the unrolled program's
+    size: 8 model steps, shared by an ensemble's members)."""
     if configured < 0:
-      configured = CPU_STEPS_PER_DISPATCH if self.is_cpu else 0
+      configured = (max(1, CPU_STEPS_PER_DISPATCH // num_models)
+                    if self.is_cpu else 0)
     return min(configured or steps_per_epoch, steps_per_epoch)
 
 

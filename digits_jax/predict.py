@@ -126,20 +126,30 @@ def predict_files(config, workdir: str, specs: list[str],
   failure. Returns the number of failures."""
   import json  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+  from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
 
   digits, errors = load_images(specs)
   results = []
   if digits:
     restored = evaluation.restore_best(config, workdir)
-    logits = restored.evaluator(config).logits(
-        restored.state, np.stack([d for _, d in digits]))
-    probabilities = np.exp(evaluation.log_softmax(logits))
-    for (name, _), p in zip(digits, probabilities):
-      results.append({'image': name, 'digit': int(p.argmax()),
-                      'probability': float(p.max()),
-                      'probabilities': [round(float(q), 6) for q in p]})
-      print(f'{name}: {int(p.argmax())} (p={p.max():.4f})')
+    member_logits = restored.member_logits(config,
+                                           np.stack([d for _, d in digits]))
+    # An ensemble predicts the mean of its members' probabilities.
+    probabilities = np.exp(ensemble.combine(member_logits))
+    agreeing = ensemble.agreement(member_logits)
+    num_models = len(member_logits)
+    for (name, _), p, agree in zip(digits, probabilities, agreeing):
+      result = {'image': name, 'digit': int(p.argmax()),
+                'probability': float(p.max()),
+                'probabilities': [round(float(q), 6) for q in p]}
+      line = f'{name}: {int(p.argmax())} (p={p.max():.4f}'
+      if num_models > 1:
+        result['members_agreeing'] = int(agree)
+        result['num_models'] = num_models
+        line += f', {agree} of {num_models} members agree'
+      results.append(result)
+      print(line + ')')
   for name, message in errors:
     print(f'error: {name}: {message}', file=sys.stderr)
   if output:

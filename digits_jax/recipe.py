@@ -12,6 +12,7 @@ import json
 import jax.numpy as jnp
 
 from digits_jax import cpu_kernels
+from digits_jax import ensemble
 from digits_jax import models
 from digits_jax import optim
 from digits_jax import platform as platform_lib
@@ -45,10 +46,18 @@ def build(config, splits_or_meta, axis_name=None, total_steps: int = 0,
   return model, tx, preprocess
 
 
+def members(config, platform: platform_lib.Platform | None = None
+            ) -> ensemble.Members:
+  """The ensemble's member axis (K = 1: a single model, no axis)."""
+  platform = platform or platform_lib.current(config.conv_impl)
+  return ensemble.Members(config.num_models, platform.vmap_members)
+
+
 def checkpoint_meta(config, preprocess: steps.Preprocess, epoch: int) -> dict:
   """What a checkpoint records beside the state: enough to rebuild the
   model and its preprocessing without the training data."""
   return {'model': config.model, 'input_size': config.input_size,
+          'num_models': config.num_models,
           'pixel_mean': preprocess.pixel_mean,
           'pixel_std': preprocess.pixel_std, 'epoch': epoch,
           'config': json.loads(config.to_json())}

@@ -115,15 +115,24 @@ def scan_train_steps(step_fn: Callable, state: TrainState, images: jax.Array,
     batch = {'image': images[indices], 'label': labels[indices]}
     return step_fn(state, batch, key)
 
-  return jax.lax.scan(body, state, batch_indices, unroll=unroll)
+  return _scan(body, state, batch_indices, unroll)
 
 
 def scan_train_batches(step_fn: Callable, state: TrainState, batches: dict,
                        key: jax.Array, *, unroll: bool = False):
   """Like `scan_train_steps`, over batches assembled by the hosts: a dict of
   'image' [K, B, 28, 28] and 'label' [K, B] (the multi-host path)."""
-  return jax.lax.scan(lambda s, b: step_fn(s, b, key), state, batches,
-                      unroll=unroll)
+  return _scan(lambda s, b: step_fn(s, b, key), state, batches, unroll)
+
+
+def _scan(body, state, xs, unroll: bool):
+  """`lax.scan`, and for `unroll` with a single step, the step itself:
+  `unroll=True` over one step leaves JAX's while loop in place (unroll 1),
+  which XLA:CPU ran ~35x slower (measured: 40 against 1400 images/s)."""
+  if unroll and jax.tree.leaves(xs)[0].shape[0] == 1:
+    state, out = body(state, jax.tree.map(lambda x: x[0], xs))
+    return state, jax.tree.map(lambda y: y[None], out)
+  return jax.lax.scan(body, state, xs, unroll=unroll)
 
 
 def epoch_batches(key: jax.Array, epoch: int, num_examples: int,

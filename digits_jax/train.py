@@ -33,10 +33,11 @@ from digits_jax.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def parameter_counts(state: steps.TrainState) -> dict:
+def parameter_counts(state: steps.TrainState, num_models: int = 1) -> dict:
+  """Per model (an ensemble's state holds `num_models` of each)."""
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-  return {'trainable': count(state.params),
-          'batch_stats': count(state.batch_stats)}
+  return {'trainable': count(state.params) // num_models,
+          'batch_stats': count(state.batch_stats) // num_models}
 
 
 class MetricsWriter:
@@ -105,15 +106,19 @@ def train_and_evaluate(config, workdir: str,
     total_steps = min(total_steps, config.num_train_steps)
   model, tx, preprocess = recipe.build(config, data_stats, devices.axis_name,
                                        total_steps, platform)
+  members = recipe.members(config, platform)
 
-  key = jax.random.key(config.seed)
-  init_key, shuffle_key, train_key = jax.random.split(key, 3)
-  state = steps.create_train_state(model, tx, init_key, config.input_size)
-  counts = parameter_counts(state)
-  log.info('Model %s: %d trainable parameters, %d BatchNorm statistics. '
-           '%d %s device(s), parallelism %s.', config.model,
-           counts['trainable'], counts['batch_stats'], devices.num_devices,
-           jax.default_backend(), devices.mode)
+  init_key, shuffle_key, train_key = members.keys(config.seed)
+  state = members.create_train_state(model, tx, init_key, config.input_size)
+  counts = parameter_counts(state, config.num_models)
+  log.info('Model %s%s: %d trainable parameters, %d BatchNorm statistics%s. '
+           '%d %s device(s), parallelism %s%s.', config.model,
+           f' x{config.num_models}' if members.stacked else '',
+           counts['trainable'], counts['batch_stats'],
+           ' each' if members.stacked else '', devices.num_devices,
+           jax.default_backend(), devices.mode,
+           f', {devices.member_devices} on the members' if devices.ensemble
+           else '')
 
   manager = checkpoint.create_manager(workdir / 'checkpoints',
                                       config.checkpoints_to_keep)
@@ -124,15 +129,15 @@ def train_and_evaluate(config, workdir: str,
     # Restored straight onto this run's devices, whatever wrote it.
     state = checkpoint.restore_state(
         manager, step, state if devices.mode == 'pmap' else
-        devices.replicate(state))
+        devices.place_state(state))
     log.info('Resuming from the checkpoint at step %d in %s.', step,
              workdir)
 
-  steps_per_dispatch = platform.steps_per_dispatch(config.steps_per_dispatch,
-                                                  steps_per_epoch)
+  steps_per_dispatch = platform.steps_per_dispatch(
+      config.steps_per_dispatch, steps_per_epoch, config.num_models)
 
-  step_fn = recipe.train_step_fn(config, model, tx, preprocess,
-                                 devices.axis_name)
+  step_fn = members.train_step(recipe.train_step_fn(
+      config, model, tx, preprocess, devices.axis_name))
   unroll = platform.unroll_scan
   options = platform.compiler_options
   if devices.host_fed:
@@ -145,7 +150,9 @@ def train_and_evaluate(config, workdir: str,
   # model without the axis name.
   evaluator = evaluation.Evaluator(model.clone(axis_name=None), preprocess,
                                    config.eval_batch_size, options)
-  state = devices.replicate(state)
+  state = devices.place_state(state)
+  if devices.ensemble:
+    train_key = devices.place_state(train_key)
   if not devices.host_fed:
     train_images = devices.replicate(splits.train_images)
     train_labels = devices.replicate(splits.train_labels)
@@ -158,13 +165,14 @@ def train_and_evaluate(config, workdir: str,
                        devices.shard_batch_indices(batch_indices), train_key)
 
   writer = MetricsWriter(workdir) if jax.process_index() == 0 else None
-  step = int(devices.unreplicate(state).step)
+  step = members.step(devices.unreplicate(state))
   stop_signal = interruption.StopSignal(step)
   try:
     while step < total_steps:
       epoch = step // steps_per_epoch
       epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
-      batches = steps.epoch_batches(shuffle_key, epoch, num_train, config.batch_size)
+      batches = members.epoch_batches(shuffle_key, epoch, num_train,
+                                      config.batch_size)
       train_metrics = []
       start = time.perf_counter()
       images_done = 0
@@ -177,8 +185,10 @@ def train_and_evaluate(config, workdir: str,
         state, metrics = run_steps(state, batches[offset:offset + count])
         # One host sync per dispatch.
         metrics = devices.metrics_to_host(metrics)
-        if not np.isfinite(metrics['loss']).all():
-          bad = step + int(np.argmin(np.isfinite(metrics['loss'])))
+        # Per step (an ensemble's metrics are [steps, members]).
+        finite = np.isfinite(metrics['loss']).reshape(count, -1).all(1)
+        if not finite.all():
+          bad = step + int(np.argmin(finite))
           raise TrainingDiverged(
               f'the training loss became non-finite at step {bad}; nothing '
               f'was saved after it, the last good checkpoint is step '
@@ -206,13 +216,22 @@ def train_and_evaluate(config, workdir: str,
         return {'interrupted_at_step': step}
       elapsed = time.perf_counter() - start
 
-      val = evaluator.evaluate(devices.unreplicate(state), splits.val_images,
-                               splits.val_labels)
-      # The rate this epoch ended with (the plateau's, before its update).
-      learning_rate = optim.current_learning_rate(
-          devices.unreplicate(state.opt_state), step - 1, config, total_steps)
-      state = state.replace(opt_state=optim.report_epoch(
-          state.opt_state, val['loss'], config))
+      val = evaluation.ensemble_report(
+          evaluator.member_logits(devices.unreplicate(state),
+                                  splits.val_images, members),
+          splits.val_labels)
+      member_val = val.get('members', [val])
+      # The rate each member ended this epoch with (the plateau's, before
+      # its update).
+      member_rates = [
+          optim.current_learning_rate(opt_state, step - 1, config,
+                                      total_steps)
+          for opt_state in members.unstack(
+              jax.device_get(devices.unreplicate(state.opt_state)))]
+      learning_rate = float(np.mean(member_rates))
+      losses = [m['loss'] for m in member_val]
+      state = state.replace(opt_state=members.report_epoch(
+          state.opt_state, losses if members.stacked else losses[0], config))
       summary = {
           'epoch': epoch + 1,
           'train_loss': float(np.concatenate(
@@ -224,12 +243,19 @@ def train_and_evaluate(config, workdir: str,
           'images_per_sec': images_done / elapsed,
           'epoch_seconds': elapsed,
       }
+      if members.stacked:
+        # The ensemble's validation above; each member's here.
+        summary.update({
+            'member_val_accuracy': [m['accuracy'] for m in member_val],
+            'member_val_loss': losses,
+            'member_learning_rate': member_rates})
       log.info(
           'epoch %d/%d step %d: train loss %.4f acc %.4f | val loss %.4f acc '
-          '%.4f | lr %.2e | %.0f images/s', epoch + 1, config.num_epochs,
+          '%.4f | lr %.2e | %.0f images/s%s', epoch + 1, config.num_epochs,
           step, summary['train_loss'], summary['train_accuracy'],
           summary['val_loss'], summary['val_accuracy'], learning_rate,
-          summary['images_per_sec'])
+          summary['images_per_sec'] * config.num_models,
+          ' (all members)' if members.stacked else '')
       if writer:
         writer.write(step, summary)
       checkpoint.save(manager, step, devices.unreplicate(state),

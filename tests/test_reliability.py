@@ -13,15 +13,15 @@ from test_cli import ROOT, run_cli
 
 from digits_jax import checkpoint
 from digits_jax import recipe
-from digits_jax import steps
 
 
 def latest_checkpoint(config, workdir, platform=None):
   """(step, train state) of the latest checkpoint in `workdir`."""
   model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
                               platform=platform)
-  target = steps.create_train_state(model, tx, jax.random.key(0),
-                                    config.input_size)
+  members = recipe.members(config, platform)
+  target = members.create_train_state(model, tx, members.keys(0)[0],
+                                      config.input_size)
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
                                       2, read_only=True)
   step = manager.latest_step()

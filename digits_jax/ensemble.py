@@ -1,0 +1,121 @@
+"""K models trained as one: the member axis of an ensemble.
+
+With `config.num_models` = K > 1, every leaf of the train state (parameters,
+BatchNorm statistics, optimizer state with its plateau) carries a leading
+member axis of size K, and one compiled step trains all members. Member i is
+the single-model run with seed `config.seed + i`: its initialization, data
+order, augmentation and dropout draws come from that seed exactly as a
+single run's do, so any member can be reproduced on its own
+(tests/test_ensemble.py).
+
+How the step runs over the member axis is the platform's choice
+(platform.py): `jax.vmap` on accelerators, where one member leaves the chip
+mostly idle; on the CPU the members' steps are laid side by side in the same
+program, because vmap turns each convolution into a grouped one, which
+XLA:CPU runs far slower than K plain ones (scripts/benchmark.py
+--num_models=K measures both). Both forms compute the same function.
+
+K = 1 adds no axis: the state, the keys and the step are a single model's,
+as before ensembles existed, and its checkpoints are unchanged.
+"""
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from digits_jax import optim
+from digits_jax import steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Members:
+  """The member axis: how many models, and whether the step is vmapped."""
+  num_models: int = 1
+  vmapped: bool = True
+
+  @property
+  def stacked(self) -> bool:
+    """Whether the state has a member axis (K > 1)."""
+    return self.num_models > 1
+
+  def keys(self, seed: int):
+    """(init, shuffle, train) keys: a single run's from `seed`, or member i's
+    from `seed + i`, stacked."""
+    def of(member_seed):
+      return jax.random.split(jax.random.key(member_seed), 3)
+    if not self.stacked:
+      return tuple(of(seed))
+    keys = jnp.stack([of(seed + i) for i in range(self.num_models)])
+    return keys[:, 0], keys[:, 1], keys[:, 2]
+
+  def create_train_state(self, model, tx, init_key,
+                         input_size: int) -> steps.TrainState:
+    create = lambda key: steps.create_train_state(model, tx, key, input_size)
+    return jax.vmap(create)(init_key) if self.stacked else create(init_key)
+
+  def train_step(self, step_fn: Callable) -> Callable:
+    """`step_fn` (state, batch, key) -> (state, metrics) over the members:
+    batch leaves [K, B, ...], keys [K], metrics [K]."""
+    if not self.stacked:
+      return step_fn
+    if self.vmapped:
+      return jax.vmap(step_fn)
+
+    def side_by_side(state, batch, key):
+      outputs = [step_fn(*member_of((state, batch, key), i))
+                 for i in range(self.num_models)]
+      return stack(outputs)
+
+    return side_by_side
+
+  def epoch_batches(self, shuffle_key, epoch: int, num_examples: int,
+                    batch_size: int) -> jax.Array:
+    """The epoch's example indices: [steps, B], or [steps, K, B] with each
+    member's own order."""
+    order = lambda key: steps.epoch_batches(key, epoch, num_examples,
+                                            batch_size)
+    if not self.stacked:
+      return order(shuffle_key)
+    return jnp.swapaxes(jax.vmap(order)(shuffle_key), 0, 1)
+
+  def report_epoch(self, opt_state, val_losses, config):
+    """Each member's plateau follows its own validation loss."""
+    if not self.stacked:
+      return optim.report_epoch(opt_state, val_losses, config)
+    return jax.vmap(lambda s, loss: optim.report_epoch(s, loss, config))(
+        opt_state, jnp.asarray(val_losses, jnp.float32))
+
+  def step(self, state: steps.TrainState) -> int:
+    """The training step (the members all take the same steps)."""
+    return int(jax.device_get(state.step).reshape(-1)[0])
+
+  def unstack(self, tree) -> list:
+    """The members' trees, one per member ([tree] for K = 1)."""
+    if not self.stacked:
+      return [tree]
+    return [member_of(tree, i) for i in range(self.num_models)]
+
+
+def member_of(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def combine(member_logits: np.ndarray) -> np.ndarray:
+  """The ensemble's log-probabilities from the members' logits [K, N, C]:
+  the log of the mean of the members' probabilities."""
+  log_probs = member_logits - np.logaddexp.reduce(member_logits, axis=-1,
+                                                  keepdims=True)
+  return np.logaddexp.reduce(log_probs, axis=0) - np.log(len(member_logits))
+
+
+def agreement(member_logits: np.ndarray) -> np.ndarray:
+  """How many members predict the ensemble's class, per image [N]."""
+  ensemble_class = combine(member_logits).argmax(-1)
+  return (member_logits.argmax(-1) == ensemble_class).sum(0)

@@ -1,0 +1,80 @@
+"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=8: trains an
+ensemble of 4 for a few steps from one state and batch on 1 device and on
+8 devices (members x data meshes of 4x2, 2x4 and 1x8), with the members side
+by side and vmapped, and prints one JSON line with the largest differences
+from one device. Driven by tests/test_ensemble.py."""
+
+import functools
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+NUM_MODELS, STEPS, BATCH = 4, 3, 32
+
+
+def run(devices: parallel.DataParallel, members: ensemble.Members, images,
+        labels):
+  config = tiny.get_config()
+  config.input_size = 28
+  config.num_models = NUM_MODELS
+  stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
+  model, tx, preprocess = recipe.build(config, stats)
+  init_key, shuffle_key, train_key = members.keys(0)
+  state = members.create_train_state(model, tx, init_key, 28)
+  step_fn = members.train_step(
+      recipe.train_step_fn(config, model, tx, preprocess))
+  chunk = devices.compile(functools.partial(steps.scan_train_steps, step_fn))
+  batches = members.epoch_batches(shuffle_key, 0, len(images), BATCH)[:STEPS]
+  args = (devices.place_state(state), devices.replicate(images),
+          devices.replicate(labels), devices.shard_batch_indices(batches),
+          devices.place_state(train_key))
+  hlo = chunk.lower(*args).compile().as_text()
+  state, metrics = chunk(*args)
+  return jax.device_get(state), jax.device_get(metrics), hlo
+
+
+def max_difference(a, b):
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - y)))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (256, 28, 28), dtype=np.uint8)
+  labels = rng.integers(0, 10, 256, dtype=np.int32)
+  one_device = parallel.DataParallel('mesh', tuple(jax.devices()[:1]),
+                                     member_devices=1)
+  one, one_metrics, _ = run(one_device, ensemble.Members(NUM_MODELS, False),
+                            images, labels)
+  results = {}
+  for vmapped in (False, True):
+    for member_devices in (4, 2, 1):
+      devices = parallel.DataParallel('mesh', tuple(jax.devices()),
+                                      member_devices=member_devices)
+      state, metrics, hlo = run(
+          devices, ensemble.Members(NUM_MODELS, vmapped), images, labels)
+      results[f'{"vmap" if vmapped else "side_by_side"}_{member_devices}'] = {
+          'params': max_difference(state.params, one.params),
+          'batch_stats': max_difference(state.batch_stats, one.batch_stats),
+          'loss': max_difference(metrics['loss'], one_metrics['loss']),
+          'loss_shape': list(np.shape(metrics['loss'])),
+          'all_gather': hlo.count(' all-gather('),
+      }
+  print(json.dumps(results))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,266 @@
+"""Ensembles: K members trained in one compiled step (digits_jax/ensemble.py).
+
+Member i must be the single run with seed + i, whichever form the step takes
+over the members and however many devices it runs on; each member's plateau
+follows its own validation loss; the ensemble is judged, checkpointed,
+evaluated and predicted as the mean of its members' probabilities.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from test_cli import ROOT, assert_one_line_error, run_cli
+from test_reliability import latest_checkpoint
+
+from digits_jax import ensemble
+from digits_jax import evaluation
+from digits_jax import optim
+from digits_jax import platform as platform_lib
+from digits_jax import train
+
+
+def _train(config, workdir, platform=None, **overrides):
+  config = config.copy_and_resolve_references()
+  config.update_from_flattened_dict(overrides)
+  train.train_and_evaluate(config, workdir, platform=platform)
+  return latest_checkpoint(config, str(workdir), platform)
+
+
+@pytest.fixture(scope='module')
+def single_runs(tmp_path_factory, mnist_data_dir):
+  """Four steps of single runs with seeds 0 and 1."""
+  from configs import tiny
+  config = tiny.get_config()
+  config.data_dir = mnist_data_dir
+  return [_train(config, tmp_path_factory.mktemp(f'seed{seed}'),
+                 num_train_steps=4, seed=seed)[1] for seed in (0, 1)]
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_members_trained_together_equal_single_runs_with_their_seeds(
+    backend, single_runs, tiny_config, tmp_path):
+  """The CPU's form (members side by side) and the accelerators' (vmap, run
+  here on the CPU through Platform('gpu')) against two single runs: after 4
+  steps with Adam, a wrong key, data order or plateau would move the
+  parameters by ~1e-3; float32 rounding leaves ~1e-7."""
+  platform = platform_lib.Platform(backend)
+  step, ensemble_state = _train(tiny_config, tmp_path, platform,
+                                num_train_steps=4, num_models=2)
+  assert step == 4
+  np.testing.assert_array_equal(ensemble_state.step, [4, 4])
+  for i, single in enumerate(single_runs):
+    member = ensemble.member_of(ensemble_state, i)
+    for a, b in zip(jax.tree.leaves(member), jax.tree.leaves(single)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5,
+                                 rtol=1e-5)
+  # And the two members did train differently.
+  first = ensemble.member_of(ensemble_state.params, 0)['conv1']['kernel']
+  second = ensemble.member_of(ensemble_state.params, 1)['conv1']['kernel']
+  assert np.abs(np.asarray(first) - np.asarray(second)).max() > 1e-2
+
+
+def test_each_members_plateau_follows_its_own_validation_loss():
+  members = ensemble.Members(num_models=2, vmapped=False)
+  state = ensemble.stack([optim.scale_by_plateau().init(None)] * 2)
+  from configs import improved
+  config = improved.get_config()  # factor 0.2, patience 2.
+  # Member 0 keeps improving; member 1 stalls after its first epoch.
+  for losses in ([1.0, 1.0], [0.9, 1.0], [0.8, 1.0]):
+    state = members.report_epoch(state, losses, config)
+  np.testing.assert_allclose(state.scale, [1.0, 0.2])
+  np.testing.assert_allclose(state.best_loss, [0.8, 1.0])
+
+
+@pytest.fixture(scope='module')
+def ensemble_run(tmp_path_factory, mnist_data_dir):
+  """An ensemble of 3 through the command line, one epoch of the tiny
+  config with the article's plateau."""
+  workdir = str(tmp_path_factory.mktemp('ensemble') / 'run')
+  common = ['--config=configs/tiny.py', f'--workdir={workdir}',
+            f'--config.data_dir={mnist_data_dir}', '--config.num_models=3']
+  result = run_cli(*common, '--config.num_epochs=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, common, result
+
+
+def test_the_loop_reports_each_members_validation_loss_to_its_plateau(
+    ensemble_run):
+  workdir, _, _ = ensemble_run
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    epoch = json.loads(f.readline())
+  from configs import tiny
+  config = tiny.get_config()
+  config.num_models = 3
+  _, state = latest_checkpoint(config, workdir)
+  plateau = [n for n in jax.tree.leaves(
+      state.opt_state, is_leaf=lambda n: isinstance(n, optim.PlateauState))
+             if isinstance(n, optim.PlateauState)][0]
+  # After one epoch each member's best loss is its own validation loss.
+  np.testing.assert_allclose(plateau.best_loss, epoch['member_val_loss'],
+                             rtol=1e-6)
+  assert len(set(epoch['member_val_loss'])) == 3
+  assert len(epoch['member_val_accuracy']) == 3
+
+
+def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
+    ensemble_run, mnist_data_dir):
+  workdir, _, result = ensemble_run
+  assert 'improved_lenet x3' in result.stderr
+  with open(os.path.join(workdir, 'eval_test.json')) as f:
+    report = json.load(f)
+  from configs import tiny
+  config = tiny.get_config()
+  config.data_dir = mnist_data_dir
+  config.num_models = 3
+  restored = evaluation.restore_best(config, workdir)
+  from digits_jax import input_pipeline
+  splits = input_pipeline.load_splits(config)
+  # Reference: each member's model.apply, then NumPy.
+  probabilities = []
+  for i in range(3):
+    variables = ensemble.member_of({'params': restored.state.params,
+                                    'batch_stats': restored.state.batch_stats},
+                                   i)
+    logits = np.asarray(restored.model.apply(
+        variables, restored.preprocess(splits.test_images), train=False),
+                        np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities.append(p / p.sum(-1, keepdims=True))
+  labels = splits.test_labels
+  member_accuracy = [float((p.argmax(-1) == labels).mean())
+                     for p in probabilities]
+  mean = np.mean(probabilities, axis=0)
+  assert report['num_models'] == 3
+  assert [m['accuracy'] for m in report['members']] == pytest.approx(
+      member_accuracy, abs=1e-9)
+  assert report['member_accuracy_mean'] == pytest.approx(
+      np.mean(member_accuracy))
+  assert report['member_accuracy_std'] == pytest.approx(
+      np.std(member_accuracy, ddof=1))
+  assert report['accuracy'] == pytest.approx(
+      float((mean.argmax(-1) == labels).mean()), abs=1e-9)
+  assert report['loss'] == pytest.approx(
+      float(-np.log(mean[np.arange(len(labels)), labels]).mean()), rel=1e-4)
+  for name in ('confusion_matrix.png', 'misclassified.png',
+               'training_curves.png'):
+    assert os.path.exists(os.path.join(workdir, name))
+
+
+def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
+    ensemble_run, tmp_path, mnist_data_dir):
+  workdir, common, _ = ensemble_run
+  from configs import tiny
+  from digits_jax import input_pipeline
+  config = tiny.get_config()
+  config.data_dir = mnist_data_dir
+  digits = input_pipeline.load_splits(config).test_images[:5]
+  np.save(tmp_path / 'digits.npy', digits)
+  output = tmp_path / 'predictions.json'
+  result = run_cli(*common, '--mode=predict',
+                   f'--images={tmp_path / "digits.npy"}', f'--output={output}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  predictions = json.loads(output.read_text())['predictions']
+  config.num_models = 3
+  restored = evaluation.restore_best(config, workdir)
+  member_logits = restored.member_logits(config, digits)
+  expected = np.exp(ensemble.combine(member_logits))
+  for p, want, logits in zip(predictions, expected,
+                             np.swapaxes(member_logits, 0, 1)):
+    assert p['digit'] == int(want.argmax())
+    assert p['probabilities'] == pytest.approx(want.tolist(), abs=1e-5)
+    assert p['members_agreeing'] == int(
+        (logits.argmax(-1) == want.argmax()).sum())
+    assert p['num_models'] == 3
+    assert f'of 3 members agree' in result.stdout
+
+
+def test_an_ensemble_checkpoint_restores_on_another_device_count(
+    tmp_path, mnist_data_dir):
+  """Trained with its members on 2 devices, evaluated on 1, resumed on 4
+  (2 on the members, 2 on the data)."""
+  common = ['--config=configs/tiny.py', f'--workdir={tmp_path}',
+            f'--config.data_dir={mnist_data_dir}', '--config.num_models=2',
+            '--config.input_size=28']
+
+  def cli(devices, *args):
+    env = dict(os.environ, PYTHONPATH=ROOT,
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    return subprocess.run(
+        [sys.executable, '-m', 'digits_jax.main', *common, *args], cwd=ROOT,
+        env=env, capture_output=True, text=True, timeout=600, check=False)
+
+  trained = cli(2, '--config.num_epochs=1')
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert '2 cpu device(s), parallelism mesh, 2 on the members' in (
+      trained.stderr)
+  with open(tmp_path / 'eval_test.json') as f:
+    on_2 = json.load(f)
+  evaluated = cli(1, '--mode=eval')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(tmp_path / 'eval_test.json') as f:
+    on_1 = json.load(f)
+  assert on_1['accuracy'] == on_2['accuracy']
+  assert on_1['members'] == pytest.approx(on_2['members'])
+  resumed = cli(4, '--config.num_epochs=2')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming from the checkpoint at step 20' in resumed.stderr
+  assert '4 cpu device(s), parallelism mesh, 2 on the members' in (
+      resumed.stderr)
+  assert 'epoch 2/2' in resumed.stderr
+
+
+def test_members_on_8_devices_train_what_one_device_trains():
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'tests', 'multidevice',
+                                    'ensemble_model.py')],
+      env=env, capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert len(report) == 6
+  for layout, r in report.items():
+    # As the data-parallel test: float32 tolerance after 3 Adam steps.
+    assert r['loss_shape'] == [3, 4], (layout, r)
+    assert r['loss'] < 1e-4, (layout, r)
+    assert r['batch_stats'] < 1e-4, (layout, r)
+    assert r['params'] < 3e-4, (layout, r)
+    # Each member's parameters stay on their row of the mesh.
+    assert r['all_gather'] == 0, (layout, r)
+
+
+@pytest.mark.parametrize('overrides, devices, fragments', [
+    (['--config.num_models=0'], 1, ['num_models=0 must be a positive']),
+    (['--config.num_models=-2'], 1, ['num_models=-2 must be a positive']),
+    (['--config.num_models=2', '--config.member_devices=3'], 8,
+     ['member_devices=3 must divide both the 8 devices and num_models=2']),
+    (['--config.num_models=2', '--config.parallelism=pmap'], 2,
+     ['num_models=2 trains on a device mesh']),
+    (['--config.num_models=4', '--config.member_devices=2'], 8,
+     ['batch_size=50 does not divide by the 4 devices of the data axis']),
+])
+def test_bad_ensemble_values_get_one_line(overrides, devices, fragments,
+                                          tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  result = subprocess.run(
+      [sys.executable, '-m', 'digits_jax.main', '--config=configs/tiny.py',
+       f'--workdir={tmp_path}', *overrides], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert_one_line_error(result, *fragments)
+
+
+def test_a_single_model_checkpoint_is_refused_by_an_ensemble_config(
+    tmp_path, mnist_data_dir):
+  common = ['--config=configs/tiny.py', f'--workdir={tmp_path}',
+            f'--config.data_dir={mnist_data_dir}']
+  assert run_cli(*common, '--config.num_train_steps=2').returncode == 0
+  result = run_cli(*common, '--config.num_models=2', '--mode=eval')
+  assert_one_line_error(result, 'written for num_models=1',
+                        'asks for num_models=2')

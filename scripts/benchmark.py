@@ -17,6 +17,12 @@ in one process:
 
 Prints a table, then one JSON line with images_per_sec,
 reference_images_per_sec, ratio, gflops and matmul_gflops.
+
+Ensembles (`--num_models=1,4,8`): the trainer's step over K members, each
+K > 1 in both forms (members side by side in the program, and jax.vmap over
+them), timed side by side; prints images/s per member and the ratio to K=1
+instead of the reference comparison. `--steps` is then the model steps per
+dispatch, shared by the members as the trainer does.
 """
 
 import functools
@@ -52,6 +58,9 @@ _WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows; the median '
 _MODEL = flags.DEFINE_string('model', 'improved_lenet', 'Model name.')
 _CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', platform_lib.CONV_IMPLS,
                                 'Convolutions of the digits_jax path.')
+_NUM_MODELS = flags.DEFINE_list(
+    'num_models', [], 'Ensemble sizes to time side by side (e.g. 1,4,8); '
+    'empty: the comparison with the reference.')
 _DTYPE = flags.DEFINE_enum('compute_dtype', 'float32',
                            ['float32', 'bfloat16'], 'Compute dtype.')
 
@@ -98,6 +107,90 @@ class ReferenceImprovedLeNet(nn.Module):
     x = dropout()(x)
     return nn.Dense(10, kernel_init=nn.initializers.glorot_uniform(),
                     name='logits')(x)
+
+
+def ensemble_path(config, images, labels, batch, num_models, vmapped,
+                  steps) -> Timed:
+  """The trainer's step over `num_models` members (ensemble.py), `steps`
+  model steps per dispatch shared by the members."""
+  from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.num_models = num_models
+  platform = platform_lib.current(_CONV_IMPL.value)
+  model, tx, preprocess = recipe.build(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6}, platform=platform)
+  members = ensemble.Members(num_models, vmapped)
+  init_key, shuffle_key, train_key = members.keys(0)
+  state = members.create_train_state(model, tx, init_key, config.input_size)
+  step_fn = members.train_step(
+      recipe.train_step_fn(config, model, tx, preprocess))
+  dispatch = max(1, steps // num_models)
+  chunk = jax.jit(functools.partial(steps_lib.scan_train_steps, step_fn,
+                                    unroll=platform.unroll_scan),
+                  donate_argnums=(0,),
+                  compiler_options=platform.compiler_options)
+  images, labels = jax.device_put(images), jax.device_put(labels)
+  start = time.perf_counter()
+  first = members.epoch_batches(shuffle_key, 0, len(images), batch)[:dispatch]
+  compiled = chunk.lower(state, images, labels, first, train_key).compile()
+  compile_s = time.perf_counter() - start
+  holder = {'state': state, 'epoch': 0}
+
+  def window():
+    holder['epoch'] += 1
+    indices = members.epoch_batches(shuffle_key, holder['epoch'],
+                                    len(images), batch)[:dispatch]
+    indices.block_until_ready()
+    begin = time.perf_counter()
+    holder['state'], metrics = compiled(holder['state'], images, labels,
+                                        indices, train_key)
+    jax.device_get(metrics)
+    # Normalized to one member step, whatever the dispatch holds.
+    return (time.perf_counter() - begin) / dispatch
+
+  window()  # Warm-up.
+  return Timed(compile_s, None, window)
+
+
+def ensembles(config, images, labels, batch, windows):
+  """Images/s per member for each K of --num_models, both forms."""
+  sizes = sorted({int(k) for k in _NUM_MODELS.value})
+  timed = {}
+  for k in sizes:
+    for vmapped in ((True,) if k == 1 else (False, True)):
+      name = f'K={k}' + ('' if k == 1 else
+                         (' vmap' if vmapped else ' side by side'))
+      timed[name] = (k, ensemble_path(config, images, labels, batch, k,
+                                      vmapped, _STEPS.value))
+  for _ in range(windows):
+    for _, path in timed.values():
+      path.times.append(path.window())
+  # Seconds per step of all members -> images/s per member.
+  rates = {name: batch / statistics.median(path.times)
+           for name, (k, path) in timed.items()}
+  base = rates.get('K=1')
+  device = jax.devices()[0]
+  print(f'device: {device.platform} {device.device_kind} x'
+        f'{jax.device_count()} | host: {platform.machine()}, '
+        f'{os.cpu_count()} CPUs | jax {jax.__version__}')
+  print(f'model {config.model}, input {config.input_size}x'
+        f'{config.input_size}, batch {batch} per member, median of '
+        f'{windows} windows; trainer\'s form here: '
+        f'{"vmap" if platform_lib.current().vmap_members else "side by side"}')
+  print(f'{"":22s}{"images/s/member":>16s}{"all members":>13s}'
+        f'{"vs K=1":>8s}{"compile s":>11s}')
+  results = {}
+  for name, (k, path) in timed.items():
+    ratio = rates[name] / base if base else float('nan')
+    print(f'{name:22s}{rates[name]:16.1f}{rates[name] * k:13.1f}'
+          f'{ratio:8.2f}{path.compile_s:11.1f}')
+    results[name] = {'images_per_sec_per_member': round(rates[name], 1),
+                     'per_member_vs_k1': round(ratio, 3),
+                     'compile_s': round(path.compile_s, 1)}
+  print(json.dumps({'ensembles': results, 'batch': batch,
+                    'input_size': config.input_size,
+                    'device': device.device_kind,
+                    'platform': device.platform}))
 
 
 def _setup(config, model=None):
@@ -204,6 +297,9 @@ def main(argv):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (NUM_IMAGES, 28, 28), dtype=np.uint8)
   labels = rng.integers(0, 10, NUM_IMAGES, dtype=np.int32)
+  if _NUM_MODELS.value:
+    ensembles(config, images, labels, batch, windows)
+    return
 
   matmul = matmul_gflops()
   paths = {'digits_jax': digits_jax_path(config, images, labels, batch, steps),

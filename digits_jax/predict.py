@@ -7,10 +7,12 @@ first recovers such a binary digit from whatever photo, scan or crop it is
 given, without assuming a margin around it:
 
   * ink from the whole image: the channel (gray or one of R, G, B) where
-    Otsu's threshold separates two classes best, so coloured ink counts;
+    Otsu's classes lie furthest apart, so coloured ink counts;
     transparent pixels are background whatever their colour;
-  * polarity: the class that holds most of the image's border is paper
-    (a digit touching the edges still leaves most of the border to it);
+  * polarity: the class that holds most of the image's border is paper (a
+    digit touching the edges still leaves most of it to paper); where the
+    border is split (a shadow across it), ink is what departs furthest
+    from the local median;
   * uneven light: a top-hat (the image minus its opening with a window
     wider than a stroke) flattens shadows and gradients before Otsu;
   * marks: connected pieces close together are one mark; pieces far from

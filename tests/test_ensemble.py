@@ -257,3 +257,37 @@ def test_a_single_model_checkpoint_is_refused_by_an_ensemble_config(
   result = run_cli(*common, '--config.num_models=2', '--mode=eval')
   assert_one_line_error(result, 'written for num_models=1',
                         'asks for num_models=2')
+
+
+def test_two_hosts_train_the_ensemble_one_host_trains(tmp_path,
+                                                      mnist_data_dir):
+  """Two processes of one CPU device each: each host holds one member and
+  assembles its own batches (the multi-host path); the same ensemble as
+  one process with two devices."""
+  from test_parallel import _launch_two_hosts
+  common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
+            '--config.num_epochs=1', '--config.num_models=2']
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  two = tmp_path / 'two_hosts'
+  processes = _launch_two_hosts([*common, f'--workdir={two}'], env)
+  logs = [p.communicate(timeout=600)[1] for p in processes]
+  for p, log in zip(processes, logs):
+    assert p.returncode == 0, log[-3000:]
+  assert '2 cpu device(s), parallelism mesh, 2 on the members' in logs[0]
+  one = tmp_path / 'one_host'
+  single = subprocess.run(
+      [sys.executable, '-m', 'digits_jax.main', *common, f'--workdir={one}'],
+      cwd=ROOT, env=dict(env, XLA_FLAGS=(
+          '--xla_force_host_platform_device_count=2')),
+      capture_output=True, text=True, timeout=600, check=False)
+  assert single.returncode == 0, single.stderr[-3000:]
+  from configs import tiny
+  config = tiny.get_config()
+  config.num_models = 2
+  step_a, state_a = latest_checkpoint(config, str(two))
+  step_b, state_b = latest_checkpoint(config, str(one))
+  assert step_a == step_b == 20
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-5)

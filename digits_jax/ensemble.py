@@ -88,9 +88,10 @@ class Members:
     return jax.vmap(lambda s, loss: optim.report_epoch(s, loss, config))(
         opt_state, jnp.asarray(val_losses, jnp.float32))
 
-  def step(self, state: steps.TrainState) -> int:
-    """The training step (the members all take the same steps)."""
-    return int(jax.device_get(state.step).reshape(-1)[0])
+  def step(self, step: np.ndarray) -> int:
+    """The training step of a host copy of `state.step` (the members all
+    take the same steps)."""
+    return int(np.asarray(step).reshape(-1)[0])
 
   def unstack(self, tree) -> list:
     """The members' trees, one per member ([tree] for K = 1)."""

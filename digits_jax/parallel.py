@@ -98,10 +98,14 @@ class DataParallel:
     if self.host_fed:
       # Every process holds the same values; each places its devices' part.
       def place(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+          # Keys travel as their raw data.
+          return jax.random.wrap_key_data(
+              place(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding,
                                             lambda index: x[index])
-      return jax.tree.map(place, jax.device_get(tree))
+      return jax.tree.map(place, tree)
     return jax.device_put(tree, sharding)
 
   def replicate(self, tree):
@@ -184,8 +188,13 @@ class DataParallel:
         out_shardings=(state, self._metrics_sharding),
         donate_argnums=(0,), compiler_options=compiler_options)
 
-  def metrics_to_host(self, metrics):
-    return jax.device_get(self.unreplicate(metrics))
+  def to_host(self, tree):
+    """Host copies of values on the devices (train state, metrics), whole:
+    an ensemble's members spread over several hosts are gathered."""
+    if self.host_fed and self.ensemble:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(self.unreplicate(tree))
 
 
 def initialize_distributed(config) -> None:

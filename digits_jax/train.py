@@ -165,7 +165,7 @@ def train_and_evaluate(config, workdir: str,
                        devices.shard_batch_indices(batch_indices), train_key)
 
   writer = MetricsWriter(workdir) if jax.process_index() == 0 else None
-  step = members.step(devices.unreplicate(state))
+  step = members.step(devices.to_host(state.step))
   stop_signal = interruption.StopSignal(step)
   try:
     while step < total_steps:
@@ -184,7 +184,7 @@ def train_and_evaluate(config, workdir: str,
         count = min(steps_per_dispatch, epoch_end - step)
         state, metrics = run_steps(state, batches[offset:offset + count])
         # One host sync per dispatch.
-        metrics = devices.metrics_to_host(metrics)
+        metrics = devices.to_host(metrics)
         # Per step (an ensemble's metrics are [steps, members]).
         finite = np.isfinite(metrics['loss']).reshape(count, -1).all(1)
         if not finite.all():
@@ -216,9 +216,9 @@ def train_and_evaluate(config, workdir: str,
         return {'interrupted_at_step': step}
       elapsed = time.perf_counter() - start
 
+      host_state = devices.to_host(state)
       val = evaluation.ensemble_report(
-          evaluator.member_logits(devices.unreplicate(state),
-                                  splits.val_images, members),
+          evaluator.member_logits(host_state, splits.val_images, members),
           splits.val_labels)
       member_val = val.get('members', [val])
       # The rate each member ended this epoch with (the plateau's, before
@@ -226,8 +226,7 @@ def train_and_evaluate(config, workdir: str,
       member_rates = [
           optim.current_learning_rate(opt_state, step - 1, config,
                                       total_steps)
-          for opt_state in members.unstack(
-              jax.device_get(devices.unreplicate(state.opt_state)))]
+          for opt_state in members.unstack(host_state.opt_state)]
       learning_rate = float(np.mean(member_rates))
       losses = [m['loss'] for m in member_val]
       state = state.replace(opt_state=members.report_epoch(

@@ -37,7 +37,7 @@ def run(devices: parallel.DataParallel, images, labels, batches):
   hlo = chunk.lower(*args).compile().as_text() if devices.mode == 'mesh' else ''
   state, metrics = chunk(*args)
   return (jax.device_get(devices.unreplicate(state)),
-          devices.metrics_to_host(metrics), hlo)
+          devices.to_host(metrics), hlo)
 
 
 def max_difference(a, b):

@@ -37,9 +37,12 @@ def test_members_trained_together_equal_single_runs_with_their_seeds(
     backend, tiny_config, tmp_path):
   """The CPU's form (members side by side) and the accelerators' (vmap, run
   here on the CPU through Platform('gpu')) against two single runs on the
-  same platform: after 4 steps with Adam, a wrong key, data order or
-  plateau would move the parameters by ~1e-3; float32 rounding leaves
-  ~1e-7."""
+  same platform. After 4 steps with Adam, a wrong key, data order or
+  plateau moves most parameters by ~1e-3 (Adam's step is about the learning
+  rate whatever the gradient). Float32 rounding (vmap's grouped
+  convolutions sum in another order) leaves ~1e-7 on almost every
+  parameter, and up to ~1e-4 on the few whose gradients are near zero,
+  where Adam magnifies the last bits; the data-parallel tests allow 3e-4."""
   platform = platform_lib.Platform(backend)
   single_runs = [_train(tiny_config, tmp_path / f'seed{seed}', platform,
                         num_train_steps=4, seed=seed)[1] for seed in (0, 1)]
@@ -50,8 +53,9 @@ def test_members_trained_together_equal_single_runs_with_their_seeds(
   for i, single in enumerate(single_runs):
     member = ensemble.member_of(ensemble_state, i)
     for a, b in zip(jax.tree.leaves(member), jax.tree.leaves(single)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5,
-                                 rtol=1e-5)
+      difference = np.abs(np.asarray(a, np.float64) - np.asarray(b))
+      assert difference.max() < 3e-4
+      assert (difference > 1e-5).mean() < 0.01
   # And the two members did train differently.
   first = ensemble.member_of(ensemble_state.params, 0)['conv1']['kernel']
   second = ensemble.member_of(ensemble_state.params, 1)['conv1']['kernel']

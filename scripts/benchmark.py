@@ -25,6 +25,8 @@ instead of the reference comparison. `--steps` is then the model steps per
 dispatch, shared by the members as the trainer does.
 """
 
+from __future__ import annotations
+
 import functools
 import json
 import os

@@ -55,7 +55,7 @@ def test_members_trained_together_equal_single_runs_with_their_seeds(
     for a, b in zip(jax.tree.leaves(member), jax.tree.leaves(single)):
       difference = np.abs(np.asarray(a, np.float64) - np.asarray(b))
       assert difference.max() < 3e-4
-      assert (difference > 1e-5).mean() < 0.01
+      assert (difference > 1e-4).mean() < 0.01
   # And the two members did train differently.
   first = ensemble.member_of(ensemble_state.params, 0)['conv1']['kernel']
   second = ensemble.member_of(ensemble_state.params, 1)['conv1']['kernel']

@@ -20,7 +20,7 @@ from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-imp
 from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
-from same_model import max_difference  # pylint: disable=g-import-not-at-top,wrong-import-position
+from same_model import float_drift, max_difference  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_MODELS, STEPS, BATCH = 4, 3, 32
 
@@ -63,8 +63,8 @@ def main():
       state, metrics, hlo = run(
           devices, ensemble.Members(NUM_MODELS, vmapped), images, labels)
       results[f'{"vmap" if vmapped else "side_by_side"}_{member_devices}'] = {
-          'params': max_difference(state.params, one.params),
-          'batch_stats': max_difference(state.batch_stats, one.batch_stats),
+          'params': float_drift(state.params, one.params),
+          'batch_stats': float_drift(state.batch_stats, one.batch_stats),
           'loss': max_difference(metrics['loss'], one_metrics['loss']),
           'loss_shape': list(np.shape(metrics['loss'])),
           'all_gather': hlo.count(' all-gather('),

@@ -49,7 +49,7 @@ TRAIN = 'tests/test_train.py::'
 MODELS = 'tests/test_models.py::'
 DATA = 'tests/test_input_pipeline.py::'
 CKPT = 'tests/test_checkpoint.py::'
-PRED = 'tests/test_predict.py::'
+DIGIT_IMAGE = 'tests/test_digit_image.py::'
 
 RECIPE = OPT + 'test_the_optimizer_chain_equals_a_hand_written_keras_recipe'
 L2_LAYERS = OPT + 'test_l2_reaches_exactly_conv1_and_conv3_kernels_of_the_real_model'
@@ -73,8 +73,8 @@ BUILD = MODELS + 'test_train_build_passes_the_config_to_the_model_and_preprocess
 SPLITS = DATA + 'test_splits_are_fixed_disjoint_and_seeded'
 SHA = DATA + 'test_each_of_the_four_idx_files_is_checked'
 BEST = CKPT + 'test_the_best_checkpoint_is_the_highest_validation_accuracy'
-TO_MNIST = PRED + 'test_to_mnist_inverts_fits_20x20_and_centres_by_mass'
-ROUND_TRIP = PRED + 'test_to_mnist_gives_back_real_mnist_digits'
+TO_MNIST = DIGIT_IMAGE + 'test_to_mnist_inverts_fits_20x20_and_centres_by_mass'
+ROUND_TRIP = DIGIT_IMAGE + 'test_to_mnist_gives_back_real_mnist_digits'
 PLATFORM = ('tests/test_platform.py::'
             'test_accelerators_keep_xlas_defaults_and_a_rolled_scan')
 EXPORT = ('tests/test_export.py::'
@@ -225,16 +225,28 @@ MUTATIONS = (
        'return logits.astype(jnp.float32)', [EXPORT],
        'the served model answers logits, not probabilities'),
     # Predict's preprocessing.
-    _m('predict_box_28', 'digits_jax/predict.py',
+    _m('predict_box_28', 'digits_jax/digit_image.py',
        'scale = 20.0 / max(digit.shape)', 'scale = 28.0 / max(digit.shape)',
        [TO_MNIST, ROUND_TRIP], 'digits larger than MNIST\'s 20x20 box'),
-    _m('predict_centre_axes_swapped', 'digits_jax/predict.py',
+    _m('predict_centre_axes_swapped', 'digits_jax/digit_image.py',
        'top = int(np.clip(round(14 - com_y)',
        'top = int(np.clip(round(14 - com_x)', [ROUND_TRIP],
        'digits placed off-centre'),
-    _m('predict_never_inverts', 'digits_jax/predict.py',
-       'if np.median(border(gray)) > 127:', 'if np.median(border(gray)) > 255:',
-       [TO_MNIST, ROUND_TRIP], 'dark ink on white paper read as blank'),
+    _m('predict_polarity_flipped', 'digits_jax/digit_image.py',
+       'return on_border < 0.5', 'return on_border > 0.5',
+       [TO_MNIST, ROUND_TRIP], 'dark ink on white paper read as paper'),
+    _m('predict_specks_kept', 'digits_jax/digit_image.py',
+       'return largest\n', 'return mask\n',
+       [DIGIT_IMAGE + 'test_specks_away_from_the_digit_are_ignored'],
+       'a speck on the page shrinks and shifts the digit'),
+    _m('predict_several_marks_guessed', 'digits_jax/digit_image.py',
+       'if len(digit_sized) > 1:', 'if len(digit_sized) > 9:',
+       [DIGIT_IMAGE + 'test_several_digit_sized_marks_are_refused'],
+       'an image of two digits predicted as one'),
+    _m('predict_grain_is_ink', 'digits_jax/digit_image.py',
+       'MIN_INK_CONTRAST = 32', 'MIN_INK_CONTRAST = 0',
+       [DIGIT_IMAGE + 'test_paper_without_a_digit_is_blank'],
+       'a blank grainy page predicted as a digit'),
 )
 
 

@@ -4,7 +4,7 @@ checkpoint on variations of the official test digits, next to the plain ones.
 Each variation renders MNIST test digits the way a photo, scan or crop of
 handwriting looks (tight crops, margins, polarity, coloured ink, shading,
 JPEG, stroke width, scale, rotation, transparency), goes through the same
-`predict.to_mnist` as image files do, and is predicted by the best
+`digit_image.to_mnist` as image files do, and is predicted by the best
 checkpoint in --workdir (an ensemble predicts with all its members):
 
   python scripts/predict_robustness.py --config=configs/fast.py \
@@ -167,7 +167,7 @@ def main(argv):
   from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   from digits_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from digits_jax import predict  # pylint: disable=g-import-not-at-top
+  from digits_jax import digit_image  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   config.max_test_examples = _NUM_DIGITS.value
   splits = input_pipeline.load_splits(config)
@@ -186,8 +186,8 @@ def main(argv):
     images, refused = [], 0
     for digit in digits:
       try:
-        images.append(predict.to_mnist(make(digit)))
-      except predict.ImageError:
+        images.append(digit_image.to_mnist(make(digit)))
+      except digit_image.ImageError:
         refused += 1
         images.append(None)
     kept = [i for i, image in enumerate(images) if image is not None]

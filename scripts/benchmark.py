@@ -45,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -111,49 +112,6 @@ class ReferenceImprovedLeNet(nn.Module):
                     name='logits')(x)
 
 
-def ensemble_path(config, images, labels, batch, num_models, vmapped,
-                  steps) -> Timed:
-  """The trainer's step over `num_models` members (ensemble.py), `steps`
-  model steps per dispatch shared by the members."""
-  from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
-  config = config.copy_and_resolve_references()
-  config.num_models = num_models
-  platform = platform_lib.current(_CONV_IMPL.value)
-  model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6}, platform=platform)
-  members = ensemble.Members(num_models, vmapped)
-  init_key, shuffle_key, train_key = members.keys(0)
-  state = members.create_train_state(model, tx, init_key, config.input_size)
-  step_fn = members.train_step(
-      recipe.train_step_fn(config, model, tx, preprocess))
-  dispatch = max(1, steps // num_models)
-  chunk = jax.jit(functools.partial(steps_lib.scan_train_steps, step_fn,
-                                    unroll=platform.unroll_scan),
-                  donate_argnums=(0,),
-                  compiler_options=platform.compiler_options)
-  images, labels = jax.device_put(images), jax.device_put(labels)
-  start = time.perf_counter()
-  first = members.epoch_batches(shuffle_key, 0, len(images), batch)[:dispatch]
-  compiled = chunk.lower(state, images, labels, first, train_key).compile()
-  compile_s = time.perf_counter() - start
-  holder = {'state': state, 'epoch': 0}
-
-  def window():
-    holder['epoch'] += 1
-    indices = members.epoch_batches(shuffle_key, holder['epoch'],
-                                    len(images), batch)[:dispatch]
-    indices.block_until_ready()
-    begin = time.perf_counter()
-    holder['state'], metrics = compiled(holder['state'], images, labels,
-                                        indices, train_key)
-    jax.device_get(metrics)
-    # Normalized to one member step, whatever the dispatch holds.
-    return (time.perf_counter() - begin) / dispatch
-
-  window()  # Warm-up.
-  return Timed(compile_s, None, window)
-
-
 def ensembles(config, images, labels, batch, windows):
   """Images/s per member for each K of --num_models, both forms."""
   sizes = sorted({int(k) for k in _NUM_MODELS.value})
@@ -162,14 +120,14 @@ def ensembles(config, images, labels, batch, windows):
     for vmapped in ((True,) if k == 1 else (False, True)):
       name = f'K={k}' + ('' if k == 1 else
                          (' vmap' if vmapped else ' side by side'))
-      timed[name] = (k, ensemble_path(config, images, labels, batch, k,
-                                      vmapped, _STEPS.value))
+      timed[name] = (k, trainer_path(config, images, labels, batch,
+                                     _STEPS.value,
+                                     ensemble.Members(k, vmapped)))
   for _ in range(windows):
     for _, path in timed.values():
       path.times.append(path.window())
-  # Seconds per step of all members -> images/s per member.
-  rates = {name: batch / statistics.median(path.times)
-           for name, (k, path) in timed.items()}
+  rates = {name: path.steps * batch / statistics.median(path.times)
+           for name, (k, path) in timed.items()}  # Images/s per member.
   base = rates.get('K=1')
   device = jax.devices()[0]
   print(f'device: {device.platform} {device.device_kind} x'
@@ -214,39 +172,53 @@ def _flops(compiled) -> float:
 
 class Timed:
   """A compiled training path: its compile time, FLOPs per image (None where
-  XLA's count would be wrong), and `window()`, which trains `steps` steps and
-  returns the seconds taken."""
+  XLA's count would be wrong), and `window()`, which trains `steps` steps
+  (of every member) and returns the seconds taken."""
 
-  def __init__(self, compile_s, flops_per_image, window):
+  def __init__(self, compile_s, flops_per_image, window, steps):
     self.compile_s = compile_s
     self.flops_per_image = flops_per_image
     self.window = window
+    self.steps = steps
     self.times = []
 
 
-def digits_jax_path(config, images, labels, batch, steps) -> Timed:
-  state, step_fn = _setup(config)
+def trainer_path(config, images, labels, batch, steps,
+                 members: ensemble.Members = ensemble.Members()) -> Timed:
+  """The trainer's step over `members` (one model by default), compiled as
+  platform.py decides for this backend and --conv_impl: the dataset on the
+  device, `steps` model steps per dispatch under lax.scan (shared by the
+  members, as the trainer shares them), donated state, metrics read back
+  once per dispatch."""
+  config = config.copy_and_resolve_references()
+  config.num_models = members.num_models
   platform = platform_lib.current(_CONV_IMPL.value)
+  model, tx, preprocess = recipe.build(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6}, platform=platform)
+  init_key, shuffle_key, train_key = members.keys(0)
+  state = members.create_train_state(model, tx, init_key, config.input_size)
+  step_fn = members.train_step(
+      recipe.train_step_fn(config, model, tx, preprocess))
+  dispatch = max(1, steps // members.num_models)
   chunk = jax.jit(functools.partial(steps_lib.scan_train_steps, step_fn,
                                     unroll=platform.unroll_scan),
                   donate_argnums=(0,),
                   compiler_options=platform.compiler_options)
-  key = jax.random.key(1)
   images, labels = jax.device_put(images), jax.device_put(labels)
   start = time.perf_counter()
-  first = steps_lib.epoch_batches(key, 0, len(images), batch)[:steps]
-  compiled = chunk.lower(state, images, labels, first, key).compile()
+  first = members.epoch_batches(shuffle_key, 0, len(images), batch)[:dispatch]
+  compiled = chunk.lower(state, images, labels, first, train_key).compile()
   compile_s = time.perf_counter() - start
   holder = {'state': state, 'epoch': 0}
 
   def window():
     holder['epoch'] += 1
-    indices = steps_lib.epoch_batches(key, holder['epoch'], len(images),
-                                      batch)[:steps]
+    indices = members.epoch_batches(shuffle_key, holder['epoch'],
+                                    len(images), batch)[:dispatch]
     indices.block_until_ready()
     begin = time.perf_counter()
     holder['state'], metrics = compiled(holder['state'], images, labels,
-                                        indices, key)
+                                        indices, train_key)
     jax.device_get(metrics)  # One read-back per dispatch.
     return time.perf_counter() - begin
 
@@ -255,7 +227,7 @@ def digits_jax_path(config, images, labels, batch, steps) -> Timed:
   # program's steps run in one (the scan is unrolled only on CPU): its count
   # would be too low there. The model's FLOPs come from the reference's
   # program instead (see main).
-  return Timed(compile_s, None, window)
+  return Timed(compile_s, None, window, dispatch)
 
 
 def reference_path(config, images, labels, batch, steps) -> Timed:
@@ -282,7 +254,7 @@ def reference_path(config, images, labels, batch, steps) -> Timed:
     return time.perf_counter() - begin
 
   window()  # Warm-up.
-  return Timed(compile_s, _flops(compiled) / batch, window)
+  return Timed(compile_s, _flops(compiled) / batch, window, steps)
 
 
 def _peak_rss_mb() -> float:
@@ -304,7 +276,7 @@ def main(argv):
     return
 
   matmul = matmul_gflops()
-  paths = {'digits_jax': digits_jax_path(config, images, labels, batch, steps),
+  paths = {'digits_jax': trainer_path(config, images, labels, batch, steps),
            'reference': reference_path(config, images, labels, batch, steps)}
   # Windows alternate between the two paths, so that a change in the
   # machine's speed during the run (common on shared VMs) touches both.
@@ -316,7 +288,7 @@ def main(argv):
   flops_per_image = paths['reference'].flops_per_image
   results = {}
   for name, path in paths.items():
-    images_per_sec = steps * batch / statistics.median(path.times)
+    images_per_sec = path.steps * batch / statistics.median(path.times)
     results[name] = {
         'images_per_sec': images_per_sec, 'compile_s': path.compile_s,
         'gflops': images_per_sec * flops_per_image / 1e9}

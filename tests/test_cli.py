@@ -189,3 +189,19 @@ def test_benchmark_script_reports_its_figures_as_a_json_last_line():
   assert report['ratio'] == pytest.approx(
       report['images_per_sec'] / report['reference_images_per_sec'],
       rel=1e-2)
+
+
+def test_benchmark_times_ensembles_in_both_forms_against_one_model():
+  result = subprocess.run(
+      [sys.executable, 'scripts/benchmark.py', '--model=lenet5', '--batch=16',
+       '--steps=4', '--windows=1', '--num_models=1,2'], cwd=ROOT,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])['ensembles']
+  assert set(report) == {'K=1', 'K=2 side by side', 'K=2 vmap'}
+  assert report['K=1']['per_member_vs_k1'] == 1.0
+  for name, r in report.items():
+    assert r['images_per_sec_per_member'] > 0, name
+    assert r['per_member_vs_k1'] == pytest.approx(
+        r['images_per_sec_per_member']
+        / report['K=1']['images_per_sec_per_member'], rel=1e-2), name

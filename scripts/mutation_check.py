@@ -193,7 +193,7 @@ MUTATIONS = (
     _m('split_ignores_its_seed', 'digits_jax/input_pipeline.py',
        'np.random.default_rng(config.split_seed)', 'np.random.default_rng(0)',
        [SPLITS], 'config.split_seed ignored'),
-    _m('one_idx_file_unchecked', 'digits_jax/input_pipeline.py',
+    _m('one_idx_file_unchecked', 'digits_jax/mnist_files.py',
        'for name, expected in IDX_SHA256.items():',
        'for name, expected in list(IDX_SHA256.items())[:3]:', [SHA],
        'a corrupt label file accepted'),

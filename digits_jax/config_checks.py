@@ -40,7 +40,7 @@ def _check_types(config) -> None:
   for name in ('learning_rate', 'min_learning_rate', 'warmup_fraction',
                'adam_b1', 'adam_b2', 'adam_eps', 'l2', 'plateau_factor',
                'plateau_min_delta', 'rotation_degrees', 'zoom_range',
-               'dropout_rate',
+               'dropout_rate', 'bag_fraction',
                'shift_range'):
     _require(_is_number(config[name]),
              f'config.{name}={config[name]!r} must be a number')
@@ -104,6 +104,9 @@ def validate(config) -> None:
                'warmup_fraction'):
     _require(0 <= config[name] < 1,
              f'config.{name}={config[name]!r} must be in [0, 1)')
+  _require(0 < config.bag_fraction <= 1,
+           f'config.bag_fraction={config.bag_fraction!r} is the fraction of '
+           'the training split each run trains on: it must be in (0, 1]')
   _require(0 <= config.rotation_degrees <= 180,
            f'config.rotation_degrees={config.rotation_degrees!r} must be in '
            '[0, 180]')

@@ -72,11 +72,12 @@ class Members:
     return side_by_side
 
   def epoch_batches(self, shuffle_key, epoch: int, num_examples: int,
-                    batch_size: int) -> jax.Array:
+                    batch_size: int, bag_size: int | None = None
+                    ) -> jax.Array:
     """The epoch's example indices: [steps, B], or [steps, K, B] with each
-    member's own order."""
+    member's own order (and, with `bag_size`, its own bag)."""
     order = lambda key: steps.epoch_batches(key, epoch, num_examples,
-                                            batch_size)
+                                            batch_size, bag_size)
     if not self.stacked:
       return order(shuffle_key)
     return jnp.swapaxes(jax.vmap(order)(shuffle_key), 0, 1)

@@ -135,15 +135,39 @@ def _scan(body, state, xs, unroll: bool):
   return jax.lax.scan(body, state, xs, unroll=unroll)
 
 
+# The data that `fold_in` mixes into the shuffle key for a run's bag: no
+# epoch number ever reaches it, so the bag is independent of every epoch's
+# order.
+_BAG_STREAM = 2**32 - 1
+
+
+def bag(key: jax.Array, num_examples: int, bag_size: int) -> jax.Array:
+  """The examples a run trains on: `bag_size` of the `num_examples`, drawn
+  without replacement from the shuffle `key`, in index order. An ensemble's
+  members draw from their own keys, so each sees its own part of the data
+  (bagging, as in subsampled bootstrap aggregation)."""
+  permutation = jax.random.permutation(jax.random.fold_in(key, _BAG_STREAM),
+                                       num_examples)
+  return jnp.sort(permutation[:bag_size])
+
+
 def epoch_batches(key: jax.Array, epoch: int, num_examples: int,
-                  batch_size: int) -> jax.Array:
+                  batch_size: int, bag_size: int | None = None) -> jax.Array:
   """This epoch's shuffled example indices as [steps_per_epoch, batch_size].
 
-  The remainder that does not fill a batch is left out of this epoch (a
+  With `bag_size` < `num_examples`, the epoch goes once over the run's
+  `bag` (the same bag every epoch); without, over all examples. The
+  remainder that does not fill a batch is left out of this epoch (a
   different remainder each epoch).
   """
-  steps = num_examples // batch_size
-  order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  if bag_size is None or bag_size == num_examples:
+    examples, size = None, num_examples
+  else:
+    examples, size = bag(key, num_examples, bag_size), bag_size
+  steps = size // batch_size
+  order = jax.random.permutation(jax.random.fold_in(key, epoch), size)
+  if examples is not None:
+    order = examples[order]
   return order[:steps * batch_size].reshape(steps, batch_size)
 
 

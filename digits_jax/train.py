@@ -97,10 +97,13 @@ def train_and_evaluate(config, workdir: str,
   splits = input_pipeline.load_splits(config)
   data_stats = {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std}
   num_train = len(splits.train_images)
-  steps_per_epoch = num_train // config.batch_size
+  # Each run (each ensemble member) trains on its own bag of the training
+  # split; all of it by default.
+  bag_size = round(config.bag_fraction * num_train)
+  steps_per_epoch = bag_size // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f'config.batch_size={config.batch_size} is larger than '
-                    f'the {num_train} training images; lower it')
+                    f'the {bag_size} training images of each run; lower it')
   total_steps = steps_per_epoch * config.num_epochs
   if config.num_train_steps > 0:
     total_steps = min(total_steps, config.num_train_steps)
@@ -172,7 +175,7 @@ def train_and_evaluate(config, workdir: str,
       epoch = step // steps_per_epoch
       epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
       batches = members.epoch_batches(shuffle_key, epoch, num_train,
-                                      config.batch_size)
+                                      config.batch_size, bag_size)
       train_metrics = []
       start = time.perf_counter()
       images_done = 0

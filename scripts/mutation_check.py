@@ -66,6 +66,7 @@ STEP_RANDOMNESS = TRAIN + 'test_each_step_draws_its_randomness_from_fold_in_of_t
 EVAL_ORDER = TRAIN + 'test_evaluator_returns_the_logits_of_each_image_in_order'
 REPORT = TRAIN + 'test_classification_report'
 EPOCH_ORDER = TRAIN + 'test_epoch_batches_are_a_seeded_permutation'
+BAG = TRAIN + 'test_a_bag_is_a_seeded_subset_that_every_epoch_goes_over_once'
 BATCHNORM = MODELS + 'test_batchnorm_uses_kerass_momentum_and_epsilon'
 DROPOUT_RATE = MODELS + 'test_dropout_zeroes_the_rate_and_rescales_the_rest'
 DROPOUT_PLACES = MODELS + 'test_dropout_sits_after_each_conv_block_and_after_fc3'
@@ -198,9 +199,12 @@ MUTATIONS = (
        'for name, expected in list(IDX_SHA256.items())[:3]:', [SHA],
        'a corrupt label file accepted'),
     _m('epochs_share_one_order', 'digits_jax/steps.py',
-       'jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)',
-       'jax.random.permutation(key, num_examples)', [EPOCH_ORDER],
+       'jax.random.permutation(jax.random.fold_in(key, epoch), size)',
+       'jax.random.permutation(key, size)', [EPOCH_ORDER],
        'every epoch the same batches'),
+    _m('bag_ignored', 'digits_jax/steps.py',
+       'order = examples[order]', 'order = order', [BAG],
+       'a bagged run trains on its first images, not its bag'),
     # Evaluation and the best checkpoint.
     _m('evaluator_last_rows', 'digits_jax/evaluation.py',
        'return np.asarray(self._logits(variables, images))[:n]',

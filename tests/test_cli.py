@@ -83,6 +83,8 @@ def test_a_run_prints_little_besides_its_epoch_lines(cli_run):
                                         'whole epoch']),
     ('--config.compute_dtype=float16', ["config.compute_dtype='float16'"]),
     ('--config.augment=maybe', ['config.augment', 'maybe']),
+    ('--config.bag_fraction=0.0', ['config.bag_fraction=0.0', '(0, 1]']),
+    ('--config.bag_fraction=1.5', ['config.bag_fraction=1.5', '(0, 1]']),
 ])
 def test_bad_config_values_fail_in_one_line(tmp_path, override, fragments):
   result = run_cli('--config=configs/tiny.py', f'--workdir={tmp_path}/w',

@@ -23,6 +23,7 @@ from digits_jax import ensemble
 from digits_jax import evaluation
 from digits_jax import optim
 from digits_jax import platform as platform_lib
+from digits_jax import steps
 from digits_jax import train
 
 
@@ -71,6 +72,31 @@ def test_each_members_plateau_follows_its_own_validation_loss():
     state = members.report_epoch(state, losses, config)
   np.testing.assert_allclose(state.scale, [1.0, 0.2])
   np.testing.assert_allclose(state.best_loss, [0.8, 1.0])
+
+
+def test_each_member_trains_on_the_bag_its_single_run_trains_on(
+    tiny_config, tmp_path):
+  members = ensemble.Members(num_models=3, vmapped=False)
+  _, shuffle_keys, _ = members.keys(5)
+  batches = np.asarray(members.epoch_batches(shuffle_keys, 2, 200, 10,
+                                             bag_size=100))
+  assert batches.shape == (10, 3, 10)
+  bags = []
+  for i in range(3):
+    _, single_key, _ = ensemble.Members().keys(5 + i)
+    np.testing.assert_array_equal(
+        batches[:, i], steps.epoch_batches(single_key, 2, 200, 10,
+                                           bag_size=100))
+    bags.append(set(batches[:, i].ravel()))
+  # Each member its own part of the data (two random halves of 200 share
+  # about 50 images).
+  assert all(len(a & b) < 80 for a in bags for b in bags if a is not b)
+
+  # And the loop takes an epoch to be one pass over each member's bag:
+  # tiny's 1,000 training images, half of them, in batches of 50.
+  step, _ = _train(tiny_config, tmp_path / 'bagged', num_epochs=1,
+                   num_models=2, bag_fraction=0.5)
+  assert step == 10
 
 
 @pytest.fixture(scope='module')

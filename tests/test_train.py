@@ -80,6 +80,27 @@ def test_epoch_batches_are_a_seeded_permutation():
   assert not np.array_equal(a, c)
 
 
+def test_a_bag_is_a_seeded_subset_that_every_epoch_goes_over_once():
+  key = jax.random.key(0)
+  bag = np.asarray(steps.bag(key, 103, 60))
+  assert len(set(bag)) == 60 and bag.min() >= 0 and bag.max() < 103
+  np.testing.assert_array_equal(bag, np.sort(bag))
+  epochs = [np.asarray(steps.epoch_batches(key, epoch, 103, 10, bag_size=60))
+            for epoch in (0, 1)]
+  for batches in epochs:
+    assert batches.shape == (6, 10)
+    # The whole bag, once, in an order of the epoch's own.
+    np.testing.assert_array_equal(np.sort(batches.ravel()), bag)
+  assert not np.array_equal(epochs[0], epochs[1])
+  # Another key draws another bag.
+  other = np.asarray(steps.bag(jax.random.key(1), 103, 60))
+  assert len(set(bag) & set(other)) < 60
+  # A bag of everything is no bag: the epochs are what they were.
+  np.testing.assert_array_equal(
+      steps.epoch_batches(key, 3, 103, 10, bag_size=103),
+      steps.epoch_batches(key, 3, 103, 10))
+
+
 def test_classification_report():
   logits = np.log(np.array([[0.7, 0.2, 0.1] + [1e-9] * 7,
                             [0.1, 0.8, 0.1] + [1e-9] * 7,

@@ -30,6 +30,11 @@ def get_config():
   config.rotation_degrees = 10.0
   config.zoom_range = 0.1
   config.shift_range = 0.1
+  # Not in the article: Simard et al. (2003)'s elastic distortion, a random
+  # displacement field smoothed by a Gaussian of elastic_sigma pixels and
+  # scaled by elastic_alpha (0: off; they used 34 and 4 at 29x29).
+  config.elastic_alpha = 0.0
+  config.elastic_sigma = 4.0
 
   # Which library runs the convolutions (digits_jax/platform.py): 'auto'
   # (Eigen on CPU, measured faster than XLA's default YNNPACK, with the

@@ -3,7 +3,10 @@
 The article uses Keras' ImageDataGenerator (rotation 10 degrees, zoom 0.1,
 width and height shift 0.1). Here the same transforms are composed into one
 affine map per image and applied inside the compiled train step, so
-augmentation costs no host time and needs no host-side RNG.
+augmentation costs no host time and needs no host-side RNG. Optionally an
+elastic distortion (Simard, Steinkraus and Platt, 2003: a smoothed random
+displacement per pixel) bends the strokes as different hands would, in the
+same sampling pass.
 
 Conventions: images are [B, H, W] (raw pixel values, background 0, which is
 also what falls in from outside the image). Angles are radians, positive
@@ -48,12 +51,17 @@ def _bilinear_sample(image, src_y, src_x):
           + wy * (1 - wx) * tap(y0 + 1, x0) + wy * wx * tap(y0 + 1, x0 + 1))
 
 
-def _warp_one(image, angle, zoom_x, zoom_y, shift_x, shift_y):
+def _warp_one(image, angle, zoom_x, zoom_y, shift_x, shift_y,
+              displacement=None):
   height, width = image.shape
   cy, cx = (height - 1) / 2, (width - 1) / 2
   out_y, out_x = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
                               jnp.arange(width, dtype=jnp.float32),
                               indexing='ij')
+  if displacement is not None:
+    # The elastic part: each output pixel first looks `displacement` pixels
+    # away, then the affine map takes that point back into the source.
+    out_y, out_x = out_y + displacement[0], out_x + displacement[1]
   # Walk each output pixel back to where it comes from: undo the shift, the
   # rotation, then the zoom.
   y, x = out_y - cy - shift_y, out_x - cx - shift_x
@@ -62,10 +70,38 @@ def _warp_one(image, angle, zoom_x, zoom_y, shift_x, shift_y):
   return _bilinear_sample(image, y / zoom_y + cy, x / zoom_x + cx)
 
 
-def affine_warp(images: jax.Array, params: AffineParams) -> jax.Array:
-  """Warps each image of [B, H, W] by its own parameters."""
-  warped = jax.vmap(_warp_one)(images.astype(jnp.float32), *params)
+def affine_warp(images: jax.Array, params: AffineParams,
+                displacements: jax.Array | None = None) -> jax.Array:
+  """Warps each image of [B, H, W] by its own parameters, and by its own
+  elastic `displacements` [B, 2, H, W] (y, x in pixels) when given."""
+  images_f32 = images.astype(jnp.float32)
+  if displacements is None:
+    warped = jax.vmap(_warp_one)(images_f32, *params)
+  else:
+    warped = jax.vmap(_warp_one)(images_f32, *params, displacements)
   return warped.astype(images.dtype)
+
+
+def _gaussian_smoothing(size: int, sigma: float) -> jax.Array:
+  """[size, size]: row i averages a line with Gaussian weights around i,
+  renormalized where the window leaves the image (so the field keeps its
+  scale up to the edges)."""
+  positions = jnp.arange(size, dtype=jnp.float32)
+  weights = jnp.exp(-0.5 * ((positions[:, None] - positions[None, :]) /
+                            sigma) ** 2)
+  return weights / weights.sum(1, keepdims=True)
+
+
+def elastic_displacements(key: jax.Array, batch_size: int, image_size: int, *,
+                          alpha: float, sigma: float) -> jax.Array:
+  """Simard et al.'s elastic field, [B, 2, H, W] in pixels: uniform noise in
+  [-1, 1] per pixel and axis, smoothed by a Gaussian of `sigma` pixels (a
+  small sigma tears the strokes, a large one only shifts them) and scaled
+  by `alpha`. Separable smoothing as two small matmuls per field."""
+  noise = jax.random.uniform(key, (batch_size, 2, image_size, image_size),
+                             minval=-1.0, maxval=1.0)
+  smoothing = _gaussian_smoothing(image_size, sigma)
+  return alpha * jnp.einsum('ij,bajk,lk->bail', smoothing, noise, smoothing)
 
 
 def random_params(key: jax.Array, batch_size: int, image_size: int, *,

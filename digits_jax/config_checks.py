@@ -40,7 +40,8 @@ def _check_types(config) -> None:
   for name in ('learning_rate', 'min_learning_rate', 'warmup_fraction',
                'adam_b1', 'adam_b2', 'adam_eps', 'l2', 'plateau_factor',
                'plateau_min_delta', 'rotation_degrees', 'zoom_range',
-               'dropout_rate', 'bag_fraction',
+               'dropout_rate', 'bag_fraction', 'elastic_alpha',
+               'elastic_sigma',
                'shift_range'):
     _require(_is_number(config[name]),
              f'config.{name}={config[name]!r} must be a number')
@@ -104,6 +105,12 @@ def validate(config) -> None:
                'warmup_fraction'):
     _require(0 <= config[name] < 1,
              f'config.{name}={config[name]!r} must be in [0, 1)')
+  _require(config.elastic_alpha >= 0,
+           f'config.elastic_alpha={config.elastic_alpha!r} must be '
+           'non-negative (0: no elastic distortion)')
+  _require(config.elastic_sigma > 0,
+           f'config.elastic_sigma={config.elastic_sigma!r} must be positive '
+           '(pixels)')
   _require(0 < config.bag_fraction <= 1,
            f'config.bag_fraction={config.bag_fraction!r} is the fraction of '
            'the training split each run trains on: it must be in (0, 1]')

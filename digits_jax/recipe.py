@@ -42,7 +42,8 @@ def build(config, splits_or_meta, axis_name=None, total_steps: int = 0,
       pixel_mean=splits_or_meta['pixel_mean'],
       pixel_std=splits_or_meta['pixel_std'],
       rotation_degrees=config.rotation_degrees,
-      zoom_range=config.zoom_range, shift_range=config.shift_range)
+      zoom_range=config.zoom_range, shift_range=config.shift_range,
+      elastic_alpha=config.elastic_alpha, elastic_sigma=config.elastic_sigma)
   return model, tx, preprocess
 
 

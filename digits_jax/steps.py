@@ -21,6 +21,12 @@ from digits_jax import augment
 MNIST_SIZE = 28
 NUM_CLASSES = 10
 
+# What `fold_in` mixes into a key for a draw of its own beside the key's
+# main use: the shuffle key's bag beside each epoch's order (no epoch number
+# reaches it), the augmentation key's elastic field beside the affine
+# parameters (drawn from `split`s of that key).
+_SIDE_STREAM = 2**32 - 1
+
 
 class TrainState(struct.PyTreeNode):
   step: jax.Array
@@ -38,6 +44,9 @@ class Preprocess:
   rotation_degrees: float = struct.field(pytree_node=False, default=0.0)
   zoom_range: float = struct.field(pytree_node=False, default=0.0)
   shift_range: float = struct.field(pytree_node=False, default=0.0)
+  # 0: no elastic distortion (augment.elastic_displacements).
+  elastic_alpha: float = struct.field(pytree_node=False, default=0.0)
+  elastic_sigma: float = struct.field(pytree_node=False, default=4.0)
 
   def __call__(self, images, augment_key=None, axis_name=None):
     """Under pmap (`axis_name`), the augmentation is drawn for the global
@@ -53,11 +62,18 @@ class Preprocess:
           augment_key, local * shards, self.input_size,
           rotation_degrees=self.rotation_degrees, zoom_range=self.zoom_range,
           shift_range=self.shift_range)
+      displacements = None
+      if self.elastic_alpha:
+        displacements = augment.elastic_displacements(
+            jax.random.fold_in(augment_key, _SIDE_STREAM), local * shards,
+            self.input_size, alpha=self.elastic_alpha,
+            sigma=self.elastic_sigma)
       if axis_name is not None:
         start = jax.lax.axis_index(axis_name) * local
-        params = jax.tree.map(
-            lambda p: jax.lax.dynamic_slice_in_dim(p, start, local), params)
-      x = augment.affine_warp(x, params)
+        params, displacements = jax.tree.map(
+            lambda p: jax.lax.dynamic_slice_in_dim(p, start, local),
+            (params, displacements))
+      x = augment.affine_warp(x, params, displacements)
     return ((x - self.pixel_mean) / self.pixel_std)[..., None]
 
 
@@ -135,18 +151,12 @@ def _scan(body, state, xs, unroll: bool):
   return jax.lax.scan(body, state, xs, unroll=unroll)
 
 
-# The data that `fold_in` mixes into the shuffle key for a run's bag: no
-# epoch number ever reaches it, so the bag is independent of every epoch's
-# order.
-_BAG_STREAM = 2**32 - 1
-
-
 def bag(key: jax.Array, num_examples: int, bag_size: int) -> jax.Array:
   """The examples a run trains on: `bag_size` of the `num_examples`, drawn
   without replacement from the shuffle `key`, in index order. An ensemble's
   members draw from their own keys, so each sees its own part of the data
   (bagging, as in subsampled bootstrap aggregation)."""
-  permutation = jax.random.permutation(jax.random.fold_in(key, _BAG_STREAM),
+  permutation = jax.random.permutation(jax.random.fold_in(key, _SIDE_STREAM),
                                        num_examples)
   return jnp.sort(permutation[:bag_size])
 

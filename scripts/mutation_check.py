@@ -62,6 +62,7 @@ AUG_ORDER = AUG + 'test_preprocess_augments_the_padded_image_before_standardizin
 AUG_PAD = AUG + 'test_preprocess_pads_then_standardizes_a_known_image'
 AUG_RANGES = AUG + 'test_each_augmentation_parameter_alone_spans_its_range_on_both_sides'
 AUG_ROTATION = AUG + 'test_rotation_by_90_degrees_counter_clockwise'
+ELASTIC = AUG + 'test_the_elastic_field_is_smooth_centred_and_scaled_by_alpha'
 STEP_RANDOMNESS = TRAIN + 'test_each_step_draws_its_randomness_from_fold_in_of_the_step'
 EVAL_ORDER = TRAIN + 'test_evaluator_returns_the_logits_of_each_image_in_order'
 REPORT = TRAIN + 'test_classification_report'
@@ -132,6 +133,10 @@ MUTATIONS = (
        'zoom_y=uniform(keys[2], zoom_range, 1.0)',
        'zoom_y=uniform(keys[1], zoom_range, 1.0)', [AUG_RANGES],
        'zoom always uniform in x and y (Keras draws them apart)'),
+    _m('elastic_unsmoothed', 'digits_jax/augment.py',
+       'return weights / weights.sum(1, keepdims=True)',
+       'return jnp.eye(size)', [ELASTIC],
+       'an elastic field of independent pixels tears the strokes'),
     _m('rotation_sign', 'digits_jax/augment.py',
        'x, y = cos * x - sin * y, sin * x + cos * y',
        'x, y = cos * x + sin * y, -sin * x + cos * y', [AUG_ROTATION],

@@ -1,7 +1,13 @@
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from test_cli import ROOT
 
 from digits_jax import augment
 
@@ -138,3 +144,82 @@ def test_preprocess_augments_the_padded_image_before_standardizing():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Pure background (padding and outside) is exactly -mean / std.
   assert np.isclose(got, -33.0 / 78.0, atol=1e-6).mean() > 0.05
+
+
+# --------------------------------------------------------------------------
+# Elastic distortion (Simard et al., 2003).
+
+
+def test_a_constant_displacement_looks_that_many_pixels_away():
+  image = _dot_image(28, 10, 12)[None]
+  displacement = np.zeros((1, 2, 28, 28), np.float32)
+  displacement[0, 1] = 2.0  # Each output pixel looks 2 pixels to its right.
+  out = np.asarray(augment.affine_warp(
+      jnp.asarray(image), augment.AffineParams.identity(1),
+      jnp.asarray(displacement)))[0]
+  assert out[10, 10] == pytest.approx(255.0, abs=1e-3)
+  assert out.sum() == pytest.approx(255.0, abs=1e-2)
+
+
+def test_the_elastic_field_is_smooth_centred_and_scaled_by_alpha():
+  key = jax.random.key(0)
+  field = np.asarray(augment.elastic_displacements(key, 200, 28, alpha=1.0,
+                                                   sigma=4.0))
+  assert field.shape == (200, 2, 28, 28)
+  assert abs(field.mean()) < 0.01
+  # Smooth: neighbouring pixels move almost together; without smoothing
+  # (a tiny sigma) they would move independently.
+  def neighbour_correlation(f):
+    return np.corrcoef(f[..., :-1].ravel(), f[..., 1:].ravel())[0, 1]
+  assert neighbour_correlation(field) > 0.9
+  rough = np.asarray(augment.elastic_displacements(key, 200, 28, alpha=1.0,
+                                                   sigma=0.3))
+  assert neighbour_correlation(rough) < 0.3
+  # Each image and axis its own field; alpha scales it.
+  assert np.abs(field[0, 0] - field[1, 0]).max() > 0.05
+  assert np.abs(field[0, 0] - field[0, 1]).max() > 0.05
+  doubled = np.asarray(augment.elastic_displacements(key, 200, 28, alpha=2.0,
+                                                     sigma=4.0))
+  np.testing.assert_allclose(doubled, 2 * field, rtol=1e-5, atol=1e-6)
+
+
+def test_preprocess_adds_the_elastic_field_to_the_same_affine_draw():
+  from digits_jax import steps  # pylint: disable=g-import-not-at-top
+  images = jnp.asarray(np.random.default_rng(0).integers(
+      0, 256, (8, 28, 28)), jnp.uint8)
+  key = jax.random.key(3)
+  base = dict(input_size=32, pixel_mean=0.0, pixel_std=1.0,
+              rotation_degrees=10.0, zoom_range=0.1, shift_range=0.1)
+  affine_only = np.asarray(steps.Preprocess(**base)(images, key))
+  bent = np.asarray(steps.Preprocess(**base, elastic_alpha=30.0,
+                                     elastic_sigma=4.0)(images, key))
+  barely = np.asarray(steps.Preprocess(**base, elastic_alpha=1e-4,
+                                       elastic_sigma=4.0)(images, key))
+  assert np.abs(bent - affine_only).max() > 50
+  # The affine parameters are the same draw with or without the field.
+  np.testing.assert_allclose(barely, affine_only, atol=0.1)
+
+
+def test_under_pmap_each_device_gets_its_slice_of_the_global_draw():
+  """The elastic field, like the affine parameters, is drawn for the global
+  batch and sliced, so 8 devices augment as one does."""
+  script = '''
+import jax, numpy as np
+from digits_jax import steps
+pre = steps.Preprocess(input_size=32, pixel_mean=0.0, pixel_std=1.0,
+                       rotation_degrees=10.0, zoom_range=0.1,
+                       shift_range=0.1, elastic_alpha=30.0, elastic_sigma=4.0)
+images = np.random.default_rng(0).integers(0, 256, (16, 28, 28)).astype(np.uint8)
+key = jax.random.key(3)
+one = np.asarray(pre(images, key))
+eight = jax.pmap(lambda x, k: pre(x, k, 'batch'), axis_name='batch',
+                 in_axes=(0, None))(images.reshape(8, 2, 28, 28), key)
+print(float(np.abs(np.asarray(eight).reshape(one.shape) - one).max()))
+'''
+  result = subprocess.run(
+      [sys.executable, '-c', script], capture_output=True, text=True,
+      timeout=300, check=False, cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=ROOT,
+               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert float(result.stdout.strip().splitlines()[-1]) < 1e-3

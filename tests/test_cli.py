@@ -85,6 +85,9 @@ def test_a_run_prints_little_besides_its_epoch_lines(cli_run):
     ('--config.augment=maybe', ['config.augment', 'maybe']),
     ('--config.bag_fraction=0.0', ['config.bag_fraction=0.0', '(0, 1]']),
     ('--config.bag_fraction=1.5', ['config.bag_fraction=1.5', '(0, 1]']),
+    ('--config.elastic_alpha=-1.0', ['config.elastic_alpha=-1.0',
+                                     'non-negative']),
+    ('--config.elastic_sigma=0.0', ['config.elastic_sigma=0.0', 'positive']),
 ])
 def test_bad_config_values_fail_in_one_line(tmp_path, override, fragments):
   result = run_cli('--config=configs/tiny.py', f'--workdir={tmp_path}/w',

@@ -305,11 +305,13 @@ def test_train_build_passes_the_config_to_the_model_and_preprocessing():
   config = improved.get_config()
   config.update_from_flattened_dict({
       'dropout_rate': 0.4, 'rotation_degrees': 7.0, 'zoom_range': 0.05,
-      'shift_range': 0.15, 'input_size': 28})
+      'shift_range': 0.15, 'input_size': 28, 'elastic_alpha': 20.0,
+      'elastic_sigma': 3.5})
   model, _, preprocess = recipe.build(config, {'pixel_mean': 33.3,
                                               'pixel_std': 78.6})
   assert model.dropout_rate == 0.4
   assert (preprocess.input_size, preprocess.rotation_degrees,
           preprocess.zoom_range, preprocess.shift_range,
-          preprocess.pixel_mean, preprocess.pixel_std) == (
-              28, 7.0, 0.05, 0.15, 33.3, 78.6)
+          preprocess.pixel_mean, preprocess.pixel_std,
+          preprocess.elastic_alpha, preprocess.elastic_sigma) == (
+              28, 7.0, 0.05, 0.15, 33.3, 78.6, 20.0, 3.5)

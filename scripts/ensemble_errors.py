@@ -19,6 +19,7 @@ Prints a Markdown summary and one JSON line.
 
 import json
 import os
+import runpy
 import sys
 
 from absl import app
@@ -27,7 +28,8 @@ from absl import logging as absl_logging
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 _WORKDIRS = flags.DEFINE_multi_string(
     'workdir', None, 'Run folder whose best checkpoint to read; repeat to '
@@ -38,7 +40,8 @@ _DATA_DIR = flags.DEFINE_string(
 
 
 def trained_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config the best checkpoint in `workdir` was written with."""
+  """The config the best checkpoint in `workdir` was written with, over
+  configs/improved.py's defaults (for keys added after it was written)."""
   from digits_jax import checkpoint
   from digits_jax import paths
   from digits_jax.errors import UserError
@@ -53,7 +56,10 @@ def trained_config(workdir: str) -> ml_collections.ConfigDict:
   if config is None:
     raise UserError(f'the checkpoint in {directory} does not record its '
                     'config; it predates config recording')
-  return ml_collections.ConfigDict(config)
+  defaults = runpy.run_path(os.path.join(ROOT, 'configs', 'improved.py'))
+  merged = defaults['get_config']()
+  merged.update(config)
+  return merged
 
 
 def error_sources(member_logits: np.ndarray, labels: np.ndarray) -> dict:

@@ -74,11 +74,8 @@ def affine_warp(images: jax.Array, params: AffineParams,
                 displacements: jax.Array | None = None) -> jax.Array:
   """Warps each image of [B, H, W] by its own parameters, and by its own
   elastic `displacements` [B, 2, H, W] (y, x in pixels) when given."""
-  images_f32 = images.astype(jnp.float32)
-  if displacements is None:
-    warped = jax.vmap(_warp_one)(images_f32, *params)
-  else:
-    warped = jax.vmap(_warp_one)(images_f32, *params, displacements)
+  elastic = () if displacements is None else (displacements,)
+  warped = jax.vmap(_warp_one)(images.astype(jnp.float32), *params, *elastic)
   return warped.astype(images.dtype)
 
 

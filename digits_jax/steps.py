@@ -170,14 +170,11 @@ def epoch_batches(key: jax.Array, epoch: int, num_examples: int,
   remainder that does not fill a batch is left out of this epoch (a
   different remainder each epoch).
   """
-  if bag_size is None or bag_size == num_examples:
-    examples, size = None, num_examples
-  else:
-    examples, size = bag(key, num_examples, bag_size), bag_size
+  size = num_examples if bag_size is None else bag_size
   steps = size // batch_size
   order = jax.random.permutation(jax.random.fold_in(key, epoch), size)
-  if examples is not None:
-    order = examples[order]
+  if size < num_examples:
+    order = bag(key, num_examples, size)[order]
   return order[:steps * batch_size].reshape(steps, batch_size)
 
 

@@ -208,7 +208,7 @@ MUTATIONS = (
        'jax.random.permutation(key, size)', [EPOCH_ORDER],
        'every epoch the same batches'),
     _m('bag_ignored', 'digits_jax/steps.py',
-       'order = examples[order]', 'order = order', [BAG],
+       'order = bag(key, num_examples, size)[order]', 'order = order', [BAG],
        'a bagged run trains on its first images, not its bag'),
     # Evaluation and the best checkpoint.
     _m('evaluator_last_rows', 'digits_jax/evaluation.py',

@@ -19,17 +19,16 @@ Prints a Markdown summary and one JSON line.
 
 import json
 import os
-import runpy
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
-import ml_collections
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trained_config import trained_config  # pylint: disable=g-import-not-at-top
 
 _WORKDIRS = flags.DEFINE_multi_string(
     'workdir', None, 'Run folder whose best checkpoint to read; repeat to '
@@ -37,29 +36,6 @@ _WORKDIRS = flags.DEFINE_multi_string(
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, "Where TFDS's mnist is (default: each run's own "
     'config.data_dir).')
-
-
-def trained_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config the best checkpoint in `workdir` was written with, over
-  configs/improved.py's defaults (for keys added after it was written)."""
-  from digits_jax import checkpoint
-  from digits_jax import paths
-  from digits_jax.errors import UserError
-  directory = paths.resolve(workdir) / 'checkpoints'
-  if not directory.exists():
-    raise UserError(f'no checkpoints in {workdir}')
-  manager = checkpoint.create_manager(directory, 1, read_only=True)
-  step = manager.best_step()
-  if step is None:
-    raise UserError(f'no complete checkpoint in {directory}')
-  config = checkpoint.read_meta(manager, step).get('config')
-  if config is None:
-    raise UserError(f'the checkpoint in {directory} does not record its '
-                    'config; it predates config recording')
-  defaults = runpy.run_path(os.path.join(ROOT, 'configs', 'improved.py'))
-  merged = defaults['get_config']()
-  merged.update(config)
-  return merged
 
 
 def error_sources(member_logits: np.ndarray, labels: np.ndarray) -> dict:

@@ -1,0 +1,33 @@
+"""The config a run folder's best checkpoint was trained with, for the
+analysis scripts that restore finished runs (ensemble_errors.py,
+test_time_views.py) without being told the run's config file."""
+
+import os
+import runpy
+
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def trained_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config the best checkpoint in `workdir` was written with, over
+  configs/improved.py's defaults (for keys added after it was written)."""
+  from digits_jax import checkpoint
+  from digits_jax import paths
+  from digits_jax.errors import UserError
+  directory = paths.resolve(workdir) / 'checkpoints'
+  if not directory.exists():
+    raise UserError(f'no checkpoints in {workdir}')
+  manager = checkpoint.create_manager(directory, 1, read_only=True)
+  step = manager.best_step()
+  if step is None:
+    raise UserError(f'no complete checkpoint in {directory}')
+  config = checkpoint.read_meta(manager, step).get('config')
+  if config is None:
+    raise UserError(f'the checkpoint in {directory} does not record its '
+                    'config; it predates config recording')
+  defaults = runpy.run_path(os.path.join(ROOT, 'configs', 'improved.py'))
+  merged = defaults['get_config']()
+  merged.update(config)
+  return merged

@@ -124,19 +124,26 @@ class Restored:
                                                 self.members)
 
 
-def restore_best(config, workdir: epath.PathLike) -> Restored:
-  """The best checkpoint in `workdir`, on this process's devices."""
+def best_checkpoint(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
+  """(manager, step, metadata) of the best checkpoint in `workdir`, read
+  only; a one-line error where there is none."""
   workdir = paths.resolve(os.fspath(workdir))
   directory = workdir / 'checkpoints'
   if not directory.exists():
     raise UserError(f'no checkpoints in {workdir}; train first or point '
                     '--workdir at a training run')
-  manager = checkpoint.create_manager(directory, config.checkpoints_to_keep,
+  manager = checkpoint.create_manager(directory, checkpoints_to_keep,
                                       read_only=True)
   step = manager.best_step()
   if step is None:
     raise UserError(f'no complete checkpoint in {directory}; train first')
-  meta = checkpoint.read_meta(manager, step)
+  return manager, step, checkpoint.read_meta(manager, step)
+
+
+def restore_best(config, workdir: epath.PathLike) -> Restored:
+  """The best checkpoint in `workdir`, on this process's devices."""
+  workdir = paths.resolve(os.fspath(workdir))
+  manager, step, meta = best_checkpoint(workdir, config.checkpoints_to_keep)
   checkpoint.check_compatible(meta, config, workdir)
   model, tx, preprocess = recipe.build(config, meta)
   members = recipe.members(config)

@@ -13,19 +13,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def trained_config(workdir: str) -> ml_collections.ConfigDict:
   """The config the best checkpoint in `workdir` was written with, over
   configs/improved.py's defaults (for keys added after it was written)."""
-  from digits_jax import checkpoint
-  from digits_jax import paths
+  from digits_jax import evaluation
   from digits_jax.errors import UserError
-  directory = paths.resolve(workdir) / 'checkpoints'
-  if not directory.exists():
-    raise UserError(f'no checkpoints in {workdir}')
-  manager = checkpoint.create_manager(directory, 1, read_only=True)
-  step = manager.best_step()
-  if step is None:
-    raise UserError(f'no complete checkpoint in {directory}')
-  config = checkpoint.read_meta(manager, step).get('config')
+  _, _, meta = evaluation.best_checkpoint(workdir)
+  config = meta.get('config')
   if config is None:
-    raise UserError(f'the checkpoint in {directory} does not record its '
+    raise UserError(f'the checkpoint in {workdir} does not record its '
                     'config; it predates config recording')
   defaults = runpy.run_path(os.path.join(ROOT, 'configs', 'improved.py'))
   merged = defaults['get_config']()

@@ -212,8 +212,8 @@ MUTATIONS = (
        'a bagged run trains on its first images, not its bag'),
     # Evaluation and the best checkpoint.
     _m('evaluator_last_rows', 'digits_jax/evaluation.py',
-       'return np.asarray(self._logits(variables, images))[:n]',
-       'return np.asarray(self._logits(variables, images))[-n:]',
+       'return np.stack([np.asarray(self._logits(member, images))[:n]',
+       'return np.stack([np.asarray(self._logits(member, images))[-n:]',
        [EVAL_ORDER], 'logits of the padding images'),
     _m('report_loss_summed', 'digits_jax/evaluation.py',
        "'loss': float(-log_probs[np.arange(len(labels)), labels].mean())",
@@ -230,8 +230,10 @@ MUTATIONS = (
        'return self.is_cpu\n', 'return True\n', [PLATFORM],
        'GPU/TPU compile every step of an epoch as straight-line code'),
     _m('export_returns_logits', 'digits_jax/export.py',
-       'return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)',
-       'return logits.astype(jnp.float32)', [EXPORT],
+       ('jax.nn.softmax(model.apply(v, x, train=False).astype(jnp.float32),',
+        '               axis=-1) for v in members]'),
+       ('model.apply(v, x, train=False).astype(jnp.float32)',
+        ' for v in members]'), [EXPORT],
        'the served model answers logits, not probabilities'),
     # Predict's preprocessing.
     _m('predict_box_28', 'digits_jax/digit_image.py',

@@ -57,6 +57,9 @@ def _drop_unactionable(record: logging.LogRecord) -> bool:
                  for text in _UNACTIONABLE_WARNINGS)
 
 
+_HANDLER = 'digits_jax.main'
+
+
 def _configure_logging() -> None:
   """Quiet by default: the trainer's own lines (the `digits_jax` loggers),
   warnings and errors. Libraries' INFO logs (orbax, TFDS, JAX) show only
@@ -68,7 +71,12 @@ def _configure_logging() -> None:
     absl_logging.get_absl_logger().addFilter(_drop_unactionable)
   ours = logging.getLogger('digits_jax')
   ours.setLevel(logging.INFO)
+  # One handler, on this call's stderr, however often `main` runs in one
+  # process (the tests run it in theirs).
+  for previous in [h for h in ours.handlers if h.get_name() == _HANDLER]:
+    ours.removeHandler(previous)
   handler = logging.StreamHandler(sys.stderr)
+  handler.set_name(_HANDLER)
   handler.setFormatter(logging.Formatter('%(asctime)s %(message)s',
                                          datefmt='%H:%M:%S'))
   ours.addHandler(handler)

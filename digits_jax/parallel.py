@@ -218,7 +218,10 @@ def initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
-def create(config) -> DataParallel:
+def create(config, devices=None) -> DataParallel:
+  """The data parallelism the config asks for, over `devices` (default:
+  every device of the run, or this host's for pmap), or a UserError saying
+  why the config cannot train on them."""
   mode = config.get('parallelism', 'mesh')
   if mode not in MODES:
     raise UserError(f'config.parallelism={mode!r} must be one of {MODES}')
@@ -229,7 +232,9 @@ def create(config) -> DataParallel:
   if num_models > 1 and mode == 'pmap':
     raise UserError(f'config.num_models={num_models} trains on a device '
                     'mesh; use config.parallelism=mesh')
-  devices = tuple(jax.local_devices() if mode == 'pmap' else jax.devices())
+  if devices is None:
+    devices = jax.local_devices() if mode == 'pmap' else jax.devices()
+  devices = tuple(devices)
   member_devices = 0
   if num_models > 1:
     member_devices = (config.get('member_devices', 0)

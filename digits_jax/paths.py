@@ -18,8 +18,24 @@ from digits_jax.errors import UserError
 
 # How long the first look at a remote workdir may take before the run gives
 # up with one line: client libraries retry a dead network or a refused
-# credential for many minutes.
+# credential for many minutes. DIGITS_JAX_REMOTE_DEADLINE_S sets another
+# (a slow link; the tests' unreachable bucket).
 REMOTE_DEADLINE_S = 60
+DEADLINE_VARIABLE = 'DIGITS_JAX_REMOTE_DEADLINE_S'
+
+
+def remote_deadline_s() -> float:
+  value = os.environ.get(DEADLINE_VARIABLE, '')
+  if not value:
+    return REMOTE_DEADLINE_S
+  try:
+    deadline = float(value)
+  except ValueError:
+    deadline = -1.0
+  if not deadline > 0:
+    raise UserError(f'{DEADLINE_VARIABLE}={value!r} must be a positive number '
+                    'of seconds')
+  return deadline
 
 
 def is_remote(path) -> bool:
@@ -57,9 +73,12 @@ _RETRYING_LOGGERS = ('gcsfs', 'fsspec', 's3fs', 'google')
 
 
 def call_with_deadline(function, description: str,
-                       deadline_s: float = REMOTE_DEADLINE_S):
+                       deadline_s: float | None = None):
   """`function()`, or a UserError naming `description` if it raises or has
-  not answered within `deadline_s` (the thread is left to the retries)."""
+  not answered within `deadline_s` (default: `remote_deadline_s()`; the
+  thread is left to the retries)."""
+  if deadline_s is None:
+    deadline_s = remote_deadline_s()
   loggers = [logging.getLogger(name) for name in _RETRYING_LOGGERS]
   levels = [logger.level for logger in loggers]
   for logger in loggers:

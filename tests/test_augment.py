@@ -1,13 +1,7 @@
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from test_cli import ROOT
 
 from digits_jax import augment
 
@@ -200,26 +194,11 @@ def test_preprocess_adds_the_elastic_field_to_the_same_affine_draw():
   np.testing.assert_allclose(barely, affine_only, atol=0.1)
 
 
-def test_under_pmap_each_device_gets_its_slice_of_the_global_draw():
+@pytest.mark.slow
+def test_under_pmap_each_device_gets_its_slice_of_the_global_draw(
+    eight_devices):
   """The elastic field, like the affine parameters, is drawn for the global
-  batch and sliced, so 8 devices augment as one does."""
-  script = '''
-import jax, numpy as np
-from digits_jax import steps
-pre = steps.Preprocess(input_size=32, pixel_mean=0.0, pixel_std=1.0,
-                       rotation_degrees=10.0, zoom_range=0.1,
-                       shift_range=0.1, elastic_alpha=30.0, elastic_sigma=4.0)
-images = np.random.default_rng(0).integers(0, 256, (16, 28, 28)).astype(np.uint8)
-key = jax.random.key(3)
-one = np.asarray(pre(images, key))
-eight = jax.pmap(lambda x, k: pre(x, k, 'batch'), axis_name='batch',
-                 in_axes=(0, None))(images.reshape(8, 2, 28, 28), key)
-print(float(np.abs(np.asarray(eight).reshape(one.shape) - one).max()))
-'''
-  result = subprocess.run(
-      [sys.executable, '-c', script], capture_output=True, text=True,
-      timeout=300, check=False, cwd=ROOT,
-      env=dict(os.environ, PYTHONPATH=ROOT,
-               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert float(result.stdout.strip().splitlines()[-1]) < 1e-3
+  batch and sliced, so 8 devices augment as one does
+  (multidevice/eight_devices.py: 16 images on one device and over 8)."""
+  report = eight_devices['augmentation_under_pmap']['result']
+  assert report['max_difference'] < 1e-3

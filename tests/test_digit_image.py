@@ -1,7 +1,8 @@
 """digit_image.to_mnist: photos, scans and crops of one digit in MNIST's form.
 
 Real MNIST test digits, drawn back onto paper in the ways people's images
-differ (scripts/predict_robustness.py's variations), must come back as
+differ (digits_jax/photo_variations.py, which
+scripts/predict_robustness.py measures predict on), must come back as
 themselves."""
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from digits_jax import digit_image
 from digits_jax import input_pipeline
+from digits_jax import photo_variations
 
 
 def test_to_mnist_inverts_fits_20x20_and_centres_by_mass():
@@ -48,8 +50,8 @@ def test_to_mnist_gives_back_real_mnist_digits(mnist_data_dir):
 
 
 # --------------------------------------------------------------------------
-# The images people have: scripts/predict_robustness.py's variations of real
-# test digits must come back as those digits.
+# The images people have: photo_variations of real test digits must come
+# back as those digits.
 
 
 @pytest.fixture(scope='module')
@@ -77,13 +79,10 @@ RESHAPED = ('thick strokes (marker)', 'thin strokes (fine pen)',
             'rotated +8 degrees', 'rotated -8 degrees')
 
 
-@pytest.mark.parametrize('variation', list(
-    __import__('scripts.predict_robustness',
-               fromlist=['VARIATIONS']).VARIATIONS))
+@pytest.mark.parametrize('variation', list(photo_variations.VARIATIONS))
 def test_to_mnist_recovers_real_digits_from_each_variation(variation,
                                                           real_digits):
-  from scripts import predict_robustness
-  make = predict_robustness.VARIATIONS[variation]
+  make = photo_variations.VARIATIONS[variation]
   similarity = [_similarity(digit_image.to_mnist(make(digit)), digit)
                 for digit in real_digits]
   floor = 0.8 if variation in RESHAPED else 0.9
@@ -94,10 +93,9 @@ def test_to_mnist_recovers_real_digits_from_each_variation(variation,
 def test_a_digit_cut_into_on_all_four_sides_is_still_the_digit(real_digits):
   """Ink all along the border (a box cut out of a form): the border is no
   longer paper, so it cannot say what paper looks like."""
-  from scripts import predict_robustness
   similarity = []
   for digit in real_digits:
-    image = predict_robustness.render(digit, margin=0.0)
+    image = photo_variations.render(digit, margin=0.0)
     inset = image.crop((4, 4, image.width - 4, image.height - 4))
     ink = np.asarray(inset.convert('L')) < 128
     border = np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])
@@ -114,9 +112,8 @@ def test_a_digit_cut_into_on_all_four_sides_is_still_the_digit(real_digits):
 
 
 def test_specks_away_from_the_digit_are_ignored(real_digits):
-  from scripts import predict_robustness
   for digit in real_digits[:4]:
-    clean = np.asarray(predict_robustness.render(digit, margin=1.0))
+    clean = np.asarray(photo_variations.render(digit, margin=1.0))
     page = clean.copy()
     h, w = page.shape[:2]
     for y, x in ((4, 4), (4, w - 8), (h - 8, 4), (h - 8, w - 8),
@@ -129,9 +126,8 @@ def test_specks_away_from_the_digit_are_ignored(real_digits):
 
 
 def test_several_digit_sized_marks_are_refused(real_digits):
-  from scripts import predict_robustness
-  a = np.asarray(predict_robustness.render(real_digits[0], margin=0.2))
-  b = np.asarray(predict_robustness.render(real_digits[1], margin=0.2))
+  a = np.asarray(photo_variations.render(real_digits[0], margin=0.2))
+  b = np.asarray(photo_variations.render(real_digits[1], margin=0.2))
   page = np.full((max(len(a), len(b)), a.shape[1] + b.shape[1], 3), 255,
                  np.uint8)
   page[:len(a), :a.shape[1]] = a

@@ -8,17 +8,14 @@ evaluated and predicted as the mean of its members' probabilities.
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from multidevice.same_model import float_drift
-from test_cli import ROOT, assert_one_line_error, run_cli
-from test_reliability import latest_checkpoint
+from helpers import float_drift, latest_checkpoint, launch_two_hosts, run_cli
 
+from digits_jax import checkpoint
 from digits_jax import ensemble
 from digits_jax import evaluation
 from digits_jax import optim
@@ -34,6 +31,7 @@ def _train(config, workdir, platform=None, **overrides):
   return latest_checkpoint(config, str(workdir), platform)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('backend', ['cpu', 'gpu'])
 def test_members_trained_together_equal_single_runs_with_their_seeds(
     backend, tiny_config, tmp_path):
@@ -74,6 +72,7 @@ def test_each_members_plateau_follows_its_own_validation_loss():
   np.testing.assert_allclose(state.best_loss, [0.8, 1.0])
 
 
+@pytest.mark.slow
 def test_each_member_trains_on_the_bag_its_single_run_trains_on(
     tiny_config, tmp_path):
   members = ensemble.Members(num_models=3, vmapped=False)
@@ -99,18 +98,7 @@ def test_each_member_trains_on_the_bag_its_single_run_trains_on(
   assert step == 10
 
 
-@pytest.fixture(scope='module')
-def ensemble_run(tmp_path_factory, mnist_data_dir):
-  """An ensemble of 3 through the command line, one epoch of the tiny
-  config with the article's plateau."""
-  workdir = str(tmp_path_factory.mktemp('ensemble') / 'run')
-  common = ['--config=configs/tiny.py', f'--workdir={workdir}',
-            f'--config.data_dir={mnist_data_dir}', '--config.num_models=3']
-  result = run_cli(*common, '--config.num_epochs=1')
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, common, result
-
-
+@pytest.mark.slow
 def test_the_loop_reports_each_members_validation_loss_to_its_plateau(
     ensemble_run):
   workdir, _, _ = ensemble_run
@@ -128,8 +116,16 @@ def test_the_loop_reports_each_members_validation_loss_to_its_plateau(
                              rtol=1e-6)
   assert len(set(epoch['member_val_loss'])) == 3
   assert len(epoch['member_val_accuracy']) == 3
+  # The best checkpoint is chosen on the ensemble's figures, which are none
+  # of its members'.
+  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
+                                      2, read_only=True)
+  assert manager.metrics(epoch['step']) == {
+      'val_accuracy': epoch['val_accuracy'], 'val_loss': epoch['val_loss']}
+  assert epoch['val_loss'] not in epoch['member_val_loss']
 
 
+@pytest.mark.slow
 def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
     ensemble_run, mnist_data_dir):
   workdir, _, result = ensemble_run
@@ -174,6 +170,7 @@ def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
     assert os.path.exists(os.path.join(workdir, name))
 
 
+@pytest.mark.slow
 def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
     ensemble_run, tmp_path, mnist_data_dir):
   workdir, common, _ = ensemble_run
@@ -202,6 +199,7 @@ def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
     assert 'of 3 members agree' in result.stdout
 
 
+@pytest.mark.slow
 def test_an_ensemble_checkpoint_restores_on_another_device_count(
     tmp_path, mnist_data_dir):
   """Trained with its members on 2 devices, evaluated on 1, resumed on 4
@@ -211,11 +209,7 @@ def test_an_ensemble_checkpoint_restores_on_another_device_count(
             '--config.input_size=28']
 
   def cli(devices, *args):
-    env = dict(os.environ, PYTHONPATH=ROOT,
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-    return subprocess.run(
-        [sys.executable, '-m', 'digits_jax.main', *common, *args], cwd=ROOT,
-        env=env, capture_output=True, text=True, timeout=600, check=False)
+    return run_cli(*common, *args, devices=devices)
 
   trained = cli(2, '--config.num_epochs=1')
   assert trained.returncode == 0, trained.stderr[-3000:]
@@ -239,18 +233,12 @@ def test_an_ensemble_checkpoint_restores_on_another_device_count(
   assert 'epoch 2/2' in resumed.stderr
 
 
-def test_members_on_8_devices_train_what_one_device_trains():
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'tests', 'multidevice',
-                                    'ensemble_model.py')],
-      env=env, capture_output=True, text=True, timeout=900, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
+@pytest.mark.slow
+def test_members_on_8_devices_train_what_one_device_trains(eight_devices):
+  report = eight_devices['ensemble']['result']
   assert len(report) == 6
   for layout, r in report.items():
-    # Float32 drift after 3 Adam steps (same_model.float_drift); the losses,
+    # Float32 drift after 3 Adam steps (helpers.float_drift); the losses,
     # ~2.3, within 5e-4 (measured up to 1.1e-4).
     assert r['loss_shape'] == [3, 4], (layout, r)
     assert r['loss'] < 5e-4, (layout, r)
@@ -264,59 +252,22 @@ def test_members_on_8_devices_train_what_one_device_trains():
       assert r['all_gather'] == 0, (layout, r)
 
 
-@pytest.mark.parametrize('overrides, devices, fragments', [
-    (['--config.num_models=0'], 1, ['num_models=0 must be a positive']),
-    (['--config.num_models=-2'], 1, ['num_models=-2 must be a positive']),
-    (['--config.num_models=2', '--config.member_devices=3'], 8,
-     ['member_devices=3 must divide both the 8 devices and num_models=2']),
-    (['--config.num_models=2', '--config.parallelism=pmap'], 2,
-     ['num_models=2 trains on a device mesh']),
-    (['--config.num_models=4', '--config.member_devices=2'], 8,
-     ['batch_size=50 does not divide by the 4 devices of the data axis']),
-])
-def test_bad_ensemble_values_get_one_line(overrides, devices, fragments,
-                                          tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  result = subprocess.run(
-      [sys.executable, '-m', 'digits_jax.main', '--config=configs/tiny.py',
-       f'--workdir={tmp_path}', *overrides], cwd=ROOT, env=env,
-      capture_output=True, text=True, timeout=300, check=False)
-  assert_one_line_error(result, *fragments)
-
-
-def test_a_single_model_checkpoint_is_refused_by_an_ensemble_config(
-    tmp_path, mnist_data_dir):
-  common = ['--config=configs/tiny.py', f'--workdir={tmp_path}',
-            f'--config.data_dir={mnist_data_dir}']
-  assert run_cli(*common, '--config.num_train_steps=2').returncode == 0
-  result = run_cli(*common, '--config.num_models=2', '--mode=eval')
-  assert_one_line_error(result, 'written for num_models=1',
-                        'asks for num_models=2')
-
-
+@pytest.mark.slow
 def test_two_hosts_train_the_ensemble_one_host_trains(tmp_path,
                                                       mnist_data_dir):
   """Two processes of one CPU device each: each host holds one member and
   assembles its own batches (the multi-host path); the same ensemble as
   one process with two devices."""
-  from test_parallel import _launch_two_hosts
   common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
             '--config.num_epochs=1', '--config.num_models=2']
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop('XLA_FLAGS', None)
   two = tmp_path / 'two_hosts'
-  processes = _launch_two_hosts([*common, f'--workdir={two}'], env)
+  processes = launch_two_hosts([*common, f'--workdir={two}'])
   logs = [p.communicate(timeout=600)[1] for p in processes]
   for p, log in zip(processes, logs):
     assert p.returncode == 0, log[-3000:]
   assert '2 cpu device(s), parallelism mesh, 2 on the members' in logs[0]
   one = tmp_path / 'one_host'
-  single = subprocess.run(
-      [sys.executable, '-m', 'digits_jax.main', *common, f'--workdir={one}'],
-      cwd=ROOT, env=dict(env, XLA_FLAGS=(
-          '--xla_force_host_platform_device_count=2')),
-      capture_output=True, text=True, timeout=600, check=False)
+  single = run_cli(*common, f'--workdir={one}', devices=2)
   assert single.returncode == 0, single.stderr[-3000:]
   from configs import tiny
   config = tiny.get_config()

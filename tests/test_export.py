@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_main
 
-from digits_jax import input_pipeline
 from digits_jax import evaluation
-from digits_jax import train
+from digits_jax import input_pipeline
+
+pytestmark = pytest.mark.slow  # The session's trained run; a process.
 
 # Runs with nothing but jax and numpy importable from the project: the
 # artifact must not need digits_jax, flax or optax.
@@ -35,18 +36,14 @@ print(json.dumps({'probabilities': probabilities.tolist(), 'leaked': leaked,
 
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory, mnist_data_dir):
+def exported(tmp_path_factory, cli_run, mnist_data_dir):
+  """The session's one-epoch run of configs/tiny.py, exported."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
+  workdir, common, _ = cli_run
   config = tiny.get_config()
   config.data_dir = mnist_data_dir
-  config.num_epochs = 1
-  root = tmp_path_factory.mktemp('export')
-  workdir = str(root / 'run')
-  train.train_and_evaluate(config, workdir)
-  output = root / 'digits.jax'
-  result = run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
-                   f'--config.data_dir={mnist_data_dir}', '--mode=export',
-                   f'--output={output}')
+  output = tmp_path_factory.mktemp('export') / 'digits.jax'
+  result = run_main(*common, '--mode=export', f'--output={output}')
   assert result.returncode == 0, result.stderr[-3000:]
   return config, workdir, output
 
@@ -83,15 +80,15 @@ def test_export_without_a_checkpoint_or_output_is_one_line(tmp_path,
   empty = tmp_path / 'empty'
   empty.mkdir()
   assert_one_line_error(
-      run_cli('--config=configs/tiny.py', f'--workdir={empty}',
-              '--mode=export', f'--output={tmp_path / "x.jax"}'),
+      run_main('--config=configs/tiny.py', f'--workdir={empty}',
+               '--mode=export', f'--output={tmp_path / "x.jax"}'),
       'no checkpoints')
   assert_one_line_error(
-      run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
-              '--mode=export'), '--output')
+      run_main('--config=configs/tiny.py', f'--workdir={workdir}',
+               '--mode=export'), '--output')
   blocked = tmp_path / 'file'
   blocked.write_text('')
   assert_one_line_error(
-      run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
-              '--mode=export', f'--output={blocked}/digits.jax'),
+      run_main('--config=configs/tiny.py', f'--workdir={workdir}',
+               '--mode=export', f'--output={blocked}/digits.jax'),
       'cannot write --output')

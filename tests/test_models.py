@@ -198,51 +198,6 @@ def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl,
       cpu_kernels.conv_with_cpu_weight_gradient if cpu_form else None)
 
 
-def test_benchmark_reference_is_the_same_function():
-  """scripts/benchmark.py's reference (stock Flax layers, XLA's default
-  convolutions) must compute what ImprovedLeNet computes, or its speed ratio
-  means nothing."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'scripts',
-                      'benchmark.py')
-  spec = importlib.util.spec_from_file_location('benchmark', path)
-  benchmark = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(benchmark)
-  ours = models.create_model(  # As recipe.build makes it.
-      'improved_lenet',
-      conv_general_dilated=(cpu_kernels.conv_with_cpu_weight_gradient if
-                            platform_lib.current().cpu_weight_gradients
-                            else None))
-  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
-  variables = ours.init(jax.random.key(0), x, train=False)
-  reference = benchmark.ReferenceImprovedLeNet()
-  assert (jax.tree.structure(reference.init(jax.random.key(0), x, train=False))
-          == jax.tree.structure(variables))
-
-  def training_loss(model, params):
-    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
-                            mutable=['batch_stats'],
-                            rngs={'dropout': jax.random.key(2)})
-    return jnp.sum(jnp.sin(logits))
-
-  # Ours compiled as training compiles it (on CPU: Eigen convolutions), the
-  # reference with XLA's defaults, as the benchmark runs them.
-  options = platform_lib.current().compiler_options
-  infer = lambda model, options: jax.jit(
-      functools.partial(model.apply, train=False),
-      compiler_options=options)(variables, x)
-  np.testing.assert_allclose(infer(ours, options), infer(reference, None),
-                             rtol=1e-5, atol=1e-5)
-  got, want = (jax.jit(jax.grad(functools.partial(training_loss, model)),
-                       compiler_options=opts)(variables['params'])
-               for model, opts in ((ours, options), (reference, None)))
-  # Float32 rounding of the sums is relative to the array's scale, not to
-  # each element (a gradient of 0.2 beside ones of 20 differs by 6e-5).
-  jax.tree.map(lambda g, w: np.testing.assert_allclose(
-      g, w, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(w).max())), got, want)
-
-
 def test_batchnorm_uses_kerass_momentum_and_epsilon():
   """bn2 in training: normalizes conv2's output with the batch's mean and
   (biased) variance plus epsilon 1e-3, and moves its running statistics

@@ -1,31 +1,24 @@
-"""Data parallelism on simulated CPU devices, each in a process of its own."""
+"""Data parallelism: 1 device against 8 simulated CPU devices (mesh and
+pmap) in one process, a checkpoint across device counts, and two processes
+as two hosts."""
 
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
+import jax
+import numpy as np
 import pytest
 
-from test_cli import ROOT, run_cli
+from helpers import launch_two_hosts, run_cli, tiny_final_state
+
+pytestmark = pytest.mark.slow  # Each test starts processes.
 
 
-def _with_devices(n):
-  return dict(os.environ, PYTHONPATH=ROOT,
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={n}')
-
-
-def test_one_device_mesh_and_pmap_train_the_same_model():
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'tests', 'multidevice',
-                                    'same_model.py')],
-      env=_with_devices(8), capture_output=True, text=True, timeout=900,
-      check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
+def test_one_device_mesh_and_pmap_train_the_same_model(eight_devices):
+  report = eight_devices['same_model']['result']
   for mode in ('mesh', 'pmap'):
     # Float32 tolerance. Per-device BatchNorm statistics or an unaveraged
     # gradient would be off by orders of magnitude more (the loss by ~1e-2).
@@ -41,17 +34,6 @@ def test_one_device_mesh_and_pmap_train_the_same_model():
   assert report['mesh']['all_gather'] == 0
 
 
-def test_batch_that_does_not_divide_by_the_devices_is_refused(tmp_path):
-  result = subprocess.run(
-      [sys.executable, '-m', 'digits_jax.main', '--config=configs/tiny.py',
-       f'--workdir={tmp_path}', '--config.batch_size=50'],
-      cwd=ROOT, env=_with_devices(8), capture_output=True, text=True,
-      timeout=300, check=False)
-  assert result.returncode == 2
-  assert 'Traceback' not in result.stderr
-  assert 'batch_size=50 does not divide by the 8 devices' in result.stderr
-
-
 def test_checkpoint_from_8_devices_evaluates_on_1_and_resumes_on_2(
     tmp_path, mnist_data_dir):
   common = ['--config=configs/tiny.py', f'--workdir={tmp_path}',
@@ -59,10 +41,7 @@ def test_checkpoint_from_8_devices_evaluates_on_1_and_resumes_on_2(
             '--config.input_size=28']
 
   def cli(devices, *args):
-    return subprocess.run(
-        [sys.executable, '-m', 'digits_jax.main', *common, *args], cwd=ROOT,
-        env=_with_devices(devices), capture_output=True, text=True,
-        timeout=600, check=False)
+    return run_cli(*common, *args, devices=devices)
 
   trained = cli(8, '--config.num_epochs=1')
   assert trained.returncode == 0, trained.stderr[-3000:]
@@ -84,30 +63,12 @@ def test_checkpoint_from_8_devices_evaluates_on_1_and_resumes_on_2(
   assert 'epoch 2/2' in resumed.stderr
 
 
-def _free_port():
-  import socket
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_train_the_model_one_process_trains(
     tmp_path, mnist_data_dir):
-  import jax
-  import numpy as np
-  from test_reliability import _final_state
   common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
             '--config.num_epochs=1']
-  port = _free_port()
   two = tmp_path / 'two_processes'
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop('XLA_FLAGS', None)  # One CPU device per process.
-  processes = [subprocess.Popen(
-      [sys.executable, '-m', 'digits_jax.main', *common, f'--workdir={two}',
-       '--config.distributed=True',
-       f'--config.coordinator_address=127.0.0.1:{port}',
-       '--config.num_processes=2', f'--config.process_id={i}'],
-      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  processes = launch_two_hosts([*common, f'--workdir={two}'])
   logs = [p.communicate(timeout=600)[1] for p in processes]
   for p, log in zip(processes, logs):
     assert p.returncode == 0, log[-3000:]
@@ -115,14 +76,11 @@ def test_two_processes_train_the_model_one_process_trains(
   assert 'epoch 1/1' not in logs[1]  # Only process 0 reports.
 
   one = tmp_path / 'one_process'
-  single = subprocess.run(
-      [sys.executable, '-m', 'digits_jax.main', *common, f'--workdir={one}'],
-      cwd=ROOT, env=_with_devices(2), capture_output=True, text=True,
-      timeout=600, check=False)
+  single = run_cli(*common, f'--workdir={one}', devices=2)
   assert single.returncode == 0, single.stderr[-3000:]
 
-  step_a, state_a = _final_state(str(two), {})
-  step_b, state_b = _final_state(str(one), {})
+  step_a, state_a = tiny_final_state(two, {})
+  step_b, state_b = tiny_final_state(one, {})
   assert step_a == step_b == 20
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
@@ -138,16 +96,6 @@ def test_two_processes_train_the_model_one_process_trains(
     again = json.load(f)
   assert again['accuracy'] == reported['accuracy']
   assert abs(again['loss'] - reported['loss']) < 1e-6
-
-
-def _launch_two_hosts(args, env):
-  port = _free_port()
-  return [subprocess.Popen(
-      [sys.executable, '-m', 'digits_jax.main', *args,
-       '--config.distributed=True',
-       f'--config.coordinator_address=127.0.0.1:{port}',
-       '--config.num_processes=2', f'--config.process_id={i}'],
-      cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
 
 
 def _sigterm_when(processes, trigger, watch=None):
@@ -187,7 +135,6 @@ def test_sigterm_on_one_host_stops_both_within_two_dispatches(
   dispatches under load), so the bound is one epoch of steps after the
   signal; the counter this replaced stopped 64 steps late in the first two
   cases (step 84), and never with a whole epoch per dispatch."""
-  from test_reliability import _final_state
   dispatch = 4
   overrides = {'num_epochs': 10, 'steps_per_dispatch': dispatch}
   workdir = tmp_path / 'run'
@@ -195,9 +142,7 @@ def test_sigterm_on_one_host_stops_both_within_two_dispatches(
           f'--workdir={workdir}', '--config.num_epochs=10',
           f'--config.steps_per_dispatch={dispatch}',
           f'--config.log_every_steps={dispatch}']
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop('XLA_FLAGS', None)  # One CPU device per process.
-  processes = _launch_two_hosts(args, env)
+  processes = launch_two_hosts(args)
   # The step the hosts had at least reached when the signal was sent.
   if when == 'before_save':  # Logged after validation, before the save.
     signalled_at, log = 20, _sigterm_when(processes, 'epoch 1/10 step 20')
@@ -207,7 +152,7 @@ def test_sigterm_on_one_host_stops_both_within_two_dispatches(
   else:
     signalled_at, log = 28, _sigterm_when(processes, 'step 28:')
   assert 'Run the same command to resume' in log
-  stopped_step, _ = _final_state(str(workdir), overrides)
+  stopped_step, _ = tiny_final_state(workdir, overrides)
   assert signalled_at < stopped_step <= signalled_at + 5 * dispatch, log
 
 
@@ -216,36 +161,28 @@ def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(
   """JAX's preemption sync point: SIGTERM reaches process 1 only; both save
   one checkpoint at the step they agreed on, exit 0, and rerunning resumes
   and ends with the model of an uninterrupted run."""
-  import jax
-  import numpy as np
-  from test_reliability import _final_state
   overrides = {'num_epochs': 3, 'steps_per_dispatch': 2}
   common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
             '--config.num_epochs=3', '--config.steps_per_dispatch=2']
   workdir = tmp_path / 'preempted'
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop('XLA_FLAGS', None)
   args = [*common, f'--workdir={workdir}']
   # Training is under way: preempt host 1 only.
-  log = _sigterm_when(_launch_two_hosts(args, env), 'epoch 1/3')
+  log = _sigterm_when(launch_two_hosts(args), 'epoch 1/3')
   assert 'Run the same command to resume' in log
-  stopped_step, _ = _final_state(str(workdir), overrides)
+  stopped_step, _ = tiny_final_state(workdir, overrides)
   assert 20 < stopped_step <= 40  # Within the next epoch (see above).
 
-  processes = _launch_two_hosts(args, env)
+  processes = launch_two_hosts(args)
   logs = [p.communicate(timeout=600)[1] for p in processes]
   for p, log in zip(processes, logs):
     assert p.returncode == 0, log[-3000:]
   assert f'Resuming from the checkpoint at step {stopped_step}' in logs[0]
 
   straight = tmp_path / 'straight'
-  single = subprocess.run(
-      [sys.executable, '-m', 'digits_jax.main', *common,
-       f'--workdir={straight}'], cwd=ROOT, env=_with_devices(2),
-      capture_output=True, text=True, timeout=600, check=False)
+  single = run_cli(*common, f'--workdir={straight}', devices=2)
   assert single.returncode == 0, single.stderr[-3000:]
-  step_a, state_a = _final_state(str(workdir), overrides)
-  step_b, state_b = _final_state(str(straight), overrides)
+  step_a, state_a = tiny_final_state(workdir, overrides)
+  step_b, state_b = tiny_final_state(straight, overrides)
   assert step_a == step_b == 60
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_reliability import latest_checkpoint
+from helpers import latest_checkpoint
 
 from digits_jax import platform as platform_lib
 from digits_jax import train
@@ -52,6 +52,7 @@ def _close(state, reference) -> bool:
       jax.tree.leaves(reference.batch_stats)))
 
 
+@pytest.mark.slow
 def test_the_accelerator_path_trains_the_cpu_paths_model(tiny_config,
                                                          tmp_path):
   tiny_config.num_epochs = 1

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from test_cli import run_cli
+from helpers import run_main
 
 from digits_jax import input_pipeline
 from digits_jax import evaluation
@@ -17,6 +17,9 @@ NUM_DIGITS = 200
 MODEL_OVERRIDES = {'model': 'lenet5', 'dropout_rate': 0.0, 'augment': False,
                    'l2': 0.0, 'input_size': 28}
 FLAGS = [f'--config.{k}={v}' for k, v in MODEL_OVERRIDES.items()]
+
+
+pytestmark = pytest.mark.slow  # Trains the model it predicts with.
 
 
 @pytest.fixture(scope='module')
@@ -53,7 +56,7 @@ def test_predicting_png_files_matches_evaluating_the_digits(predict_run,
                            config.eval_batch_size).logits(
                                restored.state, digits).argmax(-1)
   output = tmp_path / 'predictions.json'
-  result = run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
+  result = run_main('--config=configs/tiny.py', f'--workdir={workdir}',
                    *FLAGS, '--mode=predict',
                    f'--images={png_dir}', f'--output={output}')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -78,7 +81,7 @@ def test_bad_files_get_one_line_each_and_the_rest_is_predicted(predict_run,
   bad = ['missing.png', 'empty.png', 'notes.png', 'truncated.png', 'huge.png']
   specs = [str(good), str(tmp_path / 'digits.npy')] + [
       str(tmp_path / name) for name in bad]
-  result = run_cli('--config=configs/tiny.py', f'--workdir={workdir}',
+  result = run_main('--config=configs/tiny.py', f'--workdir={workdir}',
                    *FLAGS, '--mode=predict',
                    '--images=' + ','.join(specs))
   assert result.returncode == 1

@@ -8,31 +8,11 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
-from test_cli import ROOT, run_cli
+from helpers import ROOT, cli_env, run_cli, tiny_final_state
 
-from digits_jax import checkpoint
-from digits_jax import recipe
-
-
-def latest_checkpoint(config, workdir, platform=None):
-  """(step, train state) of the latest checkpoint in `workdir`."""
-  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
-                              platform=platform)
-  members = recipe.members(config, platform)
-  target = members.create_train_state(model, tx, members.keys(0)[0],
-                                      config.input_size)
-  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
-                                      2, read_only=True)
-  step = manager.latest_step()
-  return step, checkpoint.restore_state(manager, step, target)
-
-
-def _final_state(workdir, config_overrides):
-  from configs import tiny
-  config = tiny.get_config()
-  config.update_from_flattened_dict(config_overrides)
-  return latest_checkpoint(config, workdir)
+pytestmark = pytest.mark.slow  # Each test runs the command line.
 
 
 def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(
@@ -41,7 +21,7 @@ def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(
   args = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
           '--config.num_epochs=3', '--config.steps_per_dispatch=2']
   interrupted = str(tmp_path / 'interrupted')
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = cli_env()
   process = subprocess.Popen(
       [sys.executable, '-m', 'digits_jax.main', *args,
        f'--workdir={interrupted}'], cwd=ROOT, env=env,
@@ -57,7 +37,7 @@ def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(
   log = ''.join(log)
   assert 'SIGTERM received' in log and 'Run the same command to resume' in log
   assert 'Test set' not in log  # It stopped before the end.
-  stopped_step, _ = _final_state(interrupted, overrides)
+  stopped_step, _ = tiny_final_state(interrupted, overrides)
   assert 20 <= stopped_step < 60
 
   rerun = run_cli(*args, f'--workdir={interrupted}')
@@ -68,8 +48,8 @@ def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(
   result = run_cli(*args, f'--workdir={straight}')
   assert result.returncode == 0, result.stderr[-3000:]
 
-  step_a, state_a = _final_state(interrupted, overrides)
-  step_b, state_b = _final_state(straight, overrides)
+  step_a, state_a = tiny_final_state(interrupted, overrides)
+  step_b, state_b = tiny_final_state(straight, overrides)
   assert step_a == step_b == 60
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -114,7 +94,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(
   args = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
           '--config.num_epochs=3', f'--workdir={tmp_path / "run"}']
   held = tmp_path / 'held'
-  env = dict(os.environ, PYTHONPATH=ROOT, CHECKPOINT_HELD=str(held))
+  env = cli_env(CHECKPOINT_HELD=str(held))
   log = tmp_path / 'log'
   with open(log, 'w') as stderr:  # A file: a full pipe would block the run.
     process = subprocess.Popen(
@@ -141,5 +121,5 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(
   assert 'Resuming from the checkpoint at step 20' in rerun.stderr
   assert all(p.isdigit() for p in os.listdir(checkpoints)), (
       os.listdir(checkpoints))  # The partial directory is gone.
-  step, _ = _final_state(str(tmp_path / 'run'), {'num_epochs': 3})
+  step, _ = tiny_final_state(str(tmp_path / 'run'), {'num_epochs': 3})
   assert step == 60

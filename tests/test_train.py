@@ -8,10 +8,13 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import latest_checkpoint
+
 from configs import improved
 from digits_jax import checkpoint
 from digits_jax import models
 from digits_jax import evaluation
+from digits_jax import optim
 from digits_jax import recipe
 from digits_jax import steps
 from digits_jax import train
@@ -113,17 +116,7 @@ def test_classification_report():
   assert report['per_class_accuracy'][:2] == [1.0, 0.5]
 
 
-@pytest.fixture(scope='module')
-def trained_run(tmp_path_factory, mnist_data_dir):
-  """The tiny config trained for 2 epochs, in process."""
-  from configs import tiny
-  config = tiny.get_config()
-  config.data_dir = mnist_data_dir
-  workdir = str(tmp_path_factory.mktemp('run'))
-  report = train.train_and_evaluate(config, workdir)
-  return config, workdir, report
-
-
+@pytest.mark.slow
 def test_training_writes_metrics_checkpoints_and_the_test_report(trained_run):
   config, workdir, report = trained_run
   with open(os.path.join(workdir, 'eval_test.json')) as f:
@@ -141,6 +134,46 @@ def test_training_writes_metrics_checkpoints_and_the_test_report(trained_run):
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
 
 
+def _plateau(opt_state) -> optim.PlateauState:
+  return [n for n in jax.tree.leaves(
+      opt_state, is_leaf=lambda n: isinstance(n, optim.PlateauState))
+          if isinstance(n, optim.PlateauState)][0]
+
+
+@pytest.mark.slow
+def test_the_loop_hands_each_epochs_validation_figures_on(trained_run):
+  """The figures the loop hands on, against metrics.jsonl: each
+  checkpoint's metrics (which choose the best) are its epoch's validation
+  accuracy and loss, the best is the highest accuracy, and the plateau
+  followed the validation losses (the article's rule, re-derived here)."""
+  config, workdir, _ = trained_run
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    epochs = [json.loads(line) for line in f]
+  manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
+                                      config.checkpoints_to_keep,
+                                      read_only=True)
+  assert sorted(manager.all_steps()) == [e['step'] for e in epochs]
+  for epoch in epochs:
+    assert manager.metrics(epoch['step']) == {
+        'val_accuracy': epoch['val_accuracy'], 'val_loss': epoch['val_loss']}
+    # Teeth: the train figures are not the validation ones.
+    assert epoch['train_loss'] != epoch['val_loss']
+  assert manager.best_step() == max(
+      epochs, key=lambda e: (e['val_accuracy'], -e['step']))['step']
+
+  best, bad = np.inf, 0
+  for epoch in epochs:
+    if epoch['val_loss'] < best - config.plateau_min_delta:
+      best, bad = epoch['val_loss'], 0
+    else:
+      bad += 1
+  _, state = latest_checkpoint(config, workdir)
+  plateau = _plateau(state.opt_state)
+  np.testing.assert_allclose(plateau.best_loss, best, rtol=1e-6)
+  assert int(plateau.num_bad_epochs) == bad
+
+
+@pytest.mark.slow
 def test_eval_writes_the_three_report_pictures_from_the_runs_metrics(
     trained_run):
   from digits_jax import reports
@@ -154,6 +187,7 @@ def test_eval_writes_the_three_report_pictures_from_the_runs_metrics(
   assert len(reports.read_metrics(workdir)) == config.num_epochs
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_reproduces_the_eval_figures(trained_run):
   config, workdir, report = trained_run
   again = evaluation.evaluate_checkpoint(config, workdir)
@@ -161,6 +195,7 @@ def test_checkpoint_round_trip_reproduces_the_eval_figures(trained_run):
     assert again[key] == report[key]
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
   config, workdir, _ = trained_run
   # One epoch, then a second run of the same command with 2 epochs resumes
@@ -190,6 +225,7 @@ def _target(config):
                                   config.input_size)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused(trained_run):
   config, workdir, _ = trained_run
   config = config.copy_and_resolve_references()
@@ -232,6 +268,7 @@ def test_bfloat16_compute_keeps_state_in_float32():
                          state.params['conv1']['kernel'])
 
 
+@pytest.mark.slow
 def test_a_partial_checkpoint_is_ignored_and_cleaned_up(trained_run,
                                                         tmp_path):
   """What a crash (kill -9) during a checkpoint write leaves behind: orbax's

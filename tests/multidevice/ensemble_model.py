@@ -1,26 +1,19 @@
-"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=8: trains an
-ensemble of 4 for a few steps from one state and batch on 1 device and on
-8 devices (members x data meshes of 4x2, 2x4 and 1x8), with the members side
-by side and vmapped, and prints one JSON line with the largest differences
-from one device. Driven by tests/test_ensemble.py."""
+"""With 8 devices: trains an ensemble of 4 for a few steps from one state and
+batch on 1 device and on 8 devices (members x data meshes of 4x2, 2x4 and
+1x8), with the members side by side and vmapped; the largest differences
+from one device. Run by eight_devices.py for tests/test_ensemble.py."""
 
 import functools
-import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
+import jax
+import numpy as np
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
-from same_model import float_drift, max_difference  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import tiny
+from digits_jax import ensemble
+from digits_jax import parallel
+from digits_jax import recipe
+from digits_jax import steps
+from helpers import float_drift, max_difference
 
 NUM_MODELS, STEPS, BATCH = 4, 3, 32
 
@@ -41,13 +34,13 @@ def run(devices: parallel.DataParallel, members: ensemble.Members, images,
   args = (devices.place_state(state), devices.replicate(images),
           devices.replicate(labels), devices.shard_batch_indices(batches),
           devices.place_state(train_key))
-  hlo = chunk.lower(*args).compile().as_text()
-  state, metrics = chunk(*args)
+  compiled = chunk.lower(*args).compile()
+  state, metrics = compiled(*args)
+  hlo = compiled.as_text()
   return jax.device_get(state), jax.device_get(metrics), hlo
 
 
-def main():
-  assert jax.device_count() == 8, jax.devices()
+def report() -> dict:
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (256, 28, 28), dtype=np.uint8)
   labels = rng.integers(0, 10, 256, dtype=np.int32)
@@ -69,8 +62,4 @@ def main():
           'loss_shape': list(np.shape(metrics['loss'])),
           'all_gather': hlo.count(' all-gather('),
       }
-  print(json.dumps(results))
-
-
-if __name__ == '__main__':
-  main()
+  return results

@@ -166,6 +166,7 @@ def test_eval_without_a_run_fails_in_one_line(tmp_path):
   assert_one_line_error(result, 'no checkpoints')
 
 
+@pytest.mark.slow  # The session's trained run.
 @pytest.mark.parametrize('overrides, fragments', [
     (['--config.model=lenet5', '--config.dropout_rate=0.0'],
      ["model='improved_lenet'", 'lenet5']),
@@ -182,6 +183,7 @@ def test_checkpoint_of_another_setup_fails_and_keeps_it(cli_run, overrides,
   assert sorted(os.listdir(checkpoints)) == before
 
 
+@pytest.mark.slow  # The session's trained run.
 def test_a_single_model_checkpoint_is_refused_by_an_ensemble_config(cli_run):
   _, common, _ = cli_run
   result = run_main(*common, '--config.num_models=2', '--mode=eval')

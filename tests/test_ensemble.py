@@ -37,9 +37,12 @@ def test_members_trained_together_equal_single_runs_with_their_seeds(
     backend, tiny_config, tmp_path):
   """The CPU's form (members side by side) and the accelerators' (vmap, run
   here on the CPU through Platform('gpu')) against two single runs on the
-  same platform, to float32 drift (multidevice/same_model.float_drift; vmap's
-  grouped convolutions sum in another order: measured up to 7e-3 relative on
-  Adam's moments, 0.2% of a leaf's parameters beyond 1e-4)."""
+  same platform, to float32 drift (helpers.float_drift; vmap's grouped
+  convolutions sum in another order, and XLA's default CPU convolutions,
+  which the accelerator path takes here, round differently by CPU: after 4
+  steps, measured up to 7e-3 relative on Adam's moments on an AMD EPYC and
+  7e-2 on an Intel Xeon with AVX-512; 0.2% of a leaf's parameters beyond
+  1e-4). Another seed's run, the control, is far outside."""
   platform = platform_lib.Platform(backend)
   single_runs = [_train(tiny_config, tmp_path / f'seed{seed}', platform,
                         num_train_steps=4, seed=seed)[1] for seed in (0, 1)]
@@ -47,17 +50,21 @@ def test_members_trained_together_equal_single_runs_with_their_seeds(
                                 num_train_steps=4, num_models=2)
   assert step == 4
   np.testing.assert_array_equal(ensemble_state.step, [4, 4])
+
+  def drift(member, single):
+    return (float_drift(member.params, single.params),
+            float_drift((member.batch_stats, member.opt_state),
+                        (single.batch_stats, single.opt_state)))
+
   for i, single in enumerate(single_runs):
-    member = ensemble.member_of(ensemble_state, i)
-    params = float_drift(member.params, single.params)
+    params, statistics = drift(ensemble.member_of(ensemble_state, i), single)
     assert params['beyond_1e-4'] < 0.03, (i, params)
-    statistics = float_drift((member.batch_stats, member.opt_state),
-                             (single.batch_stats, single.opt_state))
-    assert statistics['relative'] < 0.03, (i, statistics)
-  # And the two members did train differently.
-  first = ensemble.member_of(ensemble_state.params, 0)['conv1']['kernel']
-  second = ensemble.member_of(ensemble_state.params, 1)['conv1']['kernel']
-  assert np.abs(np.asarray(first) - np.asarray(second)).max() > 1e-2
+    assert statistics['relative'] < 0.15, (i, statistics)
+  # The tolerance has teeth: a member against the other seed's run.
+  params, statistics = drift(ensemble.member_of(ensemble_state, 0),
+                             single_runs[1])
+  assert params['beyond_1e-4'] > 0.5 and statistics['relative'] > 0.5, (
+      params, statistics)
 
 
 def test_each_members_plateau_follows_its_own_validation_loss():
@@ -238,9 +245,9 @@ def test_members_on_8_devices_train_what_one_device_trains(eight_devices):
   report = eight_devices['ensemble']['result']
   assert len(report) == 6
   for layout, r in report.items():
-    # Float32 drift after 3 Adam steps (helpers.float_drift); the losses,
+    # Float32 drift after 2 Adam steps (helpers.float_drift); the losses,
     # ~2.3, within 5e-4 (measured up to 1.1e-4).
-    assert r['loss_shape'] == [3, 4], (layout, r)
+    assert r['loss_shape'] == [2, 4], (layout, r)
     assert r['loss'] < 5e-4, (layout, r)
     assert r['params']['beyond_1e-4'] < 0.03, (layout, r)
     assert r['batch_stats']['relative'] < 0.03, (layout, r)

@@ -309,10 +309,11 @@ def main(argv):
     ensembles(config, images, labels, batch, windows)
     return
 
-  platform = platform_lib.current(_CONV_IMPL.value)
+  trainer_platform = platform_lib.current(_CONV_IMPL.value)
   reference_difference = (
-      check_reference(recipe.build(config, PIXEL_STATS, platform=platform)[0],
-                      platform)
+      check_reference(recipe.build(config, PIXEL_STATS,
+                                   platform=trainer_platform)[0],
+                      trainer_platform)
       if config.model == 'improved_lenet' and
       config.compute_dtype == 'float32' else {})
   matmul = matmul_gflops()

@@ -7,9 +7,9 @@ TensorFlow's gfile where TensorFlow is installed), and orbax writes the
 checkpoint arrays through TensorStore, which reads the same URIs.
 """
 
-import concurrent.futures
 import logging
 import os
+import threading
 import uuid
 
 from etils import epath
@@ -75,30 +75,45 @@ _RETRYING_LOGGERS = ('gcsfs', 'fsspec', 's3fs', 'google')
 def call_with_deadline(function, description: str,
                        deadline_s: float | None = None):
   """`function()`, or a UserError naming `description` if it raises or has
-  not answered within `deadline_s` (default: `remote_deadline_s()`; the
-  thread is left to the retries)."""
+  not answered within `deadline_s` (default: `remote_deadline_s()`).
+
+  The call runs in a daemon thread, left to its retries when the deadline
+  passes: a process that has said its one line exits then, rather than
+  waiting for a client library to give up (a pool's worker thread would be
+  joined at exit)."""
   if deadline_s is None:
     deadline_s = remote_deadline_s()
   loggers = [logging.getLogger(name) for name in _RETRYING_LOGGERS]
   levels = [logger.level for logger in loggers]
   for logger in loggers:
     logger.setLevel(logging.CRITICAL)
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-  future = pool.submit(function)
+  outcome = {}
+  answered = threading.Event()
+
+  def call():
+    try:
+      outcome['value'] = function()
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      outcome['error'] = e
+    finally:
+      answered.set()
+
+  threading.Thread(target=call, name=f'deadline: {description}',
+                   daemon=True).start()
   try:
-    return future.result(timeout=deadline_s)
-  except concurrent.futures.TimeoutError:
-    raise UserError(
-        f'{description}: no answer in {deadline_s:.0f} s; check the bucket '
-        'name, the network and the credentials (gcloud auth '
-        'application-default login)') from None
-  except UserError:
-    raise
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    raise UserError(f'{description}: {_first_line(e)}; check the path and '
-                    'the credentials') from None
+    if not answered.wait(deadline_s):
+      raise UserError(
+          f'{description}: no answer in {deadline_s:.0f} s; check the bucket '
+          'name, the network and the credentials (gcloud auth '
+          'application-default login)')
+    error = outcome.get('error')
+    if isinstance(error, UserError):
+      raise error
+    if error is not None:
+      raise UserError(f'{description}: {_first_line(error)}; check the path '
+                      'and the credentials') from None
+    return outcome['value']
   finally:
-    pool.shutdown(wait=False)
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
 

@@ -114,8 +114,11 @@ def call_with_deadline(function, description: str,
                       'and the credentials') from None
     return outcome['value']
   finally:
-    for logger, level in zip(loggers, levels):
-      logger.setLevel(level)
+    if answered.is_set():
+      # Else the abandoned call is still retrying: its loggers stay quiet,
+      # or each retry would print its traceback under the one line.
+      for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 def write_output(output: str, data: str | bytes, *,

@@ -101,6 +101,15 @@ def latest_checkpoint(config, workdir, platform=None):
   return step, checkpoint.restore_state(manager, step, target)
 
 
+def plateau_state(opt_state):
+  """The optim.PlateauState inside an optimizer state (an ensemble's holds
+  one per member, stacked)."""
+  from digits_jax import optim  # pylint: disable=g-import-not-at-top
+  is_plateau = lambda n: isinstance(n, optim.PlateauState)
+  return [n for n in jax.tree.leaves(opt_state, is_leaf=is_plateau)
+          if is_plateau(n)][0]
+
+
 def tiny_final_state(workdir, config_overrides):
   """`latest_checkpoint` of a run of configs/tiny.py with overrides."""
   from configs import tiny  # pylint: disable=g-import-not-at-top

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import float_drift, latest_checkpoint, launch_two_hosts, run_cli
+from helpers import (float_drift, latest_checkpoint, launch_two_hosts,
+                     plateau_state, run_cli)
 
 from digits_jax import checkpoint
 from digits_jax import ensemble
@@ -115,9 +116,7 @@ def test_the_loop_reports_each_members_validation_loss_to_its_plateau(
   config = tiny.get_config()
   config.num_models = 3
   _, state = latest_checkpoint(config, workdir)
-  plateau = [n for n in jax.tree.leaves(
-      state.opt_state, is_leaf=lambda n: isinstance(n, optim.PlateauState))
-             if isinstance(n, optim.PlateauState)][0]
+  plateau = plateau_state(state.opt_state)
   # After one epoch each member's best loss is its own validation loss.
   np.testing.assert_allclose(plateau.best_loss, epoch['member_val_loss'],
                              rtol=1e-6)

@@ -4,16 +4,11 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import plateau_state
+
 from configs import improved
 from digits_jax import models
 from digits_jax import optim
-
-
-def _plateau_state(opt_state):
-  return [n for n in jax.tree.leaves(opt_state,
-                                     is_leaf=lambda n: isinstance(
-                                         n, optim.PlateauState))
-          if isinstance(n, optim.PlateauState)][0]
 
 
 def _run_plateau(losses, patience=2, factor=0.2, min_scale=0.0):
@@ -81,7 +76,7 @@ def test_optimizer_state_carries_the_plateau_and_lr_follows_it():
   first, _ = tx.update(grads, state, params)
   for loss in (1.0, 1.0, 1.0):
     state = optim.report_epoch(state, loss, config)
-  assert float(_plateau_state(state).scale) == np.float32(0.2)
+  assert float(plateau_state(state).scale) == np.float32(0.2)
   second, _ = tx.update(grads, state, params)
   np.testing.assert_allclose(second['conv1']['kernel'],
                              0.2 * first['conv1']['kernel'], rtol=1e-5)

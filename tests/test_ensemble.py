@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import (float_drift, latest_checkpoint, launch_two_hosts,
-                     plateau_state, run_cli)
+                     plateau_state, run_cli, run_main)
 
 from digits_jax import checkpoint
 from digits_jax import ensemble
@@ -223,7 +223,7 @@ def test_an_ensemble_checkpoint_restores_on_another_device_count(
       trained.stderr)
   with open(tmp_path / 'eval_test.json') as f:
     on_2 = json.load(f)
-  evaluated = cli(1, '--mode=eval')
+  evaluated = run_main(*common, '--mode=eval')  # This process's 1 device.
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   with open(tmp_path / 'eval_test.json') as f:
     on_1 = json.load(f)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import launch_two_hosts, run_cli, tiny_final_state
+from helpers import launch_two_hosts, run_cli, run_main, tiny_final_state
 
 pytestmark = pytest.mark.slow  # Each test starts processes.
 
@@ -49,7 +49,8 @@ def test_checkpoint_from_8_devices_evaluates_on_1_and_resumes_on_2(
   with open(tmp_path / 'eval_test.json') as f:
     on_8 = json.load(f)
 
-  evaluated = cli(1, '--mode=eval')
+  # On 1 device: this process's.
+  evaluated = run_main(*common, '--mode=eval')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   with open(tmp_path / 'eval_test.json') as f:
     on_1 = json.load(f)
@@ -86,11 +87,11 @@ def test_two_processes_train_the_model_one_process_trains(
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                atol=1e-5)
 
-  # The checkpoint the two processes wrote evaluates in one process to the
-  # figures they reported.
+  # The checkpoint the two processes wrote evaluates in one process (this
+  # one) to the figures they reported.
   with open(two / 'eval_test.json') as f:
     reported = json.load(f)
-  evaluated = run_cli(*common, f'--workdir={two}', '--mode=eval')
+  evaluated = run_main(*common, f'--workdir={two}', '--mode=eval')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   with open(two / 'eval_test.json') as f:
     again = json.load(f)

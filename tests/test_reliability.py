@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import ROOT, cli_env, run_cli, tiny_final_state
+from helpers import ROOT, cli_env, run_main, tiny_final_state
 
 pytestmark = pytest.mark.slow  # Each test runs the command line.
 
@@ -40,12 +40,14 @@ def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(
   stopped_step, _ = tiny_final_state(interrupted, overrides)
   assert 20 <= stopped_step < 60
 
-  rerun = run_cli(*args, f'--workdir={interrupted}')
+  # The rerun and the straight run in this process: the signal needed a
+  # process of its own, the rest does not.
+  rerun = run_main(*args, f'--workdir={interrupted}')
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f'Resuming from the checkpoint at step {stopped_step}' in rerun.stderr
 
   straight = str(tmp_path / 'straight')
-  result = run_cli(*args, f'--workdir={straight}')
+  result = run_main(*args, f'--workdir={straight}')
   assert result.returncode == 0, result.stderr[-3000:]
 
   step_a, state_a = tiny_final_state(interrupted, overrides)
@@ -57,10 +59,10 @@ def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(
 
 def test_divergence_stops_with_the_step_and_saves_nothing_bad(
     tmp_path, mnist_data_dir):
-  result = run_cli('--config=configs/tiny.py', f'--workdir={tmp_path}',
-                   f'--config.data_dir={mnist_data_dir}',
-                   '--config.learning_rate=1e30', '--config.l2=0.0',
-                   '--config.steps_per_dispatch=1')
+  result = run_main('--config=configs/tiny.py', f'--workdir={tmp_path}',
+                    f'--config.data_dir={mnist_data_dir}',
+                    '--config.learning_rate=1e30', '--config.l2=0.0',
+                    '--config.steps_per_dispatch=1')
   assert result.returncode == 1, result.stderr[-3000:]
   assert 'Traceback' not in result.stderr
   errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
@@ -112,11 +114,11 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(
   process.wait(timeout=60)
   assert sorted(p for p in os.listdir(checkpoints) if p.isdigit()) == ['20']
 
-  evaluated = run_cli(*args, '--mode=eval')
+  evaluated = run_main(*args, '--mode=eval')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert 'best checkpoint (step 20' in evaluated.stderr
 
-  rerun = run_cli(*args)
+  rerun = run_main(*args)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert 'Resuming from the checkpoint at step 20' in rerun.stderr
   assert all(p.isdigit() for p in os.listdir(checkpoints)), (

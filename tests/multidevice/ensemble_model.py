@@ -16,9 +16,9 @@ from digits_jax import recipe
 from digits_jax import steps
 from helpers import float_drift, max_difference
 
-# Small: vmapped, the grouped convolutions run slowly on XLA:CPU (a 4x2
-# layout took 168 s for 3 steps of 32 images per member).
-NUM_MODELS, STEPS, BATCH = 4, 2, 16
+# Small: vmapped, the grouped convolutions run slowly on XLA:CPU (one
+# layout's 2 steps took 49 s at 16 images per member, 9 s at 8).
+NUM_MODELS, STEPS, BATCH = 4, 2, 8
 
 
 def run(devices: parallel.DataParallel, members: ensemble.Members, images,

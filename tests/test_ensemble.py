@@ -45,10 +45,16 @@ def test_members_trained_together_equal_single_runs_with_their_seeds(
   7e-2 on an Intel Xeon with AVX-512; 0.2% of a leaf's parameters beyond
   1e-4). Another seed's run, the control, is far outside."""
   platform = platform_lib.Platform(backend)
+  # Batches of 25 and small evaluation sets: XLA:CPU runs the vmapped
+  # grouped convolutions slowly, and the comparison needs only the steps.
+  # (At batches of 10, Adam magnified more near-zero gradients: 23% of a
+  # leaf's parameters beyond 1e-4.)
+  small = dict(num_train_steps=4, batch_size=25, validation_size=50,
+               max_test_examples=100, eval_batch_size=50)
   single_runs = [_train(tiny_config, tmp_path / f'seed{seed}', platform,
-                        num_train_steps=4, seed=seed)[1] for seed in (0, 1)]
+                        seed=seed, **small)[1] for seed in (0, 1)]
   step, ensemble_state = _train(tiny_config, tmp_path / 'ensemble', platform,
-                                num_train_steps=4, num_models=2)
+                                num_models=2, **small)
   assert step == 4
   np.testing.assert_array_equal(ensemble_state.step, [4, 4])
 
@@ -100,9 +106,10 @@ def test_each_member_trains_on_the_bag_its_single_run_trains_on(
   assert all(len(a & b) < 80 for a in bags for b in bags if a is not b)
 
   # And the loop takes an epoch to be one pass over each member's bag:
-  # tiny's 1,000 training images, half of them, in batches of 50.
+  # tiny's 1,000 training images, half of them, in batches of 50. (Three
+  # members, as the session's ensemble_run: the same compiled programs.)
   step, _ = _train(tiny_config, tmp_path / 'bagged', num_epochs=1,
-                   num_models=2, bag_fraction=0.5)
+                   num_models=3, bag_fraction=0.5)
   assert step == 10
 
 
@@ -206,49 +213,17 @@ def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
 
 
 @pytest.mark.slow
-def test_an_ensemble_checkpoint_restores_on_another_device_count(
-    tmp_path, mnist_data_dir):
-  """Trained with its members on 2 devices, evaluated on 1, resumed on 4
-  (2 on the members, 2 on the data)."""
-  common = ['--config=configs/tiny.py', f'--workdir={tmp_path}',
-            f'--config.data_dir={mnist_data_dir}', '--config.num_models=2',
-            '--config.input_size=28']
-
-  def cli(devices, *args):
-    return run_cli(*common, *args, devices=devices)
-
-  trained = cli(2, '--config.num_epochs=1')
-  assert trained.returncode == 0, trained.stderr[-3000:]
-  assert '2 cpu device(s), parallelism mesh, 2 on the members' in (
-      trained.stderr)
-  with open(tmp_path / 'eval_test.json') as f:
-    on_2 = json.load(f)
-  evaluated = run_main(*common, '--mode=eval')  # This process's 1 device.
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  with open(tmp_path / 'eval_test.json') as f:
-    on_1 = json.load(f)
-  assert on_1['accuracy'] == on_2['accuracy']
-  for a, b in zip(on_1['members'], on_2['members']):
-    assert a['accuracy'] == b['accuracy']
-    assert a['loss'] == pytest.approx(b['loss'], abs=1e-5)
-  resumed = cli(4, '--config.num_epochs=2')
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'Resuming from the checkpoint at step 20' in resumed.stderr
-  assert '4 cpu device(s), parallelism mesh, 2 on the members' in (
-      resumed.stderr)
-  assert 'epoch 2/2' in resumed.stderr
-
-
-@pytest.mark.slow
 def test_members_on_8_devices_train_what_one_device_trains(eight_devices):
   report = eight_devices['ensemble']['result']
   assert len(report) == 6
   for layout, r in report.items():
     # Float32 drift after 2 Adam steps (helpers.float_drift); the losses,
-    # ~2.3, within 5e-4 (measured up to 1.1e-4).
+    # ~2.3, within 5e-4 (measured up to 1.1e-4). The smallest leaves hold
+    # 32 parameters, so one near-zero gradient's parameter beyond 1e-4 is
+    # 3.1% of its leaf (measured: at most that one).
     assert r['loss_shape'] == [2, 4], (layout, r)
     assert r['loss'] < 5e-4, (layout, r)
-    assert r['params']['beyond_1e-4'] < 0.03, (layout, r)
+    assert r['params']['beyond_1e-4'] < 0.05, (layout, r)
     assert r['batch_stats']['relative'] < 0.03, (layout, r)
     if layout.startswith('side_by_side'):
       # Each member's parameters stay on their row of the mesh. (Vmapped,
@@ -259,22 +234,28 @@ def test_members_on_8_devices_train_what_one_device_trains(eight_devices):
 
 
 @pytest.mark.slow
-def test_two_hosts_train_the_ensemble_one_host_trains(tmp_path,
-                                                      mnist_data_dir):
+def test_two_hosts_train_the_ensemble_one_host_trains_and_it_moves_devices(
+    tmp_path, mnist_data_dir):
   """Two processes of one CPU device each: each host holds one member and
   assembles its own batches (the multi-host path); the same ensemble as
-  one process with two devices."""
+  one process with two devices. That checkpoint, written with its members
+  on 2 devices, evaluates on 1 and resumes on 4 (2 on the members, 2 on
+  the data)."""
   common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
-            '--config.num_epochs=1', '--config.num_models=2']
+            '--config.num_models=2']
   two = tmp_path / 'two_hosts'
-  processes = launch_two_hosts([*common, f'--workdir={two}'])
+  processes = launch_two_hosts([*common, f'--workdir={two}',
+                                '--config.num_epochs=1'])
   logs = [p.communicate(timeout=600)[1] for p in processes]
   for p, log in zip(processes, logs):
     assert p.returncode == 0, log[-3000:]
   assert '2 cpu device(s), parallelism mesh, 2 on the members' in logs[0]
   one = tmp_path / 'one_host'
-  single = run_cli(*common, f'--workdir={one}', devices=2)
+  single = run_cli(*common, f'--workdir={one}', '--config.num_epochs=1',
+                   devices=2)
   assert single.returncode == 0, single.stderr[-3000:]
+  assert '2 cpu device(s), parallelism mesh, 2 on the members' in (
+      single.stderr)
   from configs import tiny
   config = tiny.get_config()
   config.num_models = 2
@@ -284,3 +265,21 @@ def test_two_hosts_train_the_ensemble_one_host_trains(tmp_path,
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                atol=1e-5)
+
+  with open(one / 'eval_test.json') as f:
+    on_2 = json.load(f)
+  evaluated = run_main(*common, f'--workdir={one}', '--mode=eval')  # 1 device.
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(one / 'eval_test.json') as f:
+    on_1 = json.load(f)
+  assert on_1['accuracy'] == on_2['accuracy']
+  for a, b in zip(on_1['members'], on_2['members']):
+    assert a['accuracy'] == b['accuracy']
+    assert a['loss'] == pytest.approx(b['loss'], abs=1e-5)
+  resumed = run_cli(*common, f'--workdir={one}', '--config.num_epochs=2',
+                    devices=4)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming from the checkpoint at step 20' in resumed.stderr
+  assert '4 cpu device(s), parallelism mesh, 2 on the members' in (
+      resumed.stderr)
+  assert 'epoch 2/2' in resumed.stderr

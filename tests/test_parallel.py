@@ -1,6 +1,6 @@
 """Data parallelism: 1 device against 8 simulated CPU devices (mesh and
-pmap) in one process, a checkpoint across device counts, and two processes
-as two hosts."""
+pmap) in one process, two processes as two hosts, a checkpoint across
+device counts, and preemption of one host."""
 
 import json
 import os
@@ -34,42 +34,15 @@ def test_one_device_mesh_and_pmap_train_the_same_model(eight_devices):
   assert report['mesh']['all_gather'] == 0
 
 
-def test_checkpoint_from_8_devices_evaluates_on_1_and_resumes_on_2(
+def test_two_processes_train_the_model_one_process_trains_and_it_moves_devices(
     tmp_path, mnist_data_dir):
-  common = ['--config=configs/tiny.py', f'--workdir={tmp_path}',
-            f'--config.data_dir={mnist_data_dir}', '--config.batch_size=40',
-            '--config.input_size=28']
-
-  def cli(devices, *args):
-    return run_cli(*common, *args, devices=devices)
-
-  trained = cli(8, '--config.num_epochs=1')
-  assert trained.returncode == 0, trained.stderr[-3000:]
-  assert '8 cpu device(s)' in trained.stderr
-  with open(tmp_path / 'eval_test.json') as f:
-    on_8 = json.load(f)
-
-  # On 1 device: this process's.
-  evaluated = run_main(*common, '--mode=eval')
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  with open(tmp_path / 'eval_test.json') as f:
-    on_1 = json.load(f)
-  assert on_1['accuracy'] == on_8['accuracy']
-  assert abs(on_1['loss'] - on_8['loss']) < 1e-5
-
-  resumed = cli(2, '--config.num_epochs=2', '--config.parallelism=pmap')
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'Resuming from the checkpoint at step 25' in resumed.stderr
-  assert '2 cpu device(s), parallelism pmap' in resumed.stderr
-  assert 'epoch 2/2' in resumed.stderr
-
-
-def test_two_processes_train_the_model_one_process_trains(
-    tmp_path, mnist_data_dir):
-  common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
-            '--config.num_epochs=1']
+  """Two processes as two hosts against one process with 2 devices; that
+  checkpoint evaluates on 1 device to the figures it reported and resumes
+  on 5 under pmap (replicated rather than sharded: another layout)."""
+  common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}']
   two = tmp_path / 'two_processes'
-  processes = launch_two_hosts([*common, f'--workdir={two}'])
+  processes = launch_two_hosts([*common, f'--workdir={two}',
+                                '--config.num_epochs=1'])
   logs = [p.communicate(timeout=600)[1] for p in processes]
   for p, log in zip(processes, logs):
     assert p.returncode == 0, log[-3000:]
@@ -77,7 +50,8 @@ def test_two_processes_train_the_model_one_process_trains(
   assert 'epoch 1/1' not in logs[1]  # Only process 0 reports.
 
   one = tmp_path / 'one_process'
-  single = run_cli(*common, f'--workdir={one}', devices=2)
+  single = run_cli(*common, f'--workdir={one}', '--config.num_epochs=1',
+                   devices=2)
   assert single.returncode == 0, single.stderr[-3000:]
 
   step_a, state_a = tiny_final_state(two, {})
@@ -87,16 +61,24 @@ def test_two_processes_train_the_model_one_process_trains(
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                atol=1e-5)
 
-  # The checkpoint the two processes wrote evaluates in one process (this
-  # one) to the figures they reported.
-  with open(two / 'eval_test.json') as f:
-    reported = json.load(f)
-  evaluated = run_main(*common, f'--workdir={two}', '--mode=eval')
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  with open(two / 'eval_test.json') as f:
-    again = json.load(f)
-  assert again['accuracy'] == reported['accuracy']
-  assert abs(again['loss'] - reported['loss']) < 1e-6
+  # The checkpoints of both evaluate in one process of 1 device (this one)
+  # to the figures their runs reported.
+  for workdir in (two, one):
+    with open(workdir / 'eval_test.json') as f:
+      reported = json.load(f)
+    evaluated = run_main(*common, f'--workdir={workdir}', '--mode=eval')
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    with open(workdir / 'eval_test.json') as f:
+      again = json.load(f)
+    assert again['accuracy'] == reported['accuracy']
+    assert abs(again['loss'] - reported['loss']) < 1e-5
+
+  resumed = run_cli(*common, f'--workdir={one}', '--config.num_epochs=2',
+                    '--config.parallelism=pmap', devices=5)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming from the checkpoint at step 20' in resumed.stderr
+  assert '5 cpu device(s), parallelism pmap' in resumed.stderr
+  assert 'epoch 2/2' in resumed.stderr
 
 
 def _sigterm_when(processes, trigger, watch=None):
@@ -162,9 +144,10 @@ def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(
   """JAX's preemption sync point: SIGTERM reaches process 1 only; both save
   one checkpoint at the step they agreed on, exit 0, and rerunning resumes
   and ends with the model of an uninterrupted run."""
-  overrides = {'num_epochs': 3, 'steps_per_dispatch': 2}
+  overrides = {'num_epochs': 3}
+  # tiny's 4 steps per dispatch: the programs of the test above.
   common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
-            '--config.num_epochs=3', '--config.steps_per_dispatch=2']
+            '--config.num_epochs=3']
   workdir = tmp_path / 'preempted'
   args = [*common, f'--workdir={workdir}']
   # Training is under way: preempt host 1 only.

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow  # Each test runs the command line.
 
 def test_sigterm_mid_run_saves_and_the_rerun_matches_an_uninterrupted_run(
     tmp_path, mnist_data_dir):
-  overrides = {'num_epochs': 3, 'steps_per_dispatch': 2}
+  overrides = {'num_epochs': 3}
   args = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
-          '--config.num_epochs=3', '--config.steps_per_dispatch=2']
+          '--config.num_epochs=3']
   interrupted = str(tmp_path / 'interrupted')
   env = cli_env()
   process = subprocess.Popen(

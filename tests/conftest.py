@@ -2,8 +2,9 @@
 every process it starts, real MNIST prepared once, and the trained runs that
 several modules read.
 
-Tiers: `python -m pytest -q` runs everything; `-m "not slow"` leaves out the
-tests marked slow (they start processes or train), for the edit-test loop.
+Tiers: `python -m pytest -q -n 2` runs everything on two workers;
+`-m "not slow"` leaves out the tests marked slow (they start processes or
+train), for the edit-test loop.
 """
 
 import collections
@@ -49,8 +50,9 @@ def pytest_configure(config):
 
 
 # What the tests share that takes a process or a training run to make. Under
-# pytest-xdist with --dist=loadgroup (the README's command), the tests that
-# use one of these run on one worker, so that it is made once.
+# pytest-xdist (`-n 2`, the README's command; pyproject.toml sets
+# --dist=loadgroup), the tests that use one of these run on one worker, so
+# that it is made once.
 _SHARED_BY_GROUP = ('eight_devices', 'cli_run', 'ensemble_run', 'trained_run',
                     'predict_run', 'emulator')
 

@@ -3,9 +3,10 @@
 tests/conftest.py): each part's report and seconds, as one JSON line.
 
 One process for all of them, rather than one per test: the imports and the
-programs they share are paid once. Run alone beside nothing else that
-runs 8-device programs: XLA:CPU's collectives wait for all 8 devices'
-threads, and on 2 busy cores one can miss the deadline.
+programs they share are paid once. XLA:CPU's collectives wait for all 8
+devices' threads and abort after 40 s by default, which 2 cores shared with
+another test worker can exceed: the fixture's environment
+(helpers.cli_env) raises that deadline.
 """
 
 import json

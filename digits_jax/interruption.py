@@ -1,54 +1,96 @@
-"""Stopping cleanly on SIGTERM or Ctrl-C, on one host or several."""
+"""Stopping cleanly on SIGTERM or Ctrl-C, on one host or several, at any
+moment of a run."""
 
 import logging
 import signal
 import threading
 
-import jax
-
 log = logging.getLogger(__name__)
 
 
+class Interrupted(BaseException):
+  """A stop signal that arrived where stopping at once leaves nothing half
+  done: before the training loop (loading data, restoring, compiling: no
+  checkpoint written yet), after it (the checkpoints saved), or in a mode
+  that writes each of its files whole. A BaseException, as
+  KeyboardInterrupt is: no library's `except Exception` takes it."""
+
+  def __init__(self, signal_name: str, after_training: bool):
+    super().__init__(signal_name)
+    self.signal_name = signal_name
+    self.after_training = after_training
+
+
 class StopSignal:
-  """Turns SIGTERM (and, on one host, SIGINT) into a request to stop cleanly.
+  """Turns SIGTERM (and, on one host, SIGINT) into a clean stop, from the
+  moment it is created (the start of `main`).
 
-  The loop polls it once per dispatch; when it says stop, the loop writes a
-  checkpoint and returns, and rerunning the same command resumes from it.
-
-  One process: a Python handler records the first SIGTERM or SIGINT (a
-  second one acts as usual).
+  Outside the training loop the handler raises `Interrupted` wherever the
+  program is, which `main` turns into one line and exit code 0: nothing is
+  being written there that stopping could leave partial (every file is
+  written whole, checkpoints by orbax's rename). Inside the loop
+  (`start_polling` .. `stop_polling`) it only records the signal; the loop
+  polls once per dispatch, writes a checkpoint and returns, and rerunning
+  the same command resumes from it. A second signal acts as usual.
 
   Several processes: every host must save the same step, or the collective
   save waits forever. JAX's preemption service (started by
-  `jax.distributed.initialize`) catches SIGTERM on whichever host gets it
-  and tells the others; each host then reports the last counter it passed
-  to `multihost_utils.reached_preemption_sync_point`, and the sync point is
-  one above the largest, answered True for exactly that value. Orbax's save
+  `jax.distributed.initialize`, whose own SIGTERM handler replaces this
+  one's) catches SIGTERM on whichever host gets it and tells the others;
+  each host then reports the last counter it passed to
+  `multihost_utils.reached_preemption_sync_point`, and the sync point is one
+  above the largest, answered True for exactly that value. Orbax's save
   asks the same sync point with the training step, so the counter here is
   the training step too, and every step a dispatch covered is offered in
   turn: whenever the notice comes (mid-epoch, during validation or a save),
   all hosts stop after the same dispatch, the first to pass the sync point.
-  No Python SIGTERM handler is installed then: it would take the signal away
-  from JAX's. SIGINT keeps its default (it usually reaches a single host).
+  SIGINT gets its default back in the loop (it usually reaches a single
+  host, which must not stop alone). A SIGTERM before the cluster is joined
+  stops that host alone, and the others' `initialize` times out.
   """
 
-  def __init__(self, step: int):
-    """`step`: the training step the run starts (or resumes) at."""
+  def __init__(self):
     self.received = None
-    self._multihost = jax.process_count() > 1
-    self._offered_step = step
+    self._polling = False
+    self._after_training = False
+    self._multihost = False
+    self._offered_step = 0
     self._previous = {}
-    signals = () if self._multihost else (signal.SIGTERM, signal.SIGINT)
     if threading.current_thread() is threading.main_thread():
-      for sig in signals:
+      for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
     del frame
-    self.received = signal.Signals(signum).name
-    log.warning('%s received: stopping after the current steps.',
-                self.received)
-    self.restore()
+    name = signal.Signals(signum).name
+    if self._polling and self._multihost:
+      return  # JAX's preemption service stops every host (see above).
+    self.restore()  # A second signal acts as usual.
+    if not self._polling:
+      raise Interrupted(name, self._after_training)
+    self.received = name
+    log.warning('%s received: stopping after the current steps.', name)
+
+  def start_polling(self, step: int) -> None:
+    """The training loop begins at training step `step`: from here a signal
+    is recorded for `poll`."""
+    import jax  # pylint: disable=g-import-not-at-top
+    self._offered_step = step
+    self._multihost = jax.process_count() > 1
+    if self._multihost:
+      # SIGTERM is JAX's now (setting any handler would take it away);
+      # SIGINT back to its default.
+      self._previous.pop(signal.SIGTERM, None)
+      previous = self._previous.pop(signal.SIGINT, None)
+      if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+    self._polling = True
+
+  def stop_polling(self) -> None:
+    """The loop has ended (its checkpoints saved): a signal stops at once
+    again."""
+    self._polling = False
+    self._after_training = True
 
   def poll(self, step: int) -> bool:
     """Whether to stop now, at training step `step`; called after every
@@ -64,7 +106,8 @@ class StopSignal:
       self._offered_step = step
     return self.received is not None
 
-  def restore(self):
+  def restore(self) -> None:
+    """The handlers as they were before this one."""
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}

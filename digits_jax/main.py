@@ -20,6 +20,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from digits_jax import config_checks
+from digits_jax import interruption
 from digits_jax import paths
 from digits_jax.errors import UserError
 
@@ -89,6 +90,29 @@ def _fail(message: str) -> None:
 
 
 def main(argv):
+  # First: a SIGTERM (a preempted job) or Ctrl-C at any moment from here
+  # ends with one line and exit code 0, never a traceback or 143.
+  stop_signal = interruption.StopSignal()
+  try:
+    _main(argv, stop_signal)
+  except interruption.Interrupted as e:
+    if _MODE.value != 'train':
+      done = (f'before --mode={_MODE.value} finished: stopped (each file it '
+              'writes is written whole, so none is partial)')
+    elif e.after_training:
+      done = ('after training: stopped, its checkpoints saved, the test '
+              'evaluation not done (--mode=eval does it)')
+    else:
+      done = ('before training began: stopped, no checkpoint written (any '
+              'already in the workdir are as they were)')
+    print(f'{e.signal_name} received {done}. Rerun the same command to go '
+          'on.', file=sys.stderr)
+    sys.exit(0)
+  finally:
+    stop_signal.restore()
+
+
+def _main(argv, stop_signal):
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}; options go as --name=value')
   if _CONFIG.value is None:
@@ -115,7 +139,7 @@ def main(argv):
                                     must_exist=_MODE.value != 'train')
     logging.getLogger('digits_jax.main').info('Workdir: %s', workdir)
     if _MODE.value == 'train':
-      train.train_and_evaluate(config, workdir)
+      train.train_and_evaluate(config, workdir, stop_signal=stop_signal)
     elif _MODE.value == 'eval':
       evaluation.evaluate_checkpoint(config, workdir)
     elif _MODE.value == 'export':

@@ -6,6 +6,7 @@ validation, the plateau rule's update, a metrics line and a checkpoint. A
 signal stops it cleanly (interruption.py); rerunning resumes bit for bit.
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -27,6 +28,7 @@ from digits_jax import parallel as parallel_lib
 from digits_jax import paths
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
+from digits_jax import run_lock
 from digits_jax import steps
 from digits_jax.errors import UserError
 
@@ -86,12 +88,29 @@ class TrainingDiverged(Exception):
   """The loss became NaN or infinite."""
 
 
-def train_and_evaluate(config, workdir: str,
-                       platform: platform_lib.Platform | None = None) -> dict:
+def train_and_evaluate(
+    config, workdir: str, platform: platform_lib.Platform | None = None,
+    stop_signal: interruption.StopSignal | None = None) -> dict:
   """Trains as the config says, resuming from `workdir`; returns the test
   report of the best checkpoint. `platform` (default: this process's) makes
-  the platform's choices; tests pass another to run its path here."""
+  the platform's choices; tests pass another to run its path here.
+  `stop_signal`: the handler `main` put in place at its start (default: one
+  from here on)."""
+  own_stop_signal = stop_signal is None
+  stop_signal = stop_signal or interruption.StopSignal()
   workdir = paths.resolve(os.fspath(workdir))
+  # One writer per workdir: process 0 holds its lock (run_lock.py).
+  lock = (run_lock.held(workdir) if jax.process_index() == 0
+          else contextlib.nullcontext())
+  try:
+    with lock:
+      return _train_and_evaluate(config, workdir, platform, stop_signal)
+  finally:
+    if own_stop_signal:
+      stop_signal.restore()
+
+
+def _train_and_evaluate(config, workdir, platform, stop_signal):
   platform = platform or platform_lib.current(config.conv_impl)
   devices = parallel_lib.create(config)
   splits = input_pipeline.load_splits(config)
@@ -125,14 +144,21 @@ def train_and_evaluate(config, workdir: str,
 
   manager = checkpoint.create_manager(workdir / 'checkpoints',
                                       config.checkpoints_to_keep)
-  if manager.latest_step() is not None:
-    step = manager.latest_step()
-    checkpoint.check_compatible(checkpoint.read_meta(manager, step), config,
-                                workdir)
-    # Restored straight onto this run's devices, whatever wrote it.
-    state = checkpoint.restore_state(
-        manager, step, state if devices.mode == 'pmap' else
-        devices.place_state(state))
+
+  def resumable(meta):
+    checkpoint.check_compatible(meta, config, workdir)
+    checkpoint.check_same_recipe(meta, config, workdir)
+
+  # Restored straight onto this run's devices, whatever wrote it; the
+  # newest checkpoint that restores, passing over damaged ones.
+  resumed = checkpoint.restore_first(
+      manager, sorted(manager.all_steps(), reverse=True),
+      state if devices.mode == 'pmap' else devices.place_state(state),
+      workdir / 'checkpoints', check=resumable)
+  if resumed:
+    step, _, state, damaged = resumed
+    if damaged:
+      manager = _set_aside(manager, workdir, damaged, config)
     log.info('Resuming from the checkpoint at step %d in %s.', step,
              workdir)
 
@@ -169,7 +195,7 @@ def train_and_evaluate(config, workdir: str,
 
   writer = MetricsWriter(workdir) if jax.process_index() == 0 else None
   step = members.step(devices.to_host(state.step))
-  stop_signal = interruption.StopSignal(step)
+  stop_signal.start_polling(step)
   try:
     while step < total_steps:
       epoch = step // steps_per_epoch
@@ -272,9 +298,28 @@ def train_and_evaluate(config, workdir: str,
   finally:
     if writer:
       writer.close()
-    stop_signal.restore()
+    stop_signal.stop_polling()
 
   return evaluation.evaluate_checkpoint(config, workdir, splits=splits)
+
+
+def _set_aside(manager, workdir: epath.Path, steps, config):
+  """Moves damaged checkpoints newer than the one resumed from out of the
+  way (kept, never deleted), so that the run can write those steps again;
+  returns a manager of what is left."""
+  aside = workdir / 'damaged_checkpoints'
+  manager.close()
+  if jax.process_index() == 0:  # One host moves them; all wait for it.
+    aside.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      (workdir / 'checkpoints' / str(step)).rename(aside / str(step))
+    log.warning('Moved the damaged checkpoint(s) at step %s to %s.',
+                ', '.join(map(str, steps)), aside)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('damaged checkpoints set aside')
+  return checkpoint.create_manager(workdir / 'checkpoints',
+                                   config.checkpoints_to_keep)
 
 
 def _progress_bar(epoch, num_epochs, total, initial):

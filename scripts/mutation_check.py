@@ -52,6 +52,10 @@ DATA = 'tests/test_input_pipeline.py::'
 CKPT = 'tests/test_checkpoint.py::'
 DIGIT_IMAGE = 'tests/test_digit_image.py::'
 CONFIGS = 'tests/test_configs.py::test_improved_is_the_articles_recipe'
+RECIPE_RESUME = (TRAIN + 'test_a_resume_with_another_recipe_is_refused_and_'
+                 'writes_nothing')
+DAMAGED_FILES = (CKPT + 'test_every_damaged_file_falls_back_to_the_newest_'
+                 'good_checkpoint')
 
 RECIPE = OPT + 'test_the_optimizer_chain_equals_a_hand_written_keras_recipe'
 L2_LAYERS = OPT + 'test_l2_reaches_exactly_conv1_and_conv3_kernels_of_the_real_model'
@@ -307,6 +311,45 @@ MUTATIONS = (
        'MIN_INK_CONTRAST = 32', 'MIN_INK_CONTRAST = 0',
        [DIGIT_IMAGE + 'test_paper_without_a_digit_is_blank'],
        'a blank grainy page predicted as a digit'),
+    # Reliability (docs/reliability.md's table).
+    _m('resume_takes_another_recipe', 'digits_jax/train.py',
+       '    checkpoint.check_same_recipe(meta, config, workdir)\n',
+       '    pass\n', [RECIPE_RESUME],
+       'a resume with another batch size or learning rate taken silently'),
+    _m('batch_size_may_change_on_resume', 'digits_jax/checkpoint.py',
+       "'data_dir', 'eval_batch_size',", "'data_dir', 'batch_size', "
+       "'eval_batch_size',", [RECIPE_RESUME],
+       'a resume that changes the batch size midway'),
+    _m('damaged_checkpoint_ends_the_run', 'digits_jax/checkpoint.py',
+       '      meta = read_meta(manager, step)\n'
+       '    except Exception as e:  # pylint: disable=broad-except\n'
+       '      damaged.append((step, _why(e)))\n      continue\n',
+       '      meta = read_meta(manager, step)\n'
+       '    except Exception as e:  # pylint: disable=broad-except\n'
+       '      raise\n', [DAMAGED_FILES],
+       'a traceback for one garbled file, with good checkpoints beside it'),
+    _m('sigterm_at_start_up_kills', 'digits_jax/interruption.py',
+       'raise Interrupted(name, self._after_training)',
+       'raise SystemExit(143)',
+       ['tests/test_interruption.py::'
+        'test_outside_the_loop_a_signal_stops_at_once'],
+       'a job preempted while it compiles looks like a crash'),
+    _m('workdir_not_locked', 'digits_jax/train.py',
+       'lock = (run_lock.held(workdir) if jax.process_index() == 0',
+       'lock = (contextlib.nullcontext() if jax.process_index() == 0',
+       ['tests/test_reliability.py::'
+        'test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one'],
+       'two runs writing one workdir at once'),
+    _m('stale_lock_never_taken_over', 'digits_jax/run_lock.py',
+       "or _alive(holder['pid'])):", 'or True):',
+       ['tests/test_run_lock.py::'
+        'test_a_lock_whose_holder_is_gone_is_taken_over'],
+       'a run killed with -9 locks its workdir for good'),
+    _m('damaged_dataset_traceback', 'digits_jax/input_pipeline.py',
+       "    raise _DamagedDataset(f'{type(e).__name__}: '",
+       "    raise RuntimeError(f'{type(e).__name__}: '",
+       [DATA + 'test_a_damaged_prepared_dataset_is_moved_aside_and_prepared_'
+        'afresh'], 'a truncated dataset file ends in a traceback'),
 )
 
 

@@ -2,14 +2,16 @@
 every process it starts, real MNIST prepared once, and the trained runs that
 several modules read.
 
-Tiers: `python -m pytest -q -n 2` runs everything on two workers;
-`-m "not slow"` leaves out the tests marked slow (they start processes or
-train), for the edit-test loop.
+Tiers: `python -m pytest -q -n 2` runs everything on two pytest-xdist
+workers (pyproject.toml sends each test file to one worker); `-m "not
+slow"` leaves out the tests marked slow (they start processes or train), for
+the edit-test loop.
 """
 
 import collections
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -34,6 +36,7 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
+from helpers import InProcessResult  # pylint: disable=g-import-not-at-top,wrong-import-position
 from helpers import env_without_tensorflow  # pylint: disable=g-import-not-at-top,wrong-import-position
 from helpers import run_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from helpers import tensorflow_modules  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -47,22 +50,6 @@ def pytest_configure(config):
   monitoring.register_event_listener(
       lambda name, **kwargs: _CACHE_EVENTS.update(
           [name.rsplit('/', 1)[-1]]) if 'compilation_cache' in name else None)
-
-
-# What the tests share that takes a process or a training run to make. Under
-# pytest-xdist (`-n 2`, the README's command; pyproject.toml sets
-# --dist=loadgroup), the tests that use one of these run on one worker, so
-# that it is made once.
-_SHARED_BY_GROUP = ('eight_devices', 'cli_run', 'ensemble_run', 'trained_run',
-                    'predict_run', 'emulator')
-
-
-@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
-def pytest_collection_modifyitems(items):
-  for item in items:
-    shared = [name for name in _SHARED_BY_GROUP if name in item.fixturenames]
-    if shared:
-      item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -174,20 +161,43 @@ def tiny_config(mnist_data_dir):
   return config
 
 
-# Trained runs, each made once per session and only read by the tests that
-# take them (a test that changes one works on a copy).
+# Trained runs, each made once per run of the suite (whichever worker asks
+# first makes it; `_once_per_run`) and only read by the tests that take
+# them (a test that changes one works on a copy).
+
+
+def _cli_run_once(tmp_path_factory, name, args):
+  """`run_cli(*args)` once per run, into <folder>/run: (workdir, result)."""
+  with _once_per_run(tmp_path_factory, name) as (folder, first):
+    workdir = str(folder / 'run')
+    if first:
+      result = run_cli(*args, f'--workdir={workdir}')
+      assert result.returncode == 0, result.stderr[-3000:]
+      (folder / 'result.json').write_text(json.dumps(
+          [result.returncode, result.stdout, result.stderr]))
+    return workdir, InProcessResult(*json.loads(
+        (folder / 'result.json').read_text()))
 
 
 @pytest.fixture(scope='session')
 def cli_run(tmp_path_factory, mnist_data_dir):
   """configs/tiny.py trained one epoch through the command line:
-  (workdir, the common arguments, the subprocess result)."""
-  workdir = str(tmp_path_factory.mktemp('cli') / 'run')
-  common = ['--config=configs/tiny.py', f'--workdir={workdir}',
-            f'--config.data_dir={mnist_data_dir}']
-  result = run_cli(*common, '--config.num_epochs=1')
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, common, result
+  (workdir, the common arguments, the process's result)."""
+  common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}']
+  workdir, result = _cli_run_once(tmp_path_factory, 'cli',
+                                  [*common, '--config.num_epochs=1'])
+  return workdir, [*common, f'--workdir={workdir}'], result
+
+
+@pytest.fixture(scope='session')
+def ensemble_run(tmp_path_factory, mnist_data_dir):
+  """An ensemble of 3 through the command line, one epoch of the tiny
+  config with the article's plateau: (workdir, common arguments, result)."""
+  common = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
+            '--config.num_models=3']
+  workdir, result = _cli_run_once(tmp_path_factory, 'ensemble',
+                                  [*common, '--config.num_epochs=1'])
+  return workdir, [*common, f'--workdir={workdir}'], result
 
 
 @pytest.fixture(scope='session')
@@ -198,33 +208,27 @@ def trained_run(tmp_path_factory, mnist_data_dir):
   from digits_jax import train  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data_dir = mnist_data_dir
-  workdir = str(tmp_path_factory.mktemp('run'))
-  report = train.train_and_evaluate(config, workdir)
-  return config, workdir, report
+  with _once_per_run(tmp_path_factory, 'trained') as (folder, first):
+    workdir = str(folder / 'run')
+    if first:
+      report = train.train_and_evaluate(config, workdir)
+      (folder / 'report.json').write_text(json.dumps(report))
+    return config, workdir, json.loads((folder / 'report.json').read_text())
 
 
 @pytest.fixture(scope='session')
-def ensemble_run(tmp_path_factory, mnist_data_dir):
-  """An ensemble of 3 through the command line, one epoch of the tiny
-  config with the article's plateau: (workdir, common arguments, result)."""
-  workdir = str(tmp_path_factory.mktemp('ensemble') / 'run')
-  common = ['--config=configs/tiny.py', f'--workdir={workdir}',
-            f'--config.data_dir={mnist_data_dir}', '--config.num_models=3']
-  result = run_cli(*common, '--config.num_epochs=1')
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, common, result
-
-
-@pytest.fixture(scope='session')
-def eight_devices():
+def eight_devices(tmp_path_factory):
   """tests/multidevice/eight_devices.py's reports, from one process of 8
   simulated CPU devices: {part: {'result': ..., 'seconds': ...}}."""
-  import json  # pylint: disable=g-import-not-at-top
   from helpers import cli_env  # pylint: disable=g-import-not-at-top
-  result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'tests', 'multidevice',
-                                    'eight_devices.py')],
-      env=cli_env(devices=8), capture_output=True, text=True, timeout=1200,
-      check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  with _once_per_run(tmp_path_factory, 'eight_devices') as (folder, first):
+    if first:
+      result = subprocess.run(
+          [sys.executable, os.path.join(ROOT, 'tests', 'multidevice',
+                                        'eight_devices.py')],
+          env=cli_env(devices=8), capture_output=True, text=True,
+          timeout=1200, check=False)
+      assert result.returncode == 0, result.stderr[-3000:]
+      (folder / 'reports.json').write_text(
+          result.stdout.strip().splitlines()[-1])
+    return json.loads((folder / 'reports.json').read_text())

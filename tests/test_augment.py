@@ -192,13 +192,3 @@ def test_preprocess_adds_the_elastic_field_to_the_same_affine_draw():
   assert np.abs(bent - affine_only).max() > 50
   # The affine parameters are the same draw with or without the field.
   np.testing.assert_allclose(barely, affine_only, atol=0.1)
-
-
-@pytest.mark.slow
-def test_under_pmap_each_device_gets_its_slice_of_the_global_draw(
-    eight_devices):
-  """The elastic field, like the affine parameters, is drawn for the global
-  batch and sliced, so 8 devices augment as one does
-  (multidevice/eight_devices.py: 16 images on one device and over 8)."""
-  report = eight_devices['augmentation_under_pmap']['result']
-  assert report['max_difference'] < 1e-3

@@ -1,8 +1,17 @@
-"""The choice of the best checkpoint and what is kept."""
+"""The choice of the best checkpoint, what is kept, and what a damaged
+checkpoint leaves usable."""
 
+import collections
+import os
+import shutil
+
+import helpers
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from digits_jax import checkpoint
+from digits_jax.errors import UserError
 
 
 def test_the_best_checkpoint_is_the_highest_validation_accuracy(tmp_path):
@@ -23,3 +32,82 @@ def test_the_best_checkpoint_is_the_highest_validation_accuracy(tmp_path):
                                      read_only=True)
   assert reread.best_step() == 20
   assert checkpoint.read_meta(reread, 20) == {'epoch': 2}
+
+
+def test_best_first_orders_by_validation_accuracy_then_step(tmp_path):
+  manager = checkpoint.create_manager(str(tmp_path / 'checkpoints'), keep=5)
+  state = {'w': jnp.zeros(2)}
+  for step, accuracy in ((10, 0.5), (20, 0.9), (30, 0.9), (40, 0.7)):
+    checkpoint.save(manager, step, state, {}, {'val_accuracy': accuracy,
+                                               'val_loss': 1.0})
+  checkpoint.save(manager, 45, state, {}, None)  # Mid-epoch: last.
+  assert checkpoint.best_first(manager) == [30, 20, 40, 10, 45]
+
+
+# Each way a file of a checkpoint can be damaged: a partial copy, a disk
+# that returned zeros, garbage, a file lost.
+_DAMAGES = {
+    'truncated': lambda data: data[:len(data) // 2],
+    'zero_filled': lambda data: bytes(len(data)),
+    'random_bytes': lambda data: np.random.default_rng(0).bytes(
+        max(len(data), 100)),
+    'deleted': None,
+}
+
+
+def _restorable(manager, steps, target, directory):
+  """restore_first's (step, state) for `steps`, or the UserError it said."""
+  try:
+    resumed = checkpoint.restore_first(manager, steps, target, directory,
+                                       check=lambda meta: None)
+  except UserError as e:
+    return None, str(e)
+  return resumed[0], resumed[2]
+
+
+@pytest.mark.slow
+def test_every_damaged_file_falls_back_to_the_newest_good_checkpoint(
+    trained_run, tmp_path):
+  """Every file of the latest checkpoint (step 40 of tiny's 2 epochs), in
+  each way: the training's view (newest first) and evaluation's (best
+  first) restore step 20 exactly, or step 40 exactly where the damage is
+  one orbax does not need; never another state, never a traceback, and
+  step 20's files untouched."""
+  config, workdir, _ = trained_run
+  source = os.path.join(workdir, 'checkpoints')
+  target = helpers.latest_checkpoint(config, workdir)[1]
+  original = checkpoint.create_manager(source, 2, read_only=True)
+  intact = {step: checkpoint.restore_state(original, step, target)
+            for step in (20, 40)}
+  files = sorted(os.path.relpath(os.path.join(folder, name), source)
+                 for folder, _, names in os.walk(os.path.join(source, '40'))
+                 for name in names)
+  assert len(files) > 10, files
+  outcomes = collections.Counter()
+  for relative in files:
+    for damage, change in _DAMAGES.items():
+      copy = tmp_path / f'{damage}-{relative.replace(os.sep, "_")}'
+      shutil.copytree(source, copy)
+      path = copy / relative
+      if change is None:
+        path.unlink()
+      else:
+        path.write_bytes(change(path.read_bytes()))
+      before = {p: p.read_bytes() for p in (copy / '20').rglob('*')
+                if p.is_file()}
+      for view in ('newest', 'best'):
+        manager = checkpoint.create_manager(copy, 2,
+                                            read_only=view == 'best')
+        steps = (sorted(manager.all_steps(), reverse=True) if view == 'newest'
+                 else checkpoint.best_first(manager))
+        step, state = _restorable(manager, steps, target, copy)
+        case = (relative, damage, view, step)
+        assert step in (20, 40), (case, state)
+        helpers.assert_same_state(state, intact[step], rtol=0, atol=0)
+        outcomes[step] += 1
+      after = {p: p.read_bytes() for p in (copy / '20').rglob('*')
+               if p.is_file()}
+      assert after == before, (relative, damage)
+      assert (copy / '40').exists(), (relative, damage)  # Not deleted.
+  # Most damages reach what a restore reads.
+  assert outcomes[20] > outcomes[40], outcomes

@@ -1,5 +1,6 @@
 import logging as std_logging
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -83,3 +84,40 @@ def test_validation_size_out_of_range_is_a_user_error(tiny_config):
   tiny_config.validation_size = tiny_config.max_train_examples
   with pytest.raises(UserError, match='validation_size'):
     input_pipeline.load_splits(tiny_config)
+
+
+@pytest.mark.slow
+def test_a_damaged_prepared_dataset_is_moved_aside_and_prepared_afresh(
+    mnist_data_dir, tmp_path):
+  """The train split's array_record file truncated (a partial copy, a disk
+  error): the reader's own error is `RuntimeError: ArrayRecord file should
+  be at least 64KB big`, with a traceback from deep inside it."""
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(mnist_data_dir, data_dir,
+                  ignore=shutil.ignore_patterns('*.npz'))
+  version = data_dir / 'mnist' / '3.0.1'
+  (train_file,) = version.glob('mnist-train.array_record*')
+  train_file.write_bytes(train_file.read_bytes()[:1000])
+  from configs import tiny
+  config = tiny.get_config()
+  config.data_dir = str(data_dir)
+  # A handler of its own: `main`, run in this process by other tests, stops
+  # the trainer's loggers from propagating to pytest's.
+  records = []
+  handler = std_logging.Handler(std_logging.WARNING)
+  handler.emit = records.append
+  logger = std_logging.getLogger('digits_jax.input_pipeline')
+  logger.addHandler(handler)
+  try:
+    splits = input_pipeline.load_splits(config)
+  finally:
+    logger.removeHandler(handler)
+  warnings = [r.getMessage() for r in records]
+  assert len(warnings) == 1 and 'do not read' in warnings[0], warnings
+  (aside,) = data_dir.glob('mnist.damaged-*')
+  assert str(aside) in warnings[0]
+  assert len(list(aside.glob('mnist-train.array_record*'))) == 1  # Kept.
+  config.data_dir = mnist_data_dir
+  intact = input_pipeline.load_splits(config)
+  np.testing.assert_array_equal(splits.train_images, intact.train_images)
+  np.testing.assert_array_equal(splits.test_labels, intact.test_labels)

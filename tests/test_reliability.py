@@ -1,7 +1,9 @@
 """Interruption, resumption and divergence, through the real command line."""
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -10,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import ROOT, cli_env, run_main, tiny_final_state
+from helpers import (ROOT, assert_one_line_error, cli_env, run_main,
+                     tiny_final_state)
 
 pytestmark = pytest.mark.slow  # Each test runs the command line.
 
@@ -110,6 +113,10 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(
   checkpoints = tmp_path / 'run' / 'checkpoints'
   partial = [p for p in os.listdir(checkpoints) if not p.isdigit()]
   assert partial, os.listdir(checkpoints)  # Step 40, half committed.
+  # A second run in the same workdir meanwhile: refused, naming the first.
+  second = run_main(*args)
+  assert_one_line_error(second, 'is in use by the training run of process '
+                        f'{process.pid} on {socket.gethostname()}')
   process.kill()  # SIGKILL: no handler, no cleanup.
   process.wait(timeout=60)
   assert sorted(p for p in os.listdir(checkpoints) if p.isdigit()) == ['20']
@@ -120,8 +127,74 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(
 
   rerun = run_main(*args)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
+  # The killed run's lock, left behind, is taken over.
+  assert (f'Took over the workdir lock of process {process.pid} '
+          in rerun.stderr), rerun.stderr[-3000:]
   assert 'Resuming from the checkpoint at step 20' in rerun.stderr
   assert all(p.isdigit() for p in os.listdir(checkpoints)), (
       os.listdir(checkpoints))  # The partial directory is gone.
   step, _ = tiny_final_state(str(tmp_path / 'run'), {'num_epochs': 3})
   assert step == 60
+
+
+def test_sigterm_during_start_up_exits_0_and_says_nothing_was_saved(
+    tmp_path, mnist_data_dir):
+  """Before the training loop (loading data, compiling), where there is
+  nothing to save yet: one line, exit code 0, no checkpoint."""
+  workdir = tmp_path / 'run'
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'digits_jax.main', '--config=configs/tiny.py',
+       f'--config.data_dir={mnist_data_dir}', f'--workdir={workdir}'],
+      cwd=ROOT, env=cli_env(), stderr=subprocess.PIPE, text=True)
+  log = []
+  for line in process.stderr:
+    log.append(line)
+    if 'Workdir:' in line:  # Logged before the data is read.
+      process.send_signal(signal.SIGTERM)
+      break
+  log.extend(process.stderr)
+  log = ''.join(log)
+  assert process.wait(timeout=300) == 0, log[-3000:]
+  assert 'Traceback' not in log, log[-3000:]
+  assert ('SIGTERM received before training began: stopped, no checkpoint '
+          'written') in log, log
+  checkpoints = workdir / 'checkpoints'
+  assert not checkpoints.exists() or not [
+      p for p in os.listdir(checkpoints) if p.isdigit()]
+
+
+def test_a_damaged_latest_checkpoint_is_passed_over_by_eval_and_resume(
+    trained_run, tmp_path):
+  """One file of the latest checkpoint overwritten with 100 random bytes (a
+  partial copy from a bucket, a disk error): today's traceback was
+  `UnicodeDecodeError`. Eval uses the next best and says so; the resume
+  starts from the newest good one, keeps the damaged one aside and ends
+  where an undamaged run ends."""
+  config, workdir, _ = trained_run  # configs/tiny.py, 2 epochs.
+  run = tmp_path / 'run'
+  shutil.copytree(workdir, run)
+  args = ['--config=configs/tiny.py', f'--config.data_dir={config.data_dir}',
+          f'--workdir={run}']
+  _, intact = tiny_final_state(run, {})
+  damaged = run / 'checkpoints' / '40' / 'meta' / 'metadata'
+  damaged.write_bytes(_random_bytes())
+
+  evaluated = run_main(*args, '--mode=eval')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert 'Traceback' not in evaluated.stderr
+  assert 'The checkpoint at step 40' in evaluated.stderr
+  assert 'best checkpoint (step 20' in evaluated.stderr
+
+  resumed = run_main(*args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming from the checkpoint at step 20' in resumed.stderr
+  assert (run / 'damaged_checkpoints' / '40' / 'meta' /
+          'metadata').read_bytes() == _random_bytes()
+  step, state = tiny_final_state(run, {})
+  assert step == 40
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(intact)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _random_bytes():
+  return np.random.default_rng(0).bytes(100)

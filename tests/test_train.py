@@ -1,6 +1,8 @@
 import functools
+import hashlib
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import latest_checkpoint, plateau_state
+from helpers import (assert_one_line_error, latest_checkpoint, plateau_state,
+                     run_main)
 
 from configs import improved
 from digits_jax import checkpoint
@@ -266,7 +269,6 @@ def test_a_partial_checkpoint_is_ignored_and_cleaned_up(trained_run,
                                                         tmp_path):
   """What a crash (kill -9) during a checkpoint write leaves behind: orbax's
   temporary directory for the step being written."""
-  import shutil
   config, workdir, report = trained_run
   workdir_copy = str(tmp_path / 'run')
   shutil.copytree(workdir, workdir_copy)
@@ -343,3 +345,60 @@ def test_evaluator_returns_the_logits_of_each_image_in_order():
   assert got.shape == (7, 10)
   assert np.ptp(np.asarray(want), axis=0).min() > 0.01  # Images differ.
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _snapshot(directory):
+  """Every file under `directory` with its bytes' digest."""
+  files = {}
+  for folder, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, directory)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('overrides, named', [
+    (['--config.batch_size=25'], 'batch_size=50 -> 25'),
+    (['--config.learning_rate=0.002'], 'learning_rate=0.001 -> 0.002'),
+    (['--config.rotation_degrees=15.0'], 'rotation_degrees=10.0 -> 15.0'),
+    (['--config.seed=1', '--config.l2=0.0'], 'l2=0.0005 -> 0.0, seed=0 -> 1'),
+])
+def test_a_resume_with_another_recipe_is_refused_and_writes_nothing(
+    trained_run, tmp_path, overrides, named):
+  config, workdir, _ = trained_run
+  run = tmp_path / 'run'
+  shutil.copytree(workdir, run)
+  before = _snapshot(run)
+  result = run_main('--config=configs/tiny.py', f'--workdir={run}',
+                    f'--config.data_dir={config.data_dir}',
+                    '--config.num_epochs=3', *overrides)
+  assert_one_line_error(result, 'another recipe', named, 'fresh --workdir')
+  assert _snapshot(run) == before
+
+
+def test_what_a_resume_may_change_and_what_it_may_not():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  recorded = tiny.get_config()
+  meta = {'config': json.loads(recorded.to_json())}
+  config = recorded.copy_and_resolve_references()
+  # Where the data and run live, how the work is spread, what is evaluated,
+  # and, with the plateau, how long it trains: accepted.
+  config.data_dir = '/elsewhere'
+  config.eval_batch_size = 100
+  config.steps_per_dispatch = 2
+  config.parallelism = 'pmap'
+  config.num_epochs = 10
+  checkpoint.check_same_recipe(meta, config, 'run')
+  # A one-cycle schedule's length follows num_epochs: refused.
+  recorded.lr_schedule = config.lr_schedule = 'onecycle'
+  meta = {'config': json.loads(recorded.to_json())}
+  with pytest.raises(UserError, match='num_epochs=2 -> 10'):
+    checkpoint.check_same_recipe(meta, config, 'run')
+  # A key the checkpoint's config does not record (added since) is not
+  # compared.
+  del meta['config']['dropout_rate']
+  config.num_epochs, config.dropout_rate = recorded.num_epochs, 0.5
+  checkpoint.check_same_recipe(meta, config, 'run')

@@ -1,0 +1,99 @@
+"""One training run per workdir: a lock file that names its holder.
+
+Two runs writing one folder (a second terminal, a retried job) would
+interleave their checkpoints, metrics and events. A training run (process 0
+of several hosts) creates `<workdir>/training.lock` exclusively, holding its
+host, process id and start time, and removes it when it ends, however it
+ends short of SIGKILL. A lock whose holder is gone (this host, no such
+process: a run killed with -9, a machine that rebooted) is taken over with
+a warning; one held by a live process, or by another host, is refused in one
+line. On gs:// there is no lock: an object store offers no exclusive create
+through the file API used here (README, "Reliability").
+"""
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+
+from digits_jax import paths
+from digits_jax.errors import UserError
+
+LOCK_NAME = 'training.lock'
+
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process: alive.
+    pass
+  return True
+
+
+def _read(path: str) -> dict | None:
+  try:
+    with open(path) as f:
+      holder = json.load(f)
+    return holder if {'host', 'pid', 'started'} <= set(holder) else None
+  except (OSError, ValueError):
+    return None
+
+
+def _acquire(path: str, me: dict) -> None:
+  directory = os.path.dirname(path)
+  for _ in range(3):  # Another run may take a stale lock first.
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      holder = _read(path)
+      if holder is not None and (holder['host'] != me['host']
+                                 or _alive(holder['pid'])):
+        raise UserError(
+            f'{directory} is in use by the training run of process '
+            f'{holder["pid"]} on {holder["host"]} (started '
+            f'{holder["started"]}); wait for it to end or use another '
+            f'--workdir (if that run is gone, delete {path})') from None
+      # Its holder is gone (or it was never written whole: a run killed
+      # between creating and writing it). Renamed away first, so that of
+      # two runs taking it over only one can.
+      stale = f'{path}.stale-{me["pid"]}'
+      try:
+        os.rename(path, stale)
+      except FileNotFoundError:
+        continue
+      os.remove(stale)
+      log.warning('Took over the workdir lock of %s, which is no longer '
+                  'running.', f'process {holder["pid"]} (started '
+                  f'{holder["started"]})' if holder else 'a run')
+      continue
+    with os.fdopen(fd, 'w') as f:
+      json.dump(me, f)
+    return
+  raise UserError(f'could not take the lock {path}: other runs keep taking '
+                  'it; start one run per --workdir')
+
+
+@contextlib.contextmanager
+def held(workdir):
+  """The workdir's lock, for a training run's whole length (local
+  workdirs; on gs:// nothing)."""
+  if paths.is_remote(workdir):
+    yield
+    return
+  directory = os.fspath(workdir)
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, LOCK_NAME)
+  me = {'host': socket.gethostname(), 'pid': os.getpid(),
+        'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+  _acquire(path, me)
+  try:
+    yield
+  finally:
+    if _read(path) == me:
+      os.remove(path)

@@ -8,6 +8,7 @@ of what produced it: the model, the input size and the standardization
 constants, so evaluation and prediction need nothing else.
 """
 
+import json
 import logging
 from typing import Any, Callable, Iterable
 
@@ -27,17 +28,16 @@ def _best_metric(metrics) -> float:
   return metrics[BEST_METRIC]
 
 
-def create_manager(directory: epath.PathLike, keep: int,
-                   read_only: bool = False) -> ocp.CheckpointManager:
-  """A manager of the checkpoints in `directory` (an absolute local path or
-  a URI such as gs://bucket/run/checkpoints)."""
+def _options(keep: int, read_only: bool, track_best: bool = True):
   preservation = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(n=keep),
       checkpoint_managers.BestN(get_metric_fn=_best_metric, n=1),
   ])
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=preservation,
-      best_fn=_best_metric,
+  return ocp.CheckpointManagerOptions(
+      preservation_policy=preservation if track_best else None,
+      best_fn=_best_metric if track_best else None,
+      # Without tracking, no step's metrics are read at all.
+      lightweight_initialize=not track_best,
       best_mode='max',
       # Reading (eval, predict, export) creates nothing and leaves a crashed
       # run's partial checkpoint for the next training run to remove. Not
@@ -48,7 +48,65 @@ def create_manager(directory: epath.PathLike, keep: int,
       enable_async_checkpointing=False,
       cleanup_tmp_directories=not read_only,
   )
-  return ocp.CheckpointManager(epath.Path(directory), options=options)
+
+
+def create_manager(directory: epath.PathLike, keep: int,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager of the checkpoints in `directory` (an absolute local path or
+  a URI such as gs://bucket/run/checkpoints)."""
+  try:
+    return ocp.CheckpointManager(epath.Path(directory),
+                                 options=_options(keep, read_only))
+  except Exception:  # pylint: disable=broad-except
+    if not read_only:
+      raise
+    # Orbax reads every step's metrics to track the best one, and one that
+    # does not read (a damaged checkpoint) ends that; reading needs no
+    # tracking (`best_first` reads them one by one).
+    return ocp.CheckpointManager(
+        epath.Path(directory), options=_options(keep, read_only, False))
+
+
+def _read_metrics(manager_or_directory, step: int) -> dict | None:
+  """A step's validation metrics; None for a mid-epoch save. Raises if the
+  file does not read."""
+  directory = getattr(manager_or_directory, 'directory',
+                      manager_or_directory)
+  path = epath.Path(directory) / str(step) / 'metrics' / 'metrics'
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def steps_with_unreadable_metrics(directory: epath.PathLike) -> list[int]:
+  """The steps in `directory` whose metrics file does not read: orbax's
+  manager cannot open a directory holding one for writing."""
+  directory = epath.Path(directory)
+  if not directory.exists():
+    return []
+  bad = []
+  for entry in directory.iterdir():
+    if entry.name.isdigit():
+      try:
+        _read_metrics(directory, int(entry.name))
+      except Exception:  # pylint: disable=broad-except
+        bad.append(int(entry.name))
+  return sorted(bad)
+
+
+def set_aside(directory: epath.PathLike, aside: epath.PathLike, steps,
+              why: str) -> None:
+  """Moves damaged checkpoints out of `directory` into `aside` (kept, never
+  deleted), so that a run can write those steps again. One host moves
+  them; all wait for it."""
+  directory, aside = epath.Path(directory), epath.Path(aside)
+  if jax.process_index() == 0:
+    aside.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      (directory / str(step)).rename(aside / str(step))
+    log.warning('Moved the checkpoint(s) at step %s to %s: %s.',
+                ', '.join(map(str, steps)), aside, why)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('damaged checkpoints set aside')
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -136,17 +194,21 @@ def _why(error: Exception) -> str:
 
 
 def best_first(manager: ocp.CheckpointManager) -> list[int]:
-  """The steps that carry validation metrics (end-of-epoch checkpoints),
-  best first, the later of equals first: the order to evaluate them in."""
-  scored = []
+  """The end-of-epoch checkpoints (those with validation metrics; a
+  mid-epoch save is never the best), best first, the later of equals
+  first, and last any whose metrics do not read: the order to evaluate
+  them in."""
+  scored, unreadable = [], []
   for step in manager.all_steps():
     try:
-      metrics = manager.metrics(step)
+      metrics = _read_metrics(manager, step)
     except Exception:  # pylint: disable=broad-except
-      metrics = None  # Unreadable: restore_first says so if it is tried.
-    scored.append((metrics is not None and BEST_METRIC in metrics,
-                   _best_metric(metrics) if metrics else 0.0, step))
-  return [step for *_, step in sorted(scored, reverse=True)]
+      unreadable.append(step)
+      continue
+    if metrics and BEST_METRIC in metrics:
+      scored.append((_best_metric(metrics), step))
+  return ([step for _, step in sorted(scored, reverse=True)]
+          + sorted(unreadable, reverse=True))
 
 
 def restore_first(manager: ocp.CheckpointManager, steps: Iterable[int],

@@ -134,7 +134,7 @@ def open_checkpoints(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
                     '--workdir at a training run')
   manager = checkpoint.create_manager(directory, checkpoints_to_keep,
                                       read_only=True)
-  if manager.best_step() is None:
+  if not checkpoint.best_first(manager):
     raise UserError(f'no complete checkpoint in {directory}; train first')
   return manager
 

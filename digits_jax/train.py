@@ -142,8 +142,13 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
            f', {devices.member_devices} on the members' if devices.ensemble
            else '')
 
-  manager = checkpoint.create_manager(workdir / 'checkpoints',
-                                      config.checkpoints_to_keep)
+  checkpoints = workdir / 'checkpoints'
+  aside = workdir / 'damaged_checkpoints'
+  unreadable = checkpoint.steps_with_unreadable_metrics(checkpoints)
+  if unreadable:
+    checkpoint.set_aside(checkpoints, aside, unreadable,
+                         'their metrics files do not read')
+  manager = checkpoint.create_manager(checkpoints, config.checkpoints_to_keep)
 
   def resumable(meta):
     checkpoint.check_compatible(meta, config, workdir)
@@ -154,11 +159,14 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
   resumed = checkpoint.restore_first(
       manager, sorted(manager.all_steps(), reverse=True),
       state if devices.mode == 'pmap' else devices.place_state(state),
-      workdir / 'checkpoints', check=resumable)
+      checkpoints, check=resumable)
   if resumed:
     step, _, state, damaged = resumed
     if damaged:
-      manager = _set_aside(manager, workdir, damaged, config)
+      manager.close()
+      checkpoint.set_aside(checkpoints, aside, damaged, 'they do not restore')
+      manager = checkpoint.create_manager(checkpoints,
+                                          config.checkpoints_to_keep)
     log.info('Resuming from the checkpoint at step %d in %s.', step,
              workdir)
 
@@ -301,25 +309,6 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
     stop_signal.stop_polling()
 
   return evaluation.evaluate_checkpoint(config, workdir, splits=splits)
-
-
-def _set_aside(manager, workdir: epath.Path, steps, config):
-  """Moves damaged checkpoints newer than the one resumed from out of the
-  way (kept, never deleted), so that the run can write those steps again;
-  returns a manager of what is left."""
-  aside = workdir / 'damaged_checkpoints'
-  manager.close()
-  if jax.process_index() == 0:  # One host moves them; all wait for it.
-    aside.mkdir(parents=True, exist_ok=True)
-    for step in steps:
-      (workdir / 'checkpoints' / str(step)).rename(aside / str(step))
-    log.warning('Moved the damaged checkpoint(s) at step %s to %s.',
-                ', '.join(map(str, steps)), aside)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices('damaged checkpoints set aside')
-  return checkpoint.create_manager(workdir / 'checkpoints',
-                                   config.checkpoints_to_keep)
 
 
 def _progress_bar(epoch, num_epochs, total, initial):

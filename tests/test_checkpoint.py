@@ -122,3 +122,14 @@ def test_every_damaged_file_falls_back_to_the_newest_good_checkpoint(
     assert {restored[relative, damage, view] for damage in _DAMAGES
             for view in ('best', 'newest')} == {20}, relative
   assert 20 < sum(step == 20 for step in restored.values()) < len(restored)
+
+  # Both damaged: one error line naming each.
+  copy = tmp_path / 'both'
+  shutil.copytree(source, copy)
+  for step in ('20', '40'):
+    (copy / step / 'meta' / 'metadata').write_bytes(b'garbage')
+  manager = checkpoint.create_manager(copy, 2, read_only=True)
+  step, message = _restorable(manager, checkpoint.best_first(manager),
+                              target, copy)
+  assert step is None and 'no checkpoint in' in message, message
+  assert 'step 40: ' in message and 'step 20: ' in message, message

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from digits_jax.errors import UserError
+from digits_jax.errors import in_one_line
 
 BEST_METRIC = 'val_accuracy'
 
@@ -188,11 +189,6 @@ def restore_state(manager: ocp.CheckpointManager, step: int, target: Any):
   return restored['state']
 
 
-def _why(error: Exception) -> str:
-  text = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {text[0][:160] if text else ""}'.rstrip(': ')
-
-
 def best_first(manager: ocp.CheckpointManager) -> list[int]:
   """The end-of-epoch checkpoints (those with validation metrics; a
   mid-epoch save is never the best), best first, the later of equals
@@ -225,13 +221,13 @@ def restore_first(manager: ocp.CheckpointManager, steps: Iterable[int],
     try:
       meta = read_meta(manager, step)
     except Exception as e:  # pylint: disable=broad-except
-      damaged.append((step, _why(e)))
+      damaged.append((step, in_one_line(e)))
       continue
     check(meta)
     try:
       state = restore_state(manager, step, target)
     except Exception as e:  # pylint: disable=broad-except
-      damaged.append((step, _why(e)))
+      damaged.append((step, in_one_line(e)))
       continue
     for bad, why in damaged:
       log.warning('The checkpoint at step %d in %s does not restore (%s); '

@@ -23,6 +23,7 @@ import numpy as np
 
 from digits_jax import mnist_files
 from digits_jax.errors import UserError
+from digits_jax.errors import in_one_line
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,7 @@ def _read_splits(builder, config):
   except Exception as e:  # pylint: disable=broad-except
     # Whatever the reader says of a truncated, garbled or missing file
     # (array_record's RuntimeError, a PNG that does not decode, ...).
-    raise _DamagedDataset(f'{type(e).__name__}: '
-                          f'{str(e).splitlines()[0][:200]}') from e
+    raise _DamagedDataset(in_one_line(e, limit=200)) from e
 
 
 class _DamagedDataset(Exception):

@@ -323,7 +323,7 @@ MUTATIONS = (
     _m('damaged_checkpoint_ends_the_run', 'digits_jax/checkpoint.py',
        '      meta = read_meta(manager, step)\n'
        '    except Exception as e:  # pylint: disable=broad-except\n'
-       '      damaged.append((step, _why(e)))\n      continue\n',
+       '      damaged.append((step, in_one_line(e)))\n      continue\n',
        '      meta = read_meta(manager, step)\n'
        '    except Exception as e:  # pylint: disable=broad-except\n'
        '      raise\n', [DAMAGED_FILES],
@@ -346,8 +346,8 @@ MUTATIONS = (
         'test_a_lock_whose_holder_is_gone_is_taken_over'],
        'a run killed with -9 locks its workdir for good'),
     _m('damaged_dataset_traceback', 'digits_jax/input_pipeline.py',
-       "    raise _DamagedDataset(f'{type(e).__name__}: '",
-       "    raise RuntimeError(f'{type(e).__name__}: '",
+       '    raise _DamagedDataset(in_one_line(e, limit=200)) from e',
+       '    raise RuntimeError(in_one_line(e, limit=200)) from e',
        [DATA + 'test_a_damaged_prepared_dataset_is_moved_aside_and_prepared_'
         'afresh'], 'a truncated dataset file ends in a traceback'),
 )

@@ -207,9 +207,9 @@ def initialize_distributed(config) -> None:
   """
   if not config.get('distributed', False):
     return
-  # CPU-only processes need a collectives implementation across processes;
-  # on accelerators this setting is not used.
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  # CPU processes reduce across processes with gloo, JAX's default since
+  # before our lower bound (0.10.2); setting it would fail on a JAX that
+  # drops the option.
   if config.coordinator_address:
     jax.distributed.initialize(coordinator_address=config.coordinator_address,
                                num_processes=config.num_processes,

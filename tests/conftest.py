@@ -46,7 +46,7 @@ _CACHE_EVENTS = collections.Counter()
 
 def pytest_configure(config):
   del config
-  from jax._src import monitoring  # pylint: disable=g-import-not-at-top
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
   monitoring.register_event_listener(
       lambda name, **kwargs: _CACHE_EVENTS.update(
           [name.rsplit('/', 1)[-1]]) if 'compilation_cache' in name else None)

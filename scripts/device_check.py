@@ -230,9 +230,11 @@ def main():
     # The tests start processes of their own: no process may take most of
     # the device's memory up front, as JAX does by default.
     env = dict(base_env, XLA_PYTHON_CLIENT_PREALLOCATE='false')
-    record, output = check.run('tests', [
-        python, '-m', 'pytest', '-v', '-n', '2' if on_cpu else '4',
-        '-p', 'no:cacheprovider', '-k', TEST_DESELECT] + TEST_FILES, env)
+    command = [python, '-m', 'pytest', '-v', '-p', 'no:cacheprovider',
+               '-k', TEST_DESELECT] + TEST_FILES
+    # On a CPU, the tests that neither train nor start a process.
+    command += ['-n', '2', '-m', 'not slow'] if on_cpu else ['-n', '4']
+    record, output = check.run('tests', command, env)
     record.update(test_outcomes(output))
     closing = [line for line in output.splitlines()
                if re.search(r'\d+ (passed|failed)', line)]
@@ -254,7 +256,8 @@ def main():
 
   if 'ensembles' in parts:
     record, output = check.run('ensembles', bench + [
-        '--batch=128', '--num_models=1,4,8'], base_env)
+        '--batch=128', '--num_models=' + ('1,2' if on_cpu else '1,4,8')],
+                               base_env)
     record.update(last_json_line(output) or {})
     check.record('ensembles', record)
 
@@ -264,6 +267,7 @@ def main():
                  f'--workdir={workdir}', f'--config.data_dir={data_dir}']
       if on_cpu:
         command += ['--config.num_epochs=2', '--config.max_train_examples=2560',
+                    '--config.validation_size=500',
                     '--config.max_test_examples=1000']
       record, _ = check.run('fast', command, base_env)
       record.update(fast_run_report(workdir))

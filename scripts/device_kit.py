@@ -17,8 +17,8 @@ prints the device tool's call: the command line and its `carry`.
 
 `--dry_run` runs that command on this CPU as the machine would: in a copy
 of the working tree and the kit, with a fresh venv (`--python`, default
-python3.12) holding only packages the machine's image holds, jax at the
-newest version served here standing in for the image's.
+python3.12) holding only packages the machine's image holds, jax, jaxlib
+and numpy at the image's versions (jax 0.11.2).
 """
 
 import argparse
@@ -94,12 +94,15 @@ torchvision tqdm transformers treescope triton typer typing-extensions
 typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray
 xxhash yarl zipp
 """.split())
-IMAGE_VERSIONS = {'numpy': '2.5.2'}
+# PyPI serves the image's jax for Python 3.12 (3.11 stops at 0.10.2). Its
+# python-dateutil needs no tzdata (not in the image): older than 4.0.
+IMAGE_VERSIONS = {'jax': '0.11.2', 'jaxlib': '0.11.2', 'numpy': '2.5.2',
+                  'python-dateutil': '2.9.0.post0'}
 # What the dry run's venv installs from the image's packages: what the
 # project and its tests import (pip brings their requirements, each checked
 # to be in IMAGE).
-IMAGE_STAND_INS = ('jax', 'flax', 'optax', 'orbax-checkpoint', 'absl-py',
-                   'etils', 'pillow', 'scipy', 'matplotlib', 'tensorstore',
+IMAGE_STAND_INS = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint',
+                   'absl-py', 'python-dateutil', 'etils', 'pillow', 'scipy', 'matplotlib', 'tensorstore',
                    'tqdm', 'numpy', 'protobuf', 'psutil', 'pyarrow',
                    'requests', 'wrapt', 'attrs', 'pyyaml', 'six',
                    'typing-inspect', 'flatbuffers', 'fsspec', 'pytest',
@@ -219,6 +222,9 @@ def dry_run(python: str):
     shutil.copy2(os.path.join(ROOT, path), os.path.join(tree, path))
   shutil.copytree(os.path.join(ROOT, KIT), os.path.join(tree, KIT))
   os.makedirs(out)
+  if subprocess.run([python, '--version'], capture_output=True).returncode:
+    sys.exit(f'device_kit: --python={python} does not run; name a Python '
+             f'{PYTHON_VERSION} interpreter')
   subprocess.run([python, '-m', 'venv', venv], check=True)
   pip = [os.path.join(venv, 'bin', 'python'), '-m', 'pip']
   subprocess.run(pip + ['install', '--quiet', '--upgrade', 'pip'], check=True)

@@ -18,11 +18,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'configs', 'tiny.py')
 
 
+def _python_path(*entries) -> str:
+  """`entries`, then this process's PYTHONPATH less the project (where a
+  machine's extra packages may be, as on a lent GPU: docs/device.md)."""
+  inherited = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+               if p and os.path.abspath(p) != ROOT]
+  return os.pathsep.join([*entries, *inherited])
+
+
+def env_without_project() -> dict:
+  """This process's environment with the project off the path."""
+  return dict(os.environ, PYTHONPATH=_python_path())
+
+
 def cli_env(devices: int | None = None, **extra) -> dict:
   """The environment of a `digits_jax.main` subprocess: the project on the
   path, the session's compilation cache (conftest.py) inherited, and
   `devices` simulated CPU devices (None: one, whatever this process has)."""
-  env = dict(os.environ, PYTHONPATH=ROOT, **extra)
+  env = dict(os.environ, PYTHONPATH=_python_path(ROOT), **extra)
   if devices is None:
     env.pop('XLA_FLAGS', None)
   else:
@@ -209,7 +222,7 @@ def env_without_tensorflow(site_dir) -> dict:
   `site_dir` receives its sitecustomize.py."""
   with open(os.path.join(site_dir, 'sitecustomize.py'), 'w') as f:
     f.write(HIDE_TENSORFLOW)
-  return dict(cli_env(), PYTHONPATH=f'{site_dir}{os.pathsep}{ROOT}')
+  return dict(cli_env(), PYTHONPATH=_python_path(site_dir, ROOT))
 
 
 def tensorflow_modules(stderr: str) -> list:

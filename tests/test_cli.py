@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from helpers import ROOT, assert_one_line_error, run_cli, run_main
+from helpers import (ROOT, assert_one_line_error, env_without_project,
+                     run_cli, run_main)
 
 from digits_jax import parallel
 from digits_jax.errors import UserError
@@ -132,7 +133,7 @@ def test_config_file_that_fails_fails_in_one_line(tmp_path, body, fragments):
 def test_the_config_files_work_from_any_directory(tmp_path):
   """configs/ is not installed as a package: fast.py finds improved.py
   beside it, from a directory that is not the project's."""
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env = env_without_project()
   result = subprocess.run(
       [sys.executable, '-m', 'digits_jax.main',
        f'--config={os.path.join(ROOT, "configs", "fast.py")}',

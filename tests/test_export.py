@@ -2,14 +2,13 @@
 jax install loads and calls."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, run_main
+from helpers import assert_one_line_error, env_without_project, run_main
 
 from digits_jax import evaluation
 from digits_jax import input_pipeline
@@ -54,7 +53,7 @@ def test_a_plain_jax_process_predicts_what_eval_computes(exported, tmp_path):
   digits = splits.test_images[:50]
   np.save(tmp_path / 'digits.npy', digits)
   # Only jax and numpy on the path: not the project, not its packages.
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  env = env_without_project()
   result = subprocess.run(
       [sys.executable, '-c', LOADER, str(output), str(tmp_path / 'digits.npy')],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

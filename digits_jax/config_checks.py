@@ -5,11 +5,15 @@ line overrides them; this checks the values, so that a bad one never reaches
 JAX and fails there with a traceback.
 """
 
-from digits_jax import models
-from digits_jax import optim
-from digits_jax import platform
 from digits_jax.errors import UserError
 
+# The names a config chooses among. Here, in a module that imports nothing
+# heavy, so that checking a config (and `--help`) costs no JAX or Flax
+# import; models.py, optim.py and platform.py take theirs from here.
+MODEL_NAMES = ('improved_lenet', 'lenet5')
+LR_SCHEDULES = ('plateau', 'onecycle')
+CONV_IMPLS = ('auto', 'xla', 'eigen')
+PARALLELISMS = ('mesh', 'pmap')
 INPUT_SIZES = (28, 32)
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
@@ -57,9 +61,9 @@ def _check_types(config) -> None:
 def validate(config) -> None:
   """Raises UserError naming the first bad value and what it must be."""
   _check_types(config)
-  _require(config.model in models.MODELS,
+  _require(config.model in MODEL_NAMES,
            f'config.model={config.model!r} is not a model; choose one of '
-           f'{", ".join(sorted(models.MODELS))}')
+           f'{", ".join(sorted(MODEL_NAMES))}')
   for name in ('batch_size', 'eval_batch_size', 'num_epochs',
                'checkpoints_to_keep'):
     _require(config[name] > 0,
@@ -83,9 +87,9 @@ def validate(config) -> None:
   _require(0 < config.min_learning_rate <= config.learning_rate,
            f'config.min_learning_rate={config.min_learning_rate!r} must be '
            f'positive and at most learning_rate={config.learning_rate!r}')
-  _require(config.lr_schedule in optim.LR_SCHEDULES,
+  _require(config.lr_schedule in LR_SCHEDULES,
            f'config.lr_schedule={config.lr_schedule!r} must be one of '
-           f'{optim.LR_SCHEDULES}')
+           f'{LR_SCHEDULES}')
   _require(0 < config.plateau_factor <= 1,
            f'config.plateau_factor={config.plateau_factor!r} must be in (0, 1]')
   _require(config.plateau_min_delta >= 0,
@@ -117,11 +121,12 @@ def validate(config) -> None:
   _require(0 <= config.rotation_degrees <= 180,
            f'config.rotation_degrees={config.rotation_degrees!r} must be in '
            '[0, 180]')
-  _require(config.conv_impl in platform.CONV_IMPLS,
+  _require(config.conv_impl in CONV_IMPLS,
            f'config.conv_impl={config.conv_impl!r} must be one of '
-           f'{platform.CONV_IMPLS}')
-  _require(config.parallelism in ('mesh', 'pmap'),
-           f'config.parallelism={config.parallelism!r} must be mesh or pmap')
+           f'{CONV_IMPLS}')
+  _require(config.parallelism in PARALLELISMS,
+           f'config.parallelism={config.parallelism!r} must be one of '
+           f'{PARALLELISMS}')
   _require(config.compute_dtype in COMPUTE_DTYPES,
            f'config.compute_dtype={config.compute_dtype!r} must be one of '
            f'{COMPUTE_DTYPES}')

@@ -118,12 +118,6 @@ def _main(argv, stop_signal):
   if _CONFIG.value is None:
     _fail('--config is required, e.g. --config=configs/improved.py')
   _configure_logging()
-  # Imported here so that `--help` and flag errors stay instant.
-  import jax  # pylint: disable=g-import-not-at-top
-  from digits_jax import parallel  # pylint: disable=g-import-not-at-top
-  from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from digits_jax import train  # pylint: disable=g-import-not-at-top
-
   try:
     config = _CONFIG.value
     config.keys()  # The config file loads lazily: fail here if it cannot.
@@ -131,6 +125,16 @@ def _main(argv, stop_signal):
     _fail(f'cannot load the --config file: {str(e).splitlines()[-1].strip()}')
   try:
     config_checks.validate(config)
+  except UserError as e:
+    _fail(str(e))
+  # Imported once the config is known good, so that `--help` and a bad
+  # value answer without importing JAX (tests/test_cli.py).
+  import jax  # pylint: disable=g-import-not-at-top
+  from digits_jax import parallel  # pylint: disable=g-import-not-at-top
+  from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from digits_jax import train  # pylint: disable=g-import-not-at-top
+
+  try:
     parallel.initialize_distributed(config)
     if jax.process_index() != 0:  # Process 0 reports.
       absl_logging.set_verbosity(absl_logging.WARNING)

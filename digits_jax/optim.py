@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from digits_jax import config_checks
+
 
 class PlateauState(NamedTuple):
   scale: jax.Array  # Multiplies the base learning rate.
@@ -91,7 +93,7 @@ def l2_mask(params, kernel_names) -> dict:
   return jax.tree_util.tree_map_with_path(is_regularized, params)
 
 
-LR_SCHEDULES = ('plateau', 'onecycle')
+LR_SCHEDULES = config_checks.LR_SCHEDULES
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:

@@ -31,9 +31,10 @@ import dataclasses
 
 import jax
 
+from digits_jax import config_checks
 from digits_jax import xla_options
 
-CONV_IMPLS = ('auto', 'xla', 'eigen')
+CONV_IMPLS = config_checks.CONV_IMPLS
 # Steps per dispatch when the config says -1, on the CPU (unrolled).
 CPU_STEPS_PER_DISPATCH = 8
 

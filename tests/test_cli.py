@@ -225,3 +225,40 @@ def test_a_bad_remote_deadline_is_one_line(monkeypatch):
   result = run_main('--config=configs/tiny.py', '--workdir=gs://digits/run')
   assert_one_line_error(result, "DIGITS_JAX_REMOTE_DEADLINE_S='soon'",
                         'positive number of seconds')
+
+
+# Runs the CLI as `python -m digits_jax.main ARGS` and prints at exit which
+# heavy libraries it imported.
+_HEAVY_IMPORTS = '''
+import atexit, runpy, sys
+atexit.register(lambda: print('HEAVY: ' + repr(sorted(
+    m for m in sys.modules
+    if m.split('.')[0] in ('jax', 'flax', 'optax', 'orbax',
+                           'tensorflow_datasets'))), file=sys.stderr))
+sys.argv = ['digits_jax.main'] + sys.argv[1:]
+runpy.run_module('digits_jax.main', run_name='__main__')
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('args', [
+    ['--help'],
+    ['--config=configs/tiny.py', '--config.batch_size=0'],
+    ['--config=configs/fast.py', '--config.model=resnet'],
+])
+def test_help_and_a_bad_value_import_no_jax(args, tmp_path):
+  """`--help` and a config error answer without importing JAX, Flax or TFDS
+  (seconds each): config_checks.py holds the names a config chooses
+  among."""
+  result = subprocess.run(
+      [sys.executable, '-c', _HEAVY_IMPORTS, *args,
+       f'--workdir={tmp_path}/w'], cwd=ROOT, env=env_without_project(),
+      capture_output=True, text=True, timeout=60, check=False)
+  assert 'HEAVY: []' in result.stderr, result.stderr[-2000:]
+  if args != ['--help']:
+    assert result.returncode == 2, result.stderr[-2000:]
+
+
+def test_the_configs_model_names_are_the_models():
+  from digits_jax import config_checks, models  # pylint: disable=g-import-not-at-top,g-multiple-import
+  assert sorted(config_checks.MODEL_NAMES) == sorted(models.MODELS)

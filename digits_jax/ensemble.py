@@ -12,8 +12,8 @@ How the step runs over the member axis is the platform's choice
 (platform.py): `jax.vmap` on accelerators, where one member leaves the chip
 mostly idle; on the CPU the members' steps are laid side by side in the same
 program, because vmap turns each convolution into a grouped one, which
-XLA:CPU runs far slower than K plain ones (scripts/benchmark.py
---num_models=K measures both). Both forms compute the same function.
+XLA:CPU runs slower than K plain ones (docs/performance.md;
+scripts/benchmark.py --num_models=K measures both). Both forms compute the same function.
 
 K = 1 adds no axis: the state, the keys and the step are a single model's,
 as before ensembles existed, and its checkpoints are unchanged.
@@ -25,6 +25,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import special
 
 from digits_jax import optim
 from digits_jax import steps
@@ -127,9 +128,8 @@ def stack(trees):
 def combine(member_logits: np.ndarray) -> np.ndarray:
   """The ensemble's log-probabilities from the members' logits [K, N, C]:
   the log of the mean of the members' probabilities."""
-  log_probs = member_logits - np.logaddexp.reduce(member_logits, axis=-1,
-                                                  keepdims=True)
-  return np.logaddexp.reduce(log_probs, axis=0) - np.log(len(member_logits))
+  log_probs = special.log_softmax(member_logits, axis=-1)
+  return special.logsumexp(log_probs, axis=0) - np.log(len(member_logits))
 
 
 def agreement(member_logits: np.ndarray) -> np.ndarray:

@@ -11,12 +11,12 @@ from typing import Any
 from etils import epath
 import jax
 import numpy as np
+from scipy import special
 
 from digits_jax import checkpoint
 from digits_jax import ensemble
 from digits_jax import input_pipeline
 from digits_jax import paths
-from digits_jax import platform as platform_lib
 from digits_jax import recipe
 from digits_jax import reports
 from digits_jax import steps
@@ -54,20 +54,9 @@ class Evaluator:
     return np.stack([np.asarray(self._logits(member, images))[:n]
                      for member in members.unstack(variables)])
 
-  def evaluate(self, state: steps.TrainState, images: np.ndarray,
-               labels: np.ndarray) -> dict:
-    logits = self.logits(state, images)
-    return classification_report(logits, labels)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-  """Log-probabilities of host logits [..., classes]."""
-  return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-
-
 def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:
   """Loss, accuracy, per-class accuracy and the confusion matrix."""
-  log_probs = log_softmax(logits)
+  log_probs = special.log_softmax(logits, axis=-1)
   predictions = logits.argmax(-1)
   confusion = np.zeros((steps.NUM_CLASSES, steps.NUM_CLASSES), np.int64)
   np.add.at(confusion, (labels, predictions), 1)
@@ -110,13 +99,14 @@ class Restored:
   preprocess: steps.Preprocess
   meta: dict
   step: int
-  members: ensemble.Members = ensemble.Members()
+  members: ensemble.Members
+  # What it is compiled for (restore_best's).
+  compiler_options: dict | None
 
   def evaluator(self, config) -> Evaluator:
     """Inference for this checkpoint's model, compiled as training's."""
-    return Evaluator(
-        self.model, self.preprocess, config.eval_batch_size,
-        platform_lib.current(config.conv_impl).compiler_options)
+    return Evaluator(self.model, self.preprocess, config.eval_batch_size,
+                     self.compiler_options)
 
   def member_logits(self, config, images: np.ndarray) -> np.ndarray:
     """[K, N, C]: each member's logits for uint8 digits [N, 28, 28]."""
@@ -152,30 +142,33 @@ def best_checkpoint(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
                   '--workdir')
 
 
-def restore_best(config, workdir: epath.PathLike) -> Restored:
+def restore_best(config, workdir: epath.PathLike, platform) -> Restored:
   """The best checkpoint in `workdir` that restores, on this process's
   devices (a damaged one is passed over for the next best, with a
-  warning)."""
+  warning), built and compiled for `platform` (platform.py)."""
   workdir = paths.resolve(os.fspath(workdir))
   manager = open_checkpoints(workdir, config.checkpoints_to_keep)
   # The state's shapes do not depend on the standardization constants.
-  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
-  members = recipe.members(config)
+  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
+                              platform)
+  members = recipe.members(config, platform)
   step, meta, state, _ = checkpoint.restore_first(
       manager, checkpoint.best_first(manager),
       members.abstract_train_state(model, tx, config.input_size),
       workdir / 'checkpoints',
       check=lambda meta: checkpoint.check_compatible(meta, config, workdir))
-  model, _, preprocess = recipe.build(config, meta)
+  model, _, preprocess = recipe.build(config, meta, platform)
   return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
-                  step=int(step), members=members)
+                  step=int(step), members=members,
+                  compiler_options=platform.compiler_options)
 
 
-def evaluate_checkpoint(config, workdir: epath.PathLike, splits=None) -> dict:
+def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
+                        splits=None) -> dict:
   """Evaluates the best checkpoint in `workdir` on the official test set and
   writes `eval_test.json` and the report pictures beside it."""
   workdir = paths.resolve(os.fspath(workdir))
-  restored = restore_best(config, workdir)
+  restored = restore_best(config, workdir, platform)
   if splits is None:
     splits = input_pipeline.load_splits(config)
   member_logits = restored.member_logits(config, splits.test_images)

@@ -68,12 +68,12 @@ def export_inference(restored, platforms=PLATFORMS) -> tuple[bytes, tuple]:
   return exported.serialize(), tuple(lowered_for)
 
 
-def export_checkpoint(config, workdir, output: str) -> str:
+def export_checkpoint(config, workdir, output: str, platform) -> str:
   """Writes the best checkpoint of `workdir` to `output`; returns where."""
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   if not output:
     raise UserError('--mode=export needs --output=PATH (e.g. digits.jax)')
-  restored = evaluation.restore_best(config, workdir)
+  restored = evaluation.restore_best(config, workdir, platform)
   serialized, platforms = export_inference(restored)
   path = paths.write_output(output, bytes(serialized), create_parents=True)
   log.info('Exported the checkpoint at step %d (epoch %s) to %s: uint8 '

@@ -132,6 +132,7 @@ def _main(argv, stop_signal):
   import jax  # pylint: disable=g-import-not-at-top
   from digits_jax import parallel  # pylint: disable=g-import-not-at-top
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
 
   try:
@@ -139,21 +140,25 @@ def _main(argv, stop_signal):
     if jax.process_index() != 0:  # Process 0 reports.
       absl_logging.set_verbosity(absl_logging.WARNING)
       logging.getLogger('digits_jax').setLevel(logging.WARNING)
+    # The platform's choices (platform.py), decided once for every mode;
+    # after joining the cluster, which must come before JAX's backend.
+    platform = platform_lib.current(config.conv_impl)
     workdir = paths.prepare_workdir(_WORKDIR.value,
                                     must_exist=_MODE.value != 'train')
     logging.getLogger('digits_jax.main').info('Workdir: %s', workdir)
     if _MODE.value == 'train':
-      train.train_and_evaluate(config, workdir, stop_signal=stop_signal)
+      train.train_and_evaluate(config, workdir, platform, stop_signal)
     elif _MODE.value == 'eval':
-      evaluation.evaluate_checkpoint(config, workdir)
+      evaluation.evaluate_checkpoint(config, workdir, platform)
     elif _MODE.value == 'export':
       from digits_jax import export  # pylint: disable=g-import-not-at-top
-      export.export_checkpoint(config, workdir, _OUTPUT.value)
+      export.export_checkpoint(config, workdir, _OUTPUT.value, platform)
     else:
       if not _IMAGES.value:
         raise UserError('--mode=predict needs --images=PATH[,PATH...]')
       from digits_jax import predict  # pylint: disable=g-import-not-at-top
-      if predict.predict_files(config, workdir, _IMAGES.value, _OUTPUT.value):
+      if predict.predict_files(config, workdir, _IMAGES.value, _OUTPUT.value,
+                               platform):
         sys.exit(1)  # Some inputs failed; each said why on its own line.
   except UserError as e:
     _fail(str(e))

@@ -1,26 +1,28 @@
 """Everything that depends on the platform, decided in one place.
 
-The trainer, evaluation, predict, export and the benchmark all ask a
-`Platform` rather than `jax.default_backend()`. What differs:
+The command line decides it once (main.py) and passes it down: the
+trainer, evaluation, predict, export and the benchmark ask the `Platform`
+they are given rather than `jax.default_backend()`. What differs (the
+measurements behind each choice: docs/performance.md):
 
   choice                      CPU                          GPU, TPU
   compiler options            Eigen convolutions and       XLA's defaults
                               YNNPACK reductions
                               (xla_options.py)
   conv weight gradients       transposed apart             as JAX derives them
-                              (models.conv_with_cpu_
-                              weight_gradient)
+                              (cpu_kernels.conv_with_
+                              cpu_weight_gradient)
   steps under lax.scan        unrolled: XLA:CPU runs a     rolled (a while loop)
-                              while loop's body ~15x
-                              slower
+                              while loop's body many
+                              times slower
   steps per dispatch (-1)     8 (unrolled code grows       a whole epoch
                               with it), shared by an
                               ensemble's members
   an ensemble's members       side by side in the step:    jax.vmap
                               vmap makes grouped
                               convolutions, which XLA:CPU
-                              runs ~2x slower than K
-                              plain ones
+                              runs slower than K plain
+                              ones
 
 `conv_impl='xla'` keeps XLA's defaults on the CPU too. Tests build a
 `Platform('gpu')` on the CPU to run the accelerator path there

@@ -84,7 +84,7 @@ def load_images(specs: list[str]):
 
 
 def predict_files(config, workdir: str, specs: list[str],
-                  output: str | None) -> int:
+                  output: str | None, platform) -> int:
   """Predicts every readable image; prints one line per image and per
   failure. Returns the number of failures."""
   import json  # pylint: disable=g-import-not-at-top
@@ -95,7 +95,7 @@ def predict_files(config, workdir: str, specs: list[str],
   digits, errors = load_images(specs)
   results = []
   if digits:
-    restored = evaluation.restore_best(config, workdir)
+    restored = evaluation.restore_best(config, workdir, platform)
     member_logits = restored.member_logits(config,
                                            np.stack([d for _, d in digits]))
     # An ensemble predicts the mean of its members' probabilities.

@@ -19,15 +19,15 @@ from digits_jax import platform as platform_lib
 from digits_jax import steps
 
 
-def build(config, splits_or_meta, axis_name=None, total_steps: int = 0,
-          platform: platform_lib.Platform | None = None):
-  """Model, optimizer and preprocessing as the config says, for `platform`
-  (default: this process's).
+def build(config, pixel_stats: dict, platform: platform_lib.Platform,
+          axis_name=None, total_steps: int = 0):
+  """Model, optimizer and preprocessing as the config says, for `platform`.
 
-  `total_steps` sets the length of a step-driven LR schedule; evaluation
-  leaves it out (only the optimizer state's structure matters there).
+  `pixel_stats`: the training split's 'pixel_mean' and 'pixel_std' (a
+  checkpoint's record holds them). `total_steps` sets the length of a
+  step-driven LR schedule; evaluation leaves it out (only the optimizer
+  state's structure matters there).
   """
-  platform = platform or platform_lib.current(config.conv_impl)
   dtype = jnp.dtype(config.compute_dtype)
   extra = ({'dropout_rate': config.dropout_rate}
            if config.model == 'improved_lenet' else {})
@@ -39,18 +39,16 @@ def build(config, splits_or_meta, axis_name=None, total_steps: int = 0,
   tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
   preprocess = steps.Preprocess(
       input_size=config.input_size,
-      pixel_mean=splits_or_meta['pixel_mean'],
-      pixel_std=splits_or_meta['pixel_std'],
+      pixel_mean=pixel_stats['pixel_mean'],
+      pixel_std=pixel_stats['pixel_std'],
       rotation_degrees=config.rotation_degrees,
       zoom_range=config.zoom_range, shift_range=config.shift_range,
       elastic_alpha=config.elastic_alpha, elastic_sigma=config.elastic_sigma)
   return model, tx, preprocess
 
 
-def members(config, platform: platform_lib.Platform | None = None
-            ) -> ensemble.Members:
+def members(config, platform: platform_lib.Platform) -> ensemble.Members:
   """The ensemble's member axis (K = 1: a single model, no axis)."""
-  platform = platform or platform_lib.current(config.conv_impl)
   return ensemble.Members(config.num_models, platform.vmap_members)
 
 

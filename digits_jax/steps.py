@@ -144,7 +144,8 @@ def scan_train_batches(step_fn: Callable, state: TrainState, batches: dict,
 def _scan(body, state, xs, unroll: bool):
   """`lax.scan`, and for `unroll` with a single step, the step itself:
   `unroll=True` over one step leaves JAX's while loop in place (unroll 1),
-  which XLA:CPU ran ~35x slower (measured: 40 against 1400 images/s)."""
+  which XLA:CPU runs many times slower (docs/performance.md, the end of
+  'Ensembles on the CPU')."""
   if unroll and jax.tree.leaves(xs)[0].shape[0] == 1:
     state, out = body(state, jax.tree.map(lambda x: x[0], xs))
     return state, jax.tree.map(lambda y: y[None], out)

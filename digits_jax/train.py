@@ -88,12 +88,41 @@ class TrainingDiverged(Exception):
   """The loss became NaN or infinite."""
 
 
+def train_program(config, model, tx, preprocess: steps.Preprocess,
+                  members, devices: parallel_lib.DataParallel,
+                  platform: platform_lib.Platform):
+  """The compiled training dispatch, built in this one place.
+
+  `steps.train_step` bound to the model, optimizer and preprocessing
+  (recipe.train_step_fn), over the ensemble's member axis (`members`),
+  scanned over a dispatch's steps (unrolled where the platform says), then
+  jitted over `devices`' mesh with their shardings, the state donated and
+  the platform's compiler options (or pmapped: parallel.py). Called as
+
+    program(state, images, labels, batch_indices, key)  # the dataset on
+                                                        # the devices
+    program(state, batches, key)                        # host-fed batches
+
+  and returns (state, metrics), the metrics [steps] or [steps, members].
+  """
+  step = members.train_step(recipe.train_step_fn(
+      config, model, tx, preprocess, devices.axis_name))
+  if devices.host_fed:
+    return devices.compile_host_fed(functools.partial(
+        steps.scan_train_batches, step, unroll=platform.unroll_scan),
+                                    platform.compiler_options)
+  return devices.compile(functools.partial(
+      steps.scan_train_steps, step, unroll=platform.unroll_scan),
+                         platform.compiler_options)
+
+
 def train_and_evaluate(
-    config, workdir: str, platform: platform_lib.Platform | None = None,
+    config, workdir: str, platform: platform_lib.Platform,
     stop_signal: interruption.StopSignal | None = None) -> dict:
   """Trains as the config says, resuming from `workdir`; returns the test
-  report of the best checkpoint. `platform` (default: this process's) makes
-  the platform's choices; tests pass another to run its path here.
+  report of the best checkpoint. `platform` makes the platform's choices,
+  for training and the evaluations alike (main.py decides it; tests pass
+  another to run its path here).
   `stop_signal`: the handler `main` put in place at its start (default: one
   from here on)."""
   own_stop_signal = stop_signal is None
@@ -111,7 +140,6 @@ def train_and_evaluate(
 
 
 def _train_and_evaluate(config, workdir, platform, stop_signal):
-  platform = platform or platform_lib.current(config.conv_impl)
   devices = parallel_lib.create(config)
   splits = input_pipeline.load_splits(config)
   data_stats = {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std}
@@ -126,8 +154,8 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
   total_steps = steps_per_epoch * config.num_epochs
   if config.num_train_steps > 0:
     total_steps = min(total_steps, config.num_train_steps)
-  model, tx, preprocess = recipe.build(config, data_stats, devices.axis_name,
-                                       total_steps, platform)
+  model, tx, preprocess = recipe.build(config, data_stats, platform,
+                                       devices.axis_name, total_steps)
   members = recipe.members(config, platform)
 
   init_key, shuffle_key, train_key = members.keys(config.seed)
@@ -173,20 +201,13 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
   steps_per_dispatch = platform.steps_per_dispatch(
       config.steps_per_dispatch, steps_per_epoch, config.num_models)
 
-  step_fn = members.train_step(recipe.train_step_fn(
-      config, model, tx, preprocess, devices.axis_name))
-  unroll = platform.unroll_scan
-  options = platform.compiler_options
-  if devices.host_fed:
-    train_chunk = devices.compile_host_fed(functools.partial(
-        steps.scan_train_batches, step_fn, unroll=unroll), options)
-  else:
-    train_chunk = devices.compile(functools.partial(
-        steps.scan_train_steps, step_fn, unroll=unroll), options)
+  train_chunk = train_program(config, model, tx, preprocess, members,
+                              devices, platform)
   # Evaluation runs on one device of each host, outside pmap: the same
   # model without the axis name.
   evaluator = evaluation.Evaluator(model.clone(axis_name=None), preprocess,
-                                   config.eval_batch_size, options)
+                                   config.eval_batch_size,
+                                   platform.compiler_options)
   state = devices.place_state(state)
   if devices.ensemble:
     train_key = devices.place_state(train_key)
@@ -308,7 +329,8 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
       writer.close()
     stop_signal.stop_polling()
 
-  return evaluation.evaluate_checkpoint(config, workdir, splits=splits)
+  return evaluation.evaluate_checkpoint(config, workdir, platform,
+                                       splits=splits)
 
 
 def _progress_bar(epoch, num_epochs, total, initial):

@@ -46,8 +46,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
@@ -215,36 +217,40 @@ class Timed:
 
 def trainer_path(config, images, labels, batch, steps,
                  members: ensemble.Members = ensemble.Members()) -> Timed:
-  """The trainer's step over `members` (one model by default), compiled as
-  platform.py decides for this backend and --conv_impl: the dataset on the
-  device, `steps` model steps per dispatch under lax.scan (shared by the
-  members, as the trainer shares them), donated state, metrics read back
-  once per dispatch."""
+  """The trainer's own program (train.train_program) over `members` (one
+  model by default) on one device, compiled as platform.py decides for this
+  backend and --conv_impl: the dataset on the device, `steps` model steps
+  per dispatch under lax.scan (shared by the members, as the trainer shares
+  them), donated state, metrics read back once per dispatch."""
   config = config.copy_and_resolve_references()
   config.num_models = members.num_models
   platform = platform_lib.current(_CONV_IMPL.value)
-  model, tx, preprocess = recipe.build(config, PIXEL_STATS,
-                                       platform=platform)
+  model, tx, preprocess = recipe.build(config, PIXEL_STATS, platform)
   init_key, shuffle_key, train_key = members.keys(0)
-  state = members.create_train_state(model, tx, init_key, config.input_size)
-  step_fn = members.train_step(
-      recipe.train_step_fn(config, model, tx, preprocess))
+  devices = parallel.DataParallel('mesh', tuple(jax.devices()[:1]),
+                                  member_devices=int(members.stacked))
+  chunk = train.train_program(config, model, tx, preprocess, members,
+                              devices, platform)
+  state = devices.place_state(
+      members.create_train_state(model, tx, init_key, config.input_size))
+  if devices.ensemble:
+    train_key = devices.place_state(train_key)
   dispatch = max(1, steps // members.num_models)
-  chunk = jax.jit(functools.partial(steps_lib.scan_train_steps, step_fn,
-                                    unroll=platform.unroll_scan),
-                  donate_argnums=(0,),
-                  compiler_options=platform.compiler_options)
-  images, labels = jax.device_put(images), jax.device_put(labels)
+  images, labels = devices.replicate(images), devices.replicate(labels)
+
+  def batch_indices(epoch):
+    return devices.shard_batch_indices(members.epoch_batches(
+        shuffle_key, epoch, len(images), batch)[:dispatch])
+
   start = time.perf_counter()
-  first = members.epoch_batches(shuffle_key, 0, len(images), batch)[:dispatch]
-  compiled = chunk.lower(state, images, labels, first, train_key).compile()
+  compiled = chunk.lower(state, images, labels, batch_indices(0),
+                         train_key).compile()
   compile_s = time.perf_counter() - start
   holder = {'state': state, 'epoch': 0}
 
   def window():
     holder['epoch'] += 1
-    indices = members.epoch_batches(shuffle_key, holder['epoch'],
-                                    len(images), batch)[:dispatch]
+    indices = batch_indices(holder['epoch'])
     indices.block_until_ready()
     begin = time.perf_counter()
     holder['state'], metrics = compiled(holder['state'], images, labels,
@@ -261,7 +267,8 @@ def trainer_path(config, images, labels, batch, steps,
 
 
 def reference_path(config, images, labels, batch, steps) -> Timed:
-  model, tx, preprocess = recipe.build(config, PIXEL_STATS)
+  model, tx, preprocess = recipe.build(
+      config, PIXEL_STATS, platform_lib.current(_CONV_IMPL.value))
   if config.model == 'improved_lenet':
     model = ReferenceImprovedLeNet()  # The same function (check_reference).
   state = steps_lib.create_train_state(model, tx, jax.random.key(0),

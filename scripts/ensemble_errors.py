@@ -59,13 +59,15 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.ERROR)
   from digits_jax import evaluation
   from digits_jax import input_pipeline
+  from digits_jax import platform as platform_lib
 
   labels, pooled, runs = None, [], []
   for workdir in _WORKDIRS.value:
     config = trained_config(workdir)
     if _DATA_DIR.value is not None:
       config.data_dir = _DATA_DIR.value
-    restored = evaluation.restore_best(config, workdir)
+    restored = evaluation.restore_best(
+        config, workdir, platform_lib.current(config.conv_impl))
     splits = input_pipeline.load_splits(config)
     member_logits = restored.member_logits(config, splits.test_images)
     labels = splits.test_labels

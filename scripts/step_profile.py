@@ -58,8 +58,9 @@ def main(argv):
   batch, size = _BATCH.value, int(_INPUT_SIZE.value)
   config = improved.get_config()
   config.input_size, config.conv_impl = size, _CONV_IMPL.value
-  model, tx, preprocess = recipe.build(config, {'pixel_mean': 33.3,
-                                               'pixel_std': 78.6})
+  model, tx, preprocess = recipe.build(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6},
+      platform_lib.current(config.conv_impl))
   state = steps.create_train_state(model, tx, jax.random.key(0), size)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (batch, 28, 28), np.uint8))

@@ -69,11 +69,13 @@ def main(argv):
   from digits_jax import ensemble
   from digits_jax import evaluation
   from digits_jax import input_pipeline
+  from digits_jax import platform as platform_lib
 
   config = trained_config(_WORKDIR.value)
   if _DATA_DIR.value is not None:
     config.data_dir = _DATA_DIR.value
-  restored = evaluation.restore_best(config, _WORKDIR.value)
+  restored = evaluation.restore_best(
+      config, _WORKDIR.value, platform_lib.current(config.conv_impl))
   splits = input_pipeline.load_splits(config)
 
   accuracy = {}

@@ -205,13 +205,15 @@ def trained_run(tmp_path_factory, mnist_data_dir):
   """configs/tiny.py trained its 2 epochs in process: (config, workdir,
   the test report)."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
+  from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data_dir = mnist_data_dir
   with _once_per_run(tmp_path_factory, 'trained') as (folder, first):
     workdir = str(folder / 'run')
     if first:
-      report = train.train_and_evaluate(config, workdir)
+      report = train.train_and_evaluate(config, workdir,
+                                        platform_lib.current())
       (folder / 'report.json').write_text(json.dumps(report))
     return config, workdir, json.loads((folder / 'report.json').read_text())
 

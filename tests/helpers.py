@@ -23,7 +23,7 @@ def _python_path(*entries) -> str:
   machine's extra packages may be, as on a lent GPU: docs/device.md)."""
   inherited = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
                if p and os.path.abspath(p) != ROOT]
-  return os.pathsep.join([*entries, *inherited])
+  return os.pathsep.join([*map(str, entries), *inherited])
 
 
 def env_without_project() -> dict:

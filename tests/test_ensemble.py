@@ -149,7 +149,7 @@ def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
   config = tiny.get_config()
   config.data_dir = mnist_data_dir
   config.num_models = 3
-  restored = evaluation.restore_best(config, workdir)
+  restored = evaluation.restore_best(config, workdir, platform_lib.current())
   from digits_jax import input_pipeline
   splits = input_pipeline.load_splits(config)
   # Reference: each member's model.apply, then NumPy.
@@ -199,7 +199,7 @@ def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
   assert result.returncode == 0, result.stderr[-3000:]
   predictions = json.loads(output.read_text())['predictions']
   config.num_models = 3
-  restored = evaluation.restore_best(config, workdir)
+  restored = evaluation.restore_best(config, workdir, platform_lib.current())
   member_logits = restored.member_logits(config, digits)
   expected = np.exp(ensemble.combine(member_logits))
   for p, want, logits in zip(predictions, expected,

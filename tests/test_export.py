@@ -7,11 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import special
 
 from helpers import assert_one_line_error, env_without_project, run_main
 
 from digits_jax import evaluation
 from digits_jax import input_pipeline
+from digits_jax import platform as platform_lib
 
 pytestmark = pytest.mark.slow  # The session's trained run; a process.
 
@@ -64,9 +66,9 @@ def test_a_plain_jax_process_predicts_what_eval_computes(exported, tmp_path):
   assert 'cpu' in loaded['platforms'] and loaded['dtype'] == 'float32'
   probabilities = np.asarray(loaded['probabilities'])
 
-  restored = evaluation.restore_best(config, workdir)
+  restored = evaluation.restore_best(config, workdir, platform_lib.current())
   logits = restored.evaluator(config).logits(restored.state, digits)
-  want = np.exp(evaluation.log_softmax(logits))
+  want = special.softmax(logits, axis=-1)
   np.testing.assert_allclose(probabilities, want, atol=1e-5)
   labels = splits.test_labels[:50]
   assert ((probabilities.argmax(-1) == labels).mean()

@@ -260,8 +260,8 @@ def test_train_build_passes_the_config_to_the_model_and_preprocessing():
       'dropout_rate': 0.4, 'rotation_degrees': 7.0, 'zoom_range': 0.05,
       'shift_range': 0.15, 'input_size': 28, 'elastic_alpha': 20.0,
       'elastic_sigma': 3.5})
-  model, _, preprocess = recipe.build(config, {'pixel_mean': 33.3,
-                                              'pixel_std': 78.6})
+  model, _, preprocess = recipe.build(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6}, platform_lib.current())
   assert model.dropout_rate == 0.4
   assert (preprocess.input_size, preprocess.rotation_degrees,
           preprocess.zoom_range, preprocess.shift_range,

@@ -9,6 +9,7 @@ import pytest
 
 from helpers import latest_checkpoint
 
+from digits_jax import evaluation
 from digits_jax import platform as platform_lib
 from digits_jax import train
 
@@ -54,19 +55,34 @@ def _close(state, reference) -> bool:
 
 @pytest.mark.slow
 def test_the_accelerator_path_trains_the_cpu_paths_model(tiny_config,
-                                                         tmp_path):
+                                                         tmp_path,
+                                                         monkeypatch):
+  # Every evaluation program's compiler options, in the order built.
+  evaluator_options = []
+  evaluator = evaluation.Evaluator
+
+  def spy(model, preprocess, batch_size, compiler_options=None):
+    evaluator_options.append(compiler_options)
+    return evaluator(model, preprocess, batch_size, compiler_options)
+
+  monkeypatch.setattr(evaluation, 'Evaluator', spy)
   tiny_config.num_epochs = 1
   tiny_config.num_train_steps = 3
   cpu = tiny_config.copy_and_resolve_references()
   cpu.steps_per_dispatch = 2  # Two dispatches: 2 and 1 unrolled steps.
   accelerator = tiny_config.copy_and_resolve_references()
   accelerator.steps_per_dispatch = 0  # One rolled scan over the 3 steps.
-  accelerator.conv_impl = 'xla'
   cpu_step, cpu_state = _trained_state(
       cpu, str(tmp_path / 'cpu'), platform_lib.Platform('cpu', 'auto'))
+  cpu_options, evaluator_options[:] = list(evaluator_options), []
   gpu_step, gpu_state = _trained_state(
-      accelerator, str(tmp_path / 'gpu'), platform_lib.Platform('gpu', 'xla'))
+      accelerator, str(tmp_path / 'gpu'), platform_lib.Platform('gpu', 'auto'))
   assert cpu_step == gpu_step == 3
+  # Validation and the test evaluation compile for the platform that
+  # trains, not for the process's: the CPU's options on the CPU path, XLA's
+  # defaults (None) on the accelerator path.
+  assert len(cpu_options) == 2 and all(cpu_options), cpu_options
+  assert evaluator_options == [None, None]
   assert _close(gpu_state, cpu_state)
   # The tolerance has teeth: one augmentation range changed on the CPU path
   # is far outside it.

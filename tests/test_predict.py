@@ -11,6 +11,7 @@ from helpers import run_main
 
 from digits_jax import input_pipeline
 from digits_jax import evaluation
+from digits_jax import platform as platform_lib
 from digits_jax import train
 
 NUM_DIGITS = 200
@@ -37,7 +38,7 @@ def predict_run(tmp_path_factory, mnist_data_dir):
   config.max_test_examples = NUM_DIGITS
   root = tmp_path_factory.mktemp('predict')
   workdir = str(root / 'run')
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir, platform_lib.current())
   digits = input_pipeline.load_splits(config).test_images
   png_dir = root / 'png'
   png_dir.mkdir()
@@ -51,7 +52,7 @@ def predict_run(tmp_path_factory, mnist_data_dir):
 def test_predicting_png_files_matches_evaluating_the_digits(predict_run,
                                                             tmp_path):
   config, workdir, digits, png_dir = predict_run
-  restored = evaluation.restore_best(config, workdir)
+  restored = evaluation.restore_best(config, workdir, platform_lib.current())
   direct = evaluation.Evaluator(restored.model, restored.preprocess,
                            config.eval_batch_size).logits(
                                restored.state, digits).argmax(-1)

@@ -15,19 +15,23 @@ from helpers import (assert_one_line_error, latest_checkpoint, plateau_state,
 
 from configs import improved
 from digits_jax import checkpoint
-from digits_jax import models
 from digits_jax import evaluation
+from digits_jax import models
+from digits_jax import platform as platform_lib
 from digits_jax import recipe
 from digits_jax import steps
 from digits_jax import train
 from digits_jax.errors import UserError
+
+# What these tests build and evaluate for: this process's platform.
+PLATFORM = platform_lib.current()
 
 
 def _setup(input_size=28):
   config = improved.get_config()
   config.input_size = input_size
   model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
+      config, {'pixel_mean': 33.0, 'pixel_std': 78.0}, PLATFORM)
   state = steps.create_train_state(model, tx, jax.random.key(0), input_size)
   step_fn = recipe.train_step_fn(config, model, tx, preprocess)
   return state, step_fn
@@ -188,7 +192,7 @@ def test_eval_writes_the_three_report_pictures_from_the_runs_metrics(
 @pytest.mark.slow
 def test_checkpoint_round_trip_reproduces_the_eval_figures(trained_run):
   config, workdir, report = trained_run
-  again = evaluation.evaluate_checkpoint(config, workdir)
+  again = evaluation.evaluate_checkpoint(config, workdir, PLATFORM)
   for key in ('accuracy', 'loss', 'confusion_matrix', 'checkpoint_step'):
     assert again[key] == report[key]
 
@@ -201,9 +205,9 @@ def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
   config = config.copy_and_resolve_references()
   resumed_dir = str(tmp_path)
   config.num_epochs = 1
-  train.train_and_evaluate(config, resumed_dir)
+  train.train_and_evaluate(config, resumed_dir, PLATFORM)
   config.num_epochs = 2
-  train.train_and_evaluate(config, resumed_dir)
+  train.train_and_evaluate(config, resumed_dir, PLATFORM)
 
   def final_state(directory):
     manager = checkpoint.create_manager(
@@ -218,7 +222,8 @@ def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
 
 
 def _target(config):
-  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0})
+  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
+                              PLATFORM)
   return steps.create_train_state(model, tx, jax.random.key(0),
                                   config.input_size)
 
@@ -230,9 +235,9 @@ def test_checkpoint_of_another_model_is_refused(trained_run):
   config.model = 'lenet5'
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   with pytest.raises(UserError, match="model='improved_lenet'"):
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, PLATFORM)
   with pytest.raises(UserError, match='model'):
-    evaluation.evaluate_checkpoint(config, workdir)
+    evaluation.evaluate_checkpoint(config, workdir, PLATFORM)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
 
 
@@ -243,7 +248,7 @@ def _one_batch_setup(**overrides):
   config.input_size = 28
   config.update(overrides)
   model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
+      config, {'pixel_mean': 33.0, 'pixel_std': 78.0}, PLATFORM)
   state = steps.create_train_state(model, tx, jax.random.key(0), 28)
   step_fn = jax.jit(recipe.train_step_fn(config, model, tx, preprocess))
   rng = np.random.default_rng(0)
@@ -280,12 +285,12 @@ def test_a_partial_checkpoint_is_ignored_and_cleaned_up(trained_run,
   with open(os.path.join(partial, 'state', 'half_written'), 'wb') as f:
     f.write(b'\0' * 100)
 
-  again = evaluation.evaluate_checkpoint(config, workdir_copy)
+  again = evaluation.evaluate_checkpoint(config, workdir_copy, PLATFORM)
   assert again['accuracy'] == report['accuracy']
 
   config = config.copy_and_resolve_references()
   config.num_epochs = 3
-  train.train_and_evaluate(config, workdir_copy)
+  train.train_and_evaluate(config, workdir_copy, PLATFORM)
   checkpoints = os.listdir(os.path.join(workdir_copy, 'checkpoints'))
   assert not [c for c in checkpoints if 'tmp' in c], checkpoints
   assert '60' in checkpoints  # Resumed from step 40 and wrote epoch 3.

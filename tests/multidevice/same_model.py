@@ -9,6 +9,7 @@ import numpy as np
 
 from configs import tiny
 from digits_jax import parallel
+from digits_jax import platform as platform_lib
 from digits_jax import recipe
 from digits_jax import steps
 from helpers import max_difference
@@ -20,7 +21,8 @@ def run(devices: parallel.DataParallel, images, labels, batches):
   config = tiny.get_config()
   config.input_size = 28
   stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
-  model, tx, preprocess = recipe.build(config, stats, devices.axis_name)
+  model, tx, preprocess = recipe.build(config, stats, platform_lib.current(),
+                                       devices.axis_name)
   state = steps.create_train_state(model, tx, jax.random.key(0), 28)
   step_fn = recipe.train_step_fn(config, model, tx, preprocess,
                                  devices.axis_name)

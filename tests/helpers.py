@@ -106,11 +106,14 @@ def assert_one_line_error(result, *fragments):
 
 
 def latest_checkpoint(config, workdir, platform=None):
-  """(step, train state) of the latest checkpoint in `workdir`."""
+  """(step, train state) of the latest checkpoint in `workdir`, restored for
+  `platform` (default: this process's)."""
   from digits_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import recipe  # pylint: disable=g-import-not-at-top
+  platform = platform or platform_lib.current(config.conv_impl)
   model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
-                              platform=platform)
+                              platform)
   members = recipe.members(config, platform)
   target = members.abstract_train_state(model, tx, config.input_size)
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),

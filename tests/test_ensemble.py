@@ -28,7 +28,8 @@ from digits_jax import train
 def _train(config, workdir, platform=None, **overrides):
   config = config.copy_and_resolve_references()
   config.update_from_flattened_dict(overrides)
-  train.train_and_evaluate(config, workdir, platform=platform)
+  platform = platform or platform_lib.current(config.conv_impl)
+  train.train_and_evaluate(config, workdir, platform)
   return latest_checkpoint(config, str(workdir), platform)
 
 

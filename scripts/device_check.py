@@ -247,7 +247,7 @@ def main():
            f'--steps={steps}', f'--windows={windows}']
   if 'benchmark' in parts:
     results = {}
-    for batch in (128, 1024):
+    for batch in (128, 256) if on_cpu else (128, 1024):
       record, output = check.run('benchmark', bench + [f'--batch={batch}'],
                                  base_env, LIMITS['benchmark'] / 2)
       record.update(last_json_line(output) or {})

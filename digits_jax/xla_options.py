@@ -6,7 +6,7 @@ unpadded ones and on the weight gradients JAX derives for them. Left out of
 YNNPACK, XLA:CPU runs convolutions with Eigen. Measured on the 2-core
 development machine (batch 128, the 5x5 32->32 convolution on its 24x24
 input, ms; forward, input gradient, weight gradient;
-`python scripts/conv_profile.py`):
+`python scripts/experiments/conv_profile.py`):
 
   YNNPACK (XLA's default)   ~155    ~30    ~245
   Eigen                     ~17     ~28    ~37
@@ -17,7 +17,7 @@ space (BatchNorm's statistics and their gradients, the conv biases'
 gradients) is split into a tree of `reduce-window`s for accuracy, and those
 ran about 20x slower than YNNPACK's reduction, which is also the more
 accurate of the two. The sum and the sum of squares of [128, 24, 24, 32]
-per channel (`python scripts/conv_profile.py` again; ms, and the relative
+per channel (`python scripts/experiments/conv_profile.py` again; ms, and the relative
 error against float64):
 
   YNNPACK (XLA's default)   ~1.2    1e-7

@@ -72,7 +72,7 @@ def test_preparing_without_tensorflow_gives_the_idx_files_bytes(
 def test_tensorflow_prepared_and_numpy_prepared_arrays_are_identical(
     prepared_without_tensorflow):
   """Against tests/fixtures/tf_prepared_mnist.npz: made by
-  scripts/make_tf_prepared_fixture.py with TFDS's stock builder and
+  scripts/experiments/make_tf_prepared_fixture.py with TFDS's stock builder and
   TensorFlow (the first 300 examples of each split, and the sha256 of every
   full array, in TFDS's order)."""
   _, arrays = prepared_without_tensorflow

@@ -4,7 +4,7 @@ Each part is jitted on its own with arguments (not constants, which XLA
 would fold), run a few times, and its median time printed; the parts of the
 model's backward pass are its layers' forward-and-gradient times.
 
-  python scripts/step_profile.py --batch=128 --input_size=28
+  python scripts/experiments/step_profile.py --batch=128 --input_size=28
 
 Parts overlap (the step contains the others), so the figures are where to
 look, not a sum.
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.abspath(
+    os.path.join(os.path.dirname(__file__), '..', '..')))
 from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import cpu_kernels  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -9,7 +9,7 @@ the ensemble's test accuracy, then for all the members pooled together:
   most get right only needs members that disagree less badly),
 - the images some member gets wrong, and those all get wrong.
 
-  python scripts/ensemble_errors.py --workdir=runs/ensemble \
+  python scripts/experiments/ensemble_errors.py --workdir=runs/ensemble \
       --workdir=runs/ensemble_other
 
 Pooling runs is analysis, not a model choice: it reads the test set, so it
@@ -26,7 +26,8 @@ from absl import flags
 from absl import logging as absl_logging
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.abspath(
+    os.path.join(os.path.dirname(__file__), '..', '..')))
 
 from trained_config import trained_config  # pylint: disable=g-import-not-at-top
 

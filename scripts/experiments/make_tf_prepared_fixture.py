@@ -9,7 +9,7 @@ PNGs TensorFlow encodes (the project's route before it dropped TensorFlow),
 then keeps the first 300 training and test examples and the sha256 of every
 split's full image and label arrays, in TFDS's order:
 
-  python scripts/make_tf_prepared_fixture.py
+  python scripts/experiments/make_tf_prepared_fixture.py
 """
 
 import hashlib
@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)
 
 from digits_jax import input_pipeline  # pylint: disable=wrong-import-position

@@ -7,7 +7,7 @@ import runpy
 
 import ml_collections
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
 def trained_config(workdir: str) -> ml_collections.ConfigDict:

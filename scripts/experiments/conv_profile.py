@@ -7,7 +7,7 @@ and prints ms and GFLOP/s for each. A last row times BatchNorm's reductions
 (the sum and the sum of squares over batch and space, per channel) of the
 convolution's input the same three ways, and their error against float64.
 
-  python scripts/conv_profile.py --batch=128 --size=24 --channels=32 --kernel=5
+  python scripts/experiments/conv_profile.py --batch=128 --size=24 --channels=32 --kernel=5
 """
 
 import os
@@ -19,7 +19,8 @@ import jax
 from jax import lax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.abspath(
+    os.path.join(os.path.dirname(__file__), '..', '..')))
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import xla_options  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -6,9 +6,9 @@
 # Prints one line per variant: exit code, wall seconds, site-packages MB,
 # the TensorFlow version installed and pytest's last line.
 #
-#   bash scripts/ci_install_cost.sh [REV]   # default: HEAD; ~1 hour here
+#   bash scripts/experiments/ci_install_cost.sh [REV]   # default: HEAD; ~1 hour here
 set -u
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 rev=${1:-$(git -C "$repo" rev-parse HEAD)}
 out=${OUT_DIR:-/tmp/ci_install_cost}
 mkdir -p "$out"

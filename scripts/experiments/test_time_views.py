@@ -6,7 +6,7 @@ zooms) as well as over the members. For the best checkpoint of a run
 folder, prints the ensemble's accuracy on the validation split and on the
 test set for each set of views, and for each view alone.
 
-  python scripts/test_time_views.py --workdir=runs/ensemble
+  python scripts/experiments/test_time_views.py --workdir=runs/ensemble
 
 Only the validation column may decide whether views are worth adding to
 `--mode=eval` or `--mode=predict`; the test column is there to report.
@@ -21,7 +21,8 @@ from absl import flags
 from absl import logging as absl_logging
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.abspath(
+    os.path.join(os.path.dirname(__file__), '..', '..')))
 
 from trained_config import trained_config  # pylint: disable=g-import-not-at-top
 

@@ -13,7 +13,8 @@ How the step runs over the member axis is the platform's choice
 mostly idle; on the CPU the members' steps are laid side by side in the same
 program, because vmap turns each convolution into a grouped one, which
 XLA:CPU runs slower than K plain ones (docs/performance.md;
-scripts/benchmark.py --num_models=K measures both). Both forms compute the same function.
+scripts/benchmark.py --num_models=K measures both). Both forms compute the
+same function.
 
 K = 1 adds no axis: the state, the keys and the step are a single model's,
 as before ensembles existed, and its checkpoints are unchanged.

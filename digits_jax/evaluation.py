@@ -54,6 +54,7 @@ class Evaluator:
     return np.stack([np.asarray(self._logits(member, images))[:n]
                      for member in members.unstack(variables)])
 
+
 def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:
   """Loss, accuracy, per-class accuracy and the confusion matrix."""
   log_probs = special.log_softmax(logits, axis=-1)

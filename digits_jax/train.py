@@ -107,13 +107,12 @@ def train_program(config, model, tx, preprocess: steps.Preprocess,
   """
   step = members.train_step(recipe.train_step_fn(
       config, model, tx, preprocess, devices.axis_name))
+  unroll = platform.unroll_scan
   if devices.host_fed:
-    return devices.compile_host_fed(functools.partial(
-        steps.scan_train_batches, step, unroll=platform.unroll_scan),
-                                    platform.compiler_options)
-  return devices.compile(functools.partial(
-      steps.scan_train_steps, step, unroll=platform.unroll_scan),
-                         platform.compiler_options)
+    scan = functools.partial(steps.scan_train_batches, step, unroll=unroll)
+    return devices.compile_host_fed(scan, platform.compiler_options)
+  scan = functools.partial(steps.scan_train_steps, step, unroll=unroll)
+  return devices.compile(scan, platform.compiler_options)
 
 
 def train_and_evaluate(

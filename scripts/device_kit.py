@@ -102,8 +102,8 @@ IMAGE_VERSIONS = {'jax': '0.11.2', 'jaxlib': '0.11.2', 'numpy': '2.5.2',
 # project and its tests import (pip brings their requirements, each checked
 # to be in IMAGE).
 IMAGE_STAND_INS = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint',
-                   'absl-py', 'python-dateutil', 'etils', 'pillow', 'scipy', 'matplotlib', 'tensorstore',
-                   'tqdm', 'numpy', 'protobuf', 'psutil', 'pyarrow',
+                   'absl-py', 'python-dateutil', 'etils', 'pillow',
+                   'scipy', 'matplotlib', 'tensorstore', 'tqdm', 'numpy', 'protobuf', 'psutil', 'pyarrow',
                    'requests', 'wrapt', 'attrs', 'pyyaml', 'six',
                    'typing-inspect', 'flatbuffers', 'fsspec', 'pytest',
                    'pytest-xdist')
@@ -282,7 +282,8 @@ def main():
   total = tree_size + wheels_size + data_size
   print(f'{len(wheels)} wheels, {_mib(wheels_size)}:')
   for name in wheels:
-    print(f'  {name}  ({_mib(os.path.getsize(os.path.join(kit, "wheels", name)))})')
+    size = os.path.getsize(os.path.join(kit, 'wheels', name))
+    print(f'  {name}  ({_mib(size)})')
   print(f'MNIST prepared: {_mib(data_size)}; working tree: {_mib(tree_size)}')
   print(f'a call sends {_mib(total)} of its {TREE_LIMIT_MIB} MiB')
   if total > (TREE_LIMIT_MIB - ROOM_MIB) * 2**20:

@@ -13,7 +13,7 @@ validation accuracy (the test set never chooses anything). Figures: README.md.
 import os
 import runpy
 
-# Loaded by path: configs/ is not an installed package.
+# By path, as every config loads another (config_checks.load_config).
 fast = runpy.run_path(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fast.py'))
 

@@ -11,8 +11,7 @@ checkpoint is still chosen on the validation split only.
 import os
 import runpy
 
-# The article's recipe, loaded by path: configs/ is not an installed package,
-# so that a config file works from any directory.
+# By path, as every config loads another (config_checks.load_config).
 improved = runpy.run_path(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), 'improved.py'))
 

@@ -48,12 +48,7 @@ def get_config():
   # Data parallelism over all devices: 'mesh' (jit over a device mesh) or
   # 'pmap'. The global batch_size must divide by the device count.
   config.parallelism = 'mesh'
-  # Multi-host: True joins the cluster with jax.distributed.initialize()
-  # (auto-detected on Cloud TPU); or name the coordinator explicitly.
-  config.distributed = False
-  config.coordinator_address = ''  # e.g. '10.0.0.1:1234'
-  config.num_processes = 1
-  config.process_id = 0
+  # Several hosts join one run with main.py's --distributed flags (README).
 
   config.batch_size = 64
   config.eval_batch_size = 500

@@ -152,7 +152,6 @@ def check_compatible(meta: dict, config, directory: str) -> None:
 RESUMABLE_CHANGES = frozenset({
     'data_dir', 'eval_batch_size', 'max_test_examples', 'steps_per_dispatch',
     'log_every_steps', 'checkpoints_to_keep', 'parallelism', 'member_devices',
-    'distributed', 'coordinator_address', 'num_processes', 'process_id',
     'conv_impl', 'num_epochs', 'num_train_steps'})
 # A step-driven schedule's length follows these, so they may change only
 # where the schedule does not (the plateau).

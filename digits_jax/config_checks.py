@@ -1,11 +1,19 @@
 """Up-front validation of a config: one clear message per bad value.
 
 Unknown keys are already refused by the locked ConfigDict when the command
-line overrides them; this checks the values, so that a bad one never reaches
-JAX and fails there with a traceback.
+line overrides them; this checks the keys a config file made and the
+values, so that a bad one never reaches JAX and fails there with a
+traceback. Imports nothing heavy: `--help` and a bad value answer at once.
 """
 
+import os
+import runpy
+
 from digits_jax.errors import UserError
+
+# The configs beside the package (not installed: files that --config names).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'configs')
 
 # The names a config chooses among. Here, in a module that imports nothing
 # heavy, so that checking a config (and `--help`) costs no JAX or Flax
@@ -23,44 +31,80 @@ def _require(condition: bool, message: str) -> None:
     raise UserError(message)
 
 
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
+def load_config(name_or_path: str):
+  """A config file's `get_config()`, by path or by its name in configs/.
+
+  The one way configs are loaded outside `--config` (tests, scripts, the
+  defaults below), as the derived configs load theirs: by path, with
+  `runpy`, so that no `configs` package needs to be importable.
+  """
+  path = name_or_path
+  if os.sep not in path and not path.endswith('.py'):
+    path = os.path.join(CONFIGS_DIR, f'{name_or_path}.py')
+  return runpy.run_path(path)['get_config']()
 
 
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
+def default_config():
+  """The recipe every config builds on (configs/improved.py), or None where
+  the package is installed without the configs beside it."""
+  if not os.path.exists(os.path.join(CONFIGS_DIR, 'improved.py')):
+    return None
+  return load_config('improved')
 
 
-def _check_types(config) -> None:
-  """Types first, so that the range checks below compare numbers."""
-  for name in ('batch_size', 'eval_batch_size', 'num_epochs',
-               'checkpoints_to_keep', 'num_train_steps', 'steps_per_dispatch',
-               'validation_size', 'max_train_examples', 'max_test_examples',
-               'seed', 'split_seed', 'plateau_patience', 'input_size',
-               'num_processes', 'process_id', 'log_every_steps',
-               'num_models', 'member_devices'):
-    _require(_is_int(config[name]),
-             f'config.{name}={config[name]!r} must be an integer')
-  for name in ('learning_rate', 'min_learning_rate', 'warmup_fraction',
-               'adam_b1', 'adam_b2', 'adam_eps', 'l2', 'plateau_factor',
-               'plateau_min_delta', 'rotation_degrees', 'zoom_range',
-               'dropout_rate', 'bag_fraction', 'elastic_alpha',
-               'elastic_sigma',
-               'shift_range'):
-    _require(_is_number(config[name]),
-             f'config.{name}={config[name]!r} must be a number')
-  for name in ('augment', 'distributed'):
-    _require(isinstance(config[name], bool),
-             f'config.{name}={config[name]!r} must be True or False')
-  for name in ('model', 'data_dir', 'conv_impl', 'compute_dtype',
-               'parallelism', 'coordinator_address', 'lr_schedule'):
-    _require(isinstance(config[name], str),
-             f'config.{name}={config[name]!r} must be a string')
+def _type_error(name: str, value, default) -> str | None:
+  """What is wrong with `value` for a key whose default is `default`."""
+  if isinstance(default, bool):
+    ok, wanted = isinstance(value, bool), 'True or False'
+  elif isinstance(default, int):
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    wanted = 'an integer'
+  elif isinstance(default, float):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    wanted = 'a number'
+  elif isinstance(default, str):
+    ok, wanted = isinstance(value, str), 'a string'
+  else:
+    return None
+  return None if ok else f'config.{name}={value!r} must be {wanted}'
 
 
-def validate(config) -> None:
-  """Raises UserError naming the first bad value and what it must be."""
-  _check_types(config)
+def _check_keys_and_types(config, defaults) -> None:
+  """Types first, so that the range checks below compare numbers.
+
+  Each key's type is its default's. ml_collections already refuses a value
+  of another type as a derived config file or `--config.KEY` sets it, but
+  not None, not True into an integer key, and not a config a file builds
+  from scratch (which may also misspell or drop a key): hence the check
+  against the defaults themselves. Without them (an installed package with
+  no configs/ beside it), each key's own type stands for its default's.
+  """
+  if defaults is not None:
+    for name in sorted(set(config) - set(defaults)):
+      raise UserError(f'config.{name} is not a key of the recipe '
+                      '(configs/improved.py lists them all)')
+    for name in sorted(set(defaults) - set(config)):
+      raise UserError(f'the config lacks config.{name} (configs/improved.py '
+                      'has its default)')
+  for name in config:
+    value = config[name]
+    if defaults is not None:
+      default = defaults[name]
+    elif value is None:
+      default = config.get_ref(name).get_type()()  # None is typed by its key.
+    else:
+      default = value
+    message = _type_error(name, value, default)
+    if message:
+      raise UserError(message)
+
+
+def validate(config, defaults=None) -> None:
+  """Raises UserError naming the first bad value and what it must be.
+
+  `defaults`: `default_config()`, whose values give each key its type.
+  """
+  _check_keys_and_types(config, defaults)
   _require(config.model in MODEL_NAMES,
            f'config.model={config.model!r} is not a model; choose one of '
            f'{", ".join(sorted(MODEL_NAMES))}')
@@ -130,8 +174,3 @@ def validate(config) -> None:
   _require(config.compute_dtype in COMPUTE_DTYPES,
            f'config.compute_dtype={config.compute_dtype!r} must be one of '
            f'{COMPUTE_DTYPES}')
-  if config.distributed and config.coordinator_address:
-    _require(config.num_processes >= 1 and
-             0 <= config.process_id < config.num_processes,
-             f'config.process_id={config.process_id!r} must be in [0, '
-             f'num_processes={config.num_processes!r})')

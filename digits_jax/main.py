@@ -45,6 +45,30 @@ _OUTPUT = flags.DEFINE_string(
     'output', None, 'predict: also write the predictions as JSON; export: '
     'the artifact (a local path or a URI).')
 
+# How this process joins a multi-host run: flags, not config keys, because
+# they differ from host to host and say nothing about the recipe, which a
+# checkpoint records and a resume compares.
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-host run with '
+    'jax.distributed.initialize(): the cluster is found by itself (Cloud TPU, '
+    'SLURM) unless --coordinator_address names it.')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', '', 'With --distributed, on hosts without a '
+    'cluster manager: process 0\'s HOST:PORT, e.g. 10.0.0.1:1234.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', 1, 'With --coordinator_address: how many processes.',
+    lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', 0, 'With --coordinator_address: this process\'s index, '
+    'in [0, --num_processes).', lower_bound=0)
+flags.register_multi_flags_validator(
+    ['num_processes', 'process_id'],
+    lambda values: values['process_id'] < values['num_processes'],
+    '--process_id must be below --num_processes')
+# What these were called when they were config keys (a friendlier error).
+_LAUNCH_KEYS = ('distributed', 'coordinator_address', 'num_processes',
+                'process_id')
+
 
 # TFDS's warnings that say nothing a user can act on: it decodes MNIST's
 # 28x28 PNGs with Pillow (OpenCV would not be faster at that size), and a
@@ -124,9 +148,11 @@ def _main(argv, stop_signal):
   except OSError as e:
     _fail(f'cannot load the --config file: {str(e).splitlines()[-1].strip()}')
   try:
-    config_checks.validate(config)
+    config_checks.validate(config, config_checks.default_config())
   except UserError as e:
     _fail(str(e))
+  if _COORDINATOR_ADDRESS.value and not _DISTRIBUTED.value:
+    _fail('--coordinator_address is for a multi-host run: add --distributed')
   # Imported once the config is known good, so that `--help` and a bad
   # value answer without importing JAX (tests/test_cli.py).
   import jax  # pylint: disable=g-import-not-at-top
@@ -136,7 +162,9 @@ def _main(argv, stop_signal):
   from digits_jax import train  # pylint: disable=g-import-not-at-top
 
   try:
-    parallel.initialize_distributed(config)
+    if _DISTRIBUTED.value:
+      parallel.initialize_distributed(_COORDINATOR_ADDRESS.value,
+                                      _NUM_PROCESSES.value, _PROCESS_ID.value)
     if jax.process_index() != 0:  # Process 0 reports.
       absl_logging.set_verbosity(absl_logging.WARNING)
       logging.getLogger('digits_jax').setLevel(logging.WARNING)
@@ -217,6 +245,8 @@ def _parse_flags(argv):
     if isinstance(e, (AttributeError, KeyError)):
       # ml_collections' way of saying that an override names no field.
       name = str(e).strip('"\'')
+      if name in _LAUNCH_KEYS:
+        _fail(f'--config.{name} is now a flag of its own: --{name}')
       _fail(f'the config has no key {name!r}; see the config file for the '
             'keys --config.KEY can set')
     if isinstance(e, (ValueError, TypeError)):

@@ -197,23 +197,21 @@ class DataParallel:
     return jax.device_get(self.unreplicate(tree))
 
 
-def initialize_distributed(config) -> None:
-  """Joins a multi-process run when the config asks for one.
+def initialize_distributed(coordinator_address: str = '',
+                           num_processes: int = 1,
+                           process_id: int = 0) -> None:
+  """Joins a multi-process run (main.py's `--distributed`).
 
-  `distributed=True` with no coordinator: `jax.distributed.initialize()`
-  finds the cluster itself (Cloud TPU, SLURM, ...). With
-  `coordinator_address`, `num_processes` and `process_id`: explicit (e.g.
-  several CPU or GPU hosts, or processes on one machine).
+  With no coordinator, `jax.distributed.initialize()` finds the cluster
+  itself (Cloud TPU, SLURM, ...); with `coordinator_address`, the processes
+  are named explicitly (several CPU or GPU hosts, or processes on one
+  machine). CPU processes reduce across processes with gloo, JAX's default
+  since before our lower bound (0.10.2).
   """
-  if not config.get('distributed', False):
-    return
-  # CPU processes reduce across processes with gloo, JAX's default since
-  # before our lower bound (0.10.2); setting it would fail on a JAX that
-  # drops the option.
-  if config.coordinator_address:
-    jax.distributed.initialize(coordinator_address=config.coordinator_address,
-                               num_processes=config.num_processes,
-                               process_id=config.process_id)
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)
   else:
     jax.distributed.initialize()
 

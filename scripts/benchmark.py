@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -304,7 +304,7 @@ def _peak_rss_mb() -> float:
 
 def main(argv):
   del argv
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   config.model = _MODEL.value
   config.input_size = int(_INPUT_SIZE.value)
   config.compute_dtype = _DTYPE.value

@@ -41,6 +41,8 @@ from helpers import env_without_tensorflow  # pylint: disable=g-import-not-at-to
 from helpers import run_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from helpers import tensorflow_modules  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from digits_jax import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 _CACHE_EVENTS = collections.Counter()
 
 
@@ -155,8 +157,7 @@ def mnist_data_dir(request):
 
 @pytest.fixture
 def tiny_config(mnist_data_dir):
-  from configs import tiny  # pylint: disable=g-import-not-at-top
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.data_dir = mnist_data_dir
   return config
 
@@ -204,10 +205,9 @@ def ensemble_run(tmp_path_factory, mnist_data_dir):
 def trained_run(tmp_path_factory, mnist_data_dir):
   """configs/tiny.py trained its 2 epochs in process: (config, workdir,
   the test report)."""
-  from configs import tiny  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.data_dir = mnist_data_dir
   with _once_per_run(tmp_path_factory, 'trained') as (folder, first):
     workdir = str(folder / 'run')

@@ -14,6 +14,8 @@ from unittest import mock
 import jax
 import numpy as np
 
+from digits_jax import config_checks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'configs', 'tiny.py')
 
@@ -133,8 +135,7 @@ def plateau_state(opt_state):
 
 def tiny_final_state(workdir, config_overrides):
   """`latest_checkpoint` of a run of configs/tiny.py with overrides."""
-  from configs import tiny  # pylint: disable=g-import-not-at-top
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.update_from_flattened_dict(config_overrides)
   return latest_checkpoint(config, str(workdir))
 
@@ -185,9 +186,8 @@ def launch_two_hosts(args, env=None):
   port = free_port()
   return [subprocess.Popen(
       [sys.executable, '-m', 'digits_jax.main', *args,
-       '--config.distributed=True',
-       f'--config.coordinator_address=127.0.0.1:{port}',
-       '--config.num_processes=2', f'--config.process_id={i}'],
+       '--distributed', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=env or cli_env(), stderr=subprocess.PIPE, text=True)
           for i in (0, 1)]
 

@@ -14,9 +14,10 @@ import sys
 
 import pytest
 
-from helpers import (ROOT, assert_one_line_error, env_without_project,
+from helpers import (ROOT, TINY, assert_one_line_error, env_without_project,
                      run_cli, run_main)
 
+from digits_jax import config_checks
 from digits_jax import parallel
 from digits_jax.errors import UserError
 
@@ -81,6 +82,10 @@ def test_a_run_prints_little_besides_its_epoch_lines(cli_run):
     ('--config.elastic_sigma=0.0', ['config.elastic_sigma=0.0', 'positive']),
     ('--config.num_models=0', ['num_models=0 must be a positive']),
     ('--config.num_models=-2', ['num_models=-2 must be a positive']),
+    # How a process joins a multi-host run is not the recipe's: flags.
+    ('--config.distributed=True', ['now a flag of its own', '--distributed']),
+    ('--coordinator_address=10.0.0.1:1234', ['add --distributed']),
+    ('--process_id=2', ['--process_id must be below --num_processes']),
 ])
 def test_bad_config_values_fail_in_one_line(tmp_path, override, fragments):
   result = run_main('--config=configs/tiny.py', f'--workdir={tmp_path}/w',
@@ -99,21 +104,32 @@ def test_a_bad_value_is_one_line_and_exit_code_2_in_a_real_process(tmp_path):
 
 @pytest.mark.parametrize('body, fragments', [
     # Derived from a base config: ConfigDict itself refuses the type.
-    ('config = tiny.get_config()\n  config.learning_rate = "0.1"',
+    ('config = tiny["get_config"]()\n  config.learning_rate = "0.1"',
      ['learning_rate', 'str']),
     # A config of its own making: validation names the field.
-    ('values = tiny.get_config().to_dict()\n  values["batch_size"] = 64.5\n'
+    ('values = tiny["get_config"]().to_dict()\n  values["batch_size"] = 64.5\n'
      '  config = ml_collections.ConfigDict(values)',
      ['config.batch_size=64.5', 'integer']),
-    ('values = tiny.get_config().to_dict()\n  values["augment"] = 1\n'
+    ('values = tiny["get_config"]().to_dict()\n  values["augment"] = 1\n'
      '  config = ml_collections.ConfigDict(values)',
      ['config.augment=1', 'True or False']),
+    # What ml_collections lets through, checked against the defaults: a
+    # misspelt key a derived file adds, a key it drops, None, True for an
+    # integer.
+    ('config = tiny["get_config"]()\n  config.bath_size = 32',
+     ['config.bath_size is not a key', 'configs/improved.py']),
+    ('config = tiny["get_config"]()\n  del config["l2"]',
+     ['lacks config.l2']),
+    ('config = tiny["get_config"]()\n  config.l2 = None',
+     ['config.l2=None must be a number']),
+    ('config = tiny["get_config"]()\n  config.batch_size = True',
+     ['config.batch_size=True must be an integer']),
     # Errors of the file's own code, whatever their type, named with file
     # and line; the AttributeError and KeyError must not read as an unknown
     # --config.KEY override.
-    ('config = tiny.get_confg()',
+    ('config = tiny["get_config"]().get_confg()',
      ['bad_config.py', 'line 5', 'AttributeError', 'get_confg']),
-    ('config = tiny.get_config()\n  config.batch_size = config.bach_size',
+    ('config = tiny["get_config"]()\n  config.batch_size = config.bach_size',
      ['bad_config.py', 'line 6', 'AttributeError', 'bach_size']),
     ('config = {}["batch_size"]',
      ['bad_config.py', 'line 5', 'KeyError', 'batch_size']),
@@ -123,8 +139,9 @@ def test_a_bad_value_is_one_line_and_exit_code_2_in_a_real_process(tmp_path):
 ])
 def test_config_file_that_fails_fails_in_one_line(tmp_path, body, fragments):
   path = tmp_path / 'bad_config.py'
-  path.write_text('import ml_collections\nfrom configs import tiny\n\n'
-                  f'def get_config():\n  {body}\n  return config\n')
+  # Built on tiny.py the way the derived configs build on theirs: by path.
+  path.write_text(f'import ml_collections\nimport runpy\ntiny = runpy.run_path('
+                  f'{TINY!r})\ndef get_config():\n  {body}\n  return config\n')
   result = run_main(f'--config={path}', f'--workdir={tmp_path}/w')
   assert_one_line_error(result, *fragments)
 
@@ -205,8 +222,7 @@ def test_a_config_that_cannot_use_the_devices_is_refused(overrides, devices,
                                                          message):
   """parallel.create, for device counts this process does not have (it
   only counts them); the real 8-device case through the CLI is below."""
-  from configs import tiny  # pylint: disable=g-import-not-at-top
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.update(overrides)
   with pytest.raises(UserError, match=message.replace('(', r'\(')):
     parallel.create(config, devices=[object()] * devices)

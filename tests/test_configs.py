@@ -11,7 +11,7 @@ pipeline's own sizes, the trainer's switches) is not held here.
 
 import pytest
 
-from configs import improved
+from digits_jax import config_checks
 
 # (key, value, source)
 ARTICLE = [
@@ -51,6 +51,13 @@ ARTICLE = [
 @pytest.mark.parametrize('key, value, source', ARTICLE,
                          ids=[key for key, _, _ in ARTICLE])
 def test_improved_is_the_articles_recipe(key, value, source):
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   assert config[key] == value, f'config.{key}={config[key]!r}: {source}'
   assert type(config[key]) is type(value), key
+
+
+@pytest.mark.parametrize('name', ['baseline', 'ensemble', 'fast', 'improved',
+                                  'tiny'])
+def test_each_config_has_the_recipes_keys_and_types(name):
+  config_checks.validate(config_checks.load_config(name),
+                         config_checks.default_config())

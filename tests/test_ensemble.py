@@ -17,6 +17,7 @@ from helpers import (float_drift, latest_checkpoint, launch_two_hosts,
                      plateau_state, run_cli, run_main)
 
 from digits_jax import checkpoint
+from digits_jax import config_checks
 from digits_jax import ensemble
 from digits_jax import evaluation
 from digits_jax import optim
@@ -78,8 +79,7 @@ def test_members_trained_together_equal_single_runs_with_their_seeds(
 def test_each_members_plateau_follows_its_own_validation_loss():
   members = ensemble.Members(num_models=2, vmapped=False)
   state = ensemble.stack([optim.scale_by_plateau().init(None)] * 2)
-  from configs import improved
-  config = improved.get_config()  # factor 0.2, patience 2.
+  config = config_checks.load_config('improved')  # factor 0.2, patience 2.
   # Member 0 keeps improving; member 1 stalls after its first epoch.
   for losses in ([1.0, 1.0], [0.9, 1.0], [0.8, 1.0]):
     state = members.report_epoch(state, losses, config)
@@ -120,8 +120,7 @@ def test_the_loop_reports_each_members_validation_loss_to_its_plateau(
   workdir, _, _ = ensemble_run
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     epoch = json.loads(f.readline())
-  from configs import tiny
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.num_models = 3
   _, state = latest_checkpoint(config, workdir)
   plateau = plateau_state(state.opt_state)
@@ -146,8 +145,7 @@ def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
   assert 'improved_lenet x3' in result.stderr
   with open(os.path.join(workdir, 'eval_test.json')) as f:
     report = json.load(f)
-  from configs import tiny
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.data_dir = mnist_data_dir
   config.num_models = 3
   restored = evaluation.restore_best(config, workdir, platform_lib.current())
@@ -188,9 +186,8 @@ def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
 def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
     ensemble_run, tmp_path, mnist_data_dir):
   workdir, common, _ = ensemble_run
-  from configs import tiny
   from digits_jax import input_pipeline
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.data_dir = mnist_data_dir
   digits = input_pipeline.load_splits(config).test_images[:5]
   np.save(tmp_path / 'digits.npy', digits)
@@ -236,8 +233,7 @@ def test_two_hosts_train_the_ensemble_one_host_trains_and_it_moves_devices(
   assert single.returncode == 0, single.stderr[-3000:]
   assert '2 cpu device(s), parallelism mesh, 2 on the members' in (
       single.stderr)
-  from configs import tiny
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.num_models = 2
   step_a, state_a = latest_checkpoint(config, str(two))
   step_b, state_b = latest_checkpoint(config, str(one))

@@ -11,6 +11,7 @@ from scipy import special
 
 from helpers import assert_one_line_error, env_without_project, run_main
 
+from digits_jax import config_checks
 from digits_jax import evaluation
 from digits_jax import input_pipeline
 from digits_jax import platform as platform_lib
@@ -39,9 +40,8 @@ print(json.dumps({'probabilities': probabilities.tolist(), 'leaked': leaked,
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory, cli_run, mnist_data_dir):
   """The session's one-epoch run of configs/tiny.py, exported."""
-  from configs import tiny  # pylint: disable=g-import-not-at-top
   workdir, common, _ = cli_run
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.data_dir = mnist_data_dir
   output = tmp_path_factory.mktemp('export') / 'digits.jax'
   result = run_main(*common, '--mode=export', f'--output={output}')

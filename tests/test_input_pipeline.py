@@ -6,6 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from digits_jax import config_checks
 from digits_jax import input_pipeline
 from digits_jax import mnist_files
 from digits_jax.errors import UserError
@@ -98,8 +99,7 @@ def test_a_damaged_prepared_dataset_is_moved_aside_and_prepared_afresh(
   version = data_dir / 'mnist' / '3.0.1'
   (train_file,) = version.glob('mnist-train.array_record*')
   train_file.write_bytes(train_file.read_bytes()[:1000])
-  from configs import tiny
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.data_dir = str(data_dir)
   # A handler of its own: `main`, run in this process by other tests, stops
   # the trainer's loggers from propagating to pytest's.

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import improved
+from digits_jax import config_checks
 from digits_jax import cpu_kernels
 from digits_jax import models
 from digits_jax import recipe
@@ -187,7 +187,7 @@ def test_cpu_weight_gradients_train_the_same_model():
 @pytest.mark.parametrize('conv_impl', ['auto', 'eigen', 'xla'])
 def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl,
                                                                backend):
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   config.conv_impl = conv_impl
   model, _, _ = recipe.build(config, {'pixel_mean': 33.3, 'pixel_std': 78.6},
                             platform=platform_lib.Platform(backend, conv_impl))
@@ -255,7 +255,7 @@ def test_dropout_sits_after_each_conv_block_and_after_fc3():
 
 
 def test_train_build_passes_the_config_to_the_model_and_preprocessing():
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   config.update_from_flattened_dict({
       'dropout_rate': 0.4, 'rotation_degrees': 7.0, 'zoom_range': 0.05,
       'shift_range': 0.15, 'input_size': 28, 'elastic_alpha': 20.0,

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import plateau_state
 
-from configs import improved
+from digits_jax import config_checks
 from digits_jax import models
 from digits_jax import optim
 
@@ -50,7 +50,7 @@ def test_plateau_scale_multiplies_updates():
 
 
 def test_l2_applies_kerass_gradient_to_the_two_conv_kernels_only():
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   params = {name: {'kernel': jnp.full((2, 2), 3.0), 'bias': jnp.ones(2)}
             for name in ('conv1', 'conv2', 'conv3', 'fc1')}
   l2_only = optax.add_decayed_weights(
@@ -68,7 +68,7 @@ def test_l2_applies_kerass_gradient_to_the_two_conv_kernels_only():
 
 
 def test_optimizer_state_carries_the_plateau_and_lr_follows_it():
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   params = {'conv1': {'kernel': jnp.ones((2,))}}
   tx = optim.create_optimizer(config, models.L2_REGULARIZED, 100)
   state = tx.init(params)
@@ -83,7 +83,7 @@ def test_optimizer_state_carries_the_plateau_and_lr_follows_it():
 
 
 def test_onecycle_warms_up_to_the_peak_then_decays_to_the_floor():
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   config.lr_schedule = 'onecycle'
   config.learning_rate, config.min_learning_rate = 4e-3, 1e-6
   config.warmup_fraction = 0.25
@@ -132,7 +132,7 @@ def test_the_optimizer_chain_equals_a_hand_written_keras_recipe():
   constants, the learning rate: against a NumPy re-derivation over several
   steps whose gradients change scale (so that the order of L2 and Adam
   matters)."""
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   config.l2 = 0.05  # Large enough that L2's share of the update is visible.
   rng = np.random.default_rng(0)
   shapes = {('conv1', 'kernel'): (3, 3), ('conv1', 'bias'): (3,),
@@ -161,7 +161,7 @@ def test_the_optimizer_chain_equals_a_hand_written_keras_recipe():
 def test_l2_reaches_exactly_conv1_and_conv3_kernels_of_the_real_model():
   """The article regularizes the first convolution of each block: with a
   zero loss gradient, only those two kernels move."""
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   model = models.create_model('improved_lenet')
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)),
                       train=False)['params']
@@ -178,7 +178,7 @@ def test_report_epoch_applies_the_articles_plateau_constants():
   """ReduceLROnPlateau(factor=0.2, patience=2) with improved.py's config:
   two epochs without improvement cut the rate to a fifth, down to the
   floor min_learning_rate / learning_rate."""
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   tx = optim.create_optimizer(config, models.L2_REGULARIZED, 10)
   state = tx.init({'w': jnp.zeros(2)})
   rates = []

@@ -9,6 +9,7 @@ import pytest
 
 from helpers import run_main
 
+from digits_jax import config_checks
 from digits_jax import input_pipeline
 from digits_jax import evaluation
 from digits_jax import platform as platform_lib
@@ -28,8 +29,7 @@ def predict_run(tmp_path_factory, mnist_data_dir):
   """A model good enough (LeNet-5 on 12k digits, ~97%) that its predictions
   are not coin flips, and real test digits written out as large
   dark-on-light PNGs."""
-  from configs import tiny
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.update_from_flattened_dict(MODEL_OVERRIDES)
   config.data_dir = mnist_data_dir
   config.max_train_examples = 12000

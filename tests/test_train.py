@@ -13,8 +13,8 @@ import pytest
 from helpers import (assert_one_line_error, latest_checkpoint, plateau_state,
                      run_main)
 
-from configs import improved
 from digits_jax import checkpoint
+from digits_jax import config_checks
 from digits_jax import evaluation
 from digits_jax import models
 from digits_jax import platform as platform_lib
@@ -28,7 +28,7 @@ PLATFORM = platform_lib.current()
 
 
 def _setup(input_size=28):
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   config.input_size = input_size
   model, tx, preprocess = recipe.build(
       config, {'pixel_mean': 33.0, 'pixel_std': 78.0}, PLATFORM)
@@ -244,7 +244,7 @@ def test_checkpoint_of_another_model_is_refused(trained_run):
 def _one_batch_setup(**overrides):
   """The improved model at 28x28 (with `overrides`), its state, its jitted
   step and a random batch of 16."""
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   config.input_size = 28
   config.update(overrides)
   model, tx, preprocess = recipe.build(
@@ -387,8 +387,7 @@ def test_a_resume_with_another_recipe_is_refused_and_writes_nothing(
 
 
 def test_what_a_resume_may_change_and_what_it_may_not():
-  from configs import tiny  # pylint: disable=g-import-not-at-top
-  recorded = tiny.get_config()
+  recorded = config_checks.load_config('tiny')
   meta = {'config': json.loads(recorded.to_json())}
   config = recorded.copy_and_resolve_references()
   # Where the data and run live, how the work is spread, what is evaluated,

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.abspath(
     os.path.join(os.path.dirname(__file__), '..', '..')))
-from configs import improved  # pylint: disable=g-import-not-at-top,wrong-import-position
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import cpu_kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -57,7 +57,7 @@ def _forward_and_gradient(fn, *args) -> tuple[float, float]:
 def main(argv):
   del argv
   batch, size = _BATCH.value, int(_INPUT_SIZE.value)
-  config = improved.get_config()
+  config = config_checks.load_config('improved')
   config.input_size, config.conv_impl = size, _CONV_IMPL.value
   model, tx, preprocess = recipe.build(
       config, {'pixel_mean': 33.3, 'pixel_std': 78.6},

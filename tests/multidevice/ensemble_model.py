@@ -3,17 +3,15 @@ batch on 1 device and on 8 devices (members x data meshes of 4x2, 2x4 and
 1x8), with the members side by side and vmapped; the largest differences
 from one device. Run by eight_devices.py for tests/test_ensemble.py."""
 
-import functools
-
 import jax
 import numpy as np
 
-from configs import tiny
+from digits_jax import config_checks
 from digits_jax import ensemble
 from digits_jax import parallel
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
-from digits_jax import steps
+from digits_jax import train
 from helpers import float_drift, max_difference
 
 # Small: vmapped, the grouped convolutions run slowly on XLA:CPU (one
@@ -23,7 +21,7 @@ NUM_MODELS, STEPS, BATCH = 4, 2, 8
 
 def run(devices: parallel.DataParallel, members: ensemble.Members, images,
         labels):
-  config = tiny.get_config()
+  config = config_checks.load_config('tiny')
   config.input_size = 28
   config.num_models = NUM_MODELS
   stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
@@ -35,10 +33,8 @@ def run(devices: parallel.DataParallel, members: ensemble.Members, images,
   model, tx, preprocess = recipe.build(config, stats, platform=platform)
   init_key, shuffle_key, train_key = members.keys(0)
   state = members.create_train_state(model, tx, init_key, 28)
-  step_fn = members.train_step(
-      recipe.train_step_fn(config, model, tx, preprocess))
-  chunk = devices.compile(functools.partial(steps.scan_train_steps, step_fn),
-                          platform.compiler_options)
+  chunk = train.train_program(config, model, tx, preprocess, members, devices,
+                              platform)
   batches = members.epoch_batches(shuffle_key, 0, len(images), BATCH)[:STEPS]
   args = (devices.place_state(state), devices.replicate(images),
           devices.replicate(labels), devices.shard_batch_indices(batches),

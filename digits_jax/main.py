@@ -4,6 +4,7 @@
   python -m digits_jax.main --config=configs/improved.py --workdir=runs/improved \
       --mode=eval
   ... --mode=predict --images=digit.png   ... --mode=export --output=digits.jax
+  ... --mode=serve --port=8000             (a page to draw digits on)
 
 Bad input (a config value, a workdir, a checkpoint) ends with one line on
 stderr and exit code 2.
@@ -33,17 +34,26 @@ _WORKDIR = flags.DEFINE_string(
     'Run directory, local or a URI such as gs://bucket/run: checkpoints, '
     'metrics, TensorBoard events, eval_test.json.')
 _MODE = flags.DEFINE_enum('mode', 'train',
-                          ['train', 'eval', 'predict', 'export'],
+                          ['train', 'eval', 'predict', 'export', 'serve'],
                           'train (resuming from --workdir if it holds a '
                           'checkpoint), eval (the best checkpoint on the '
-                          'test set), predict (--images) or export (the best '
-                          'checkpoint as a jax.export artifact, --output).')
+                          'test set), predict (--images), export (the best '
+                          'checkpoint as a jax.export artifact, --output) or '
+                          'serve (a page to draw digits on, and POST '
+                          '/predict, at --host:--port).')
 _IMAGES = flags.DEFINE_list(
     'images', [], 'predict: comma-separated image files (PNG, JPEG, ...), '
     'directories of them, or .npy arrays of [N, 28, 28] digits.')
 _OUTPUT = flags.DEFINE_string(
     'output', None, 'predict: also write the predictions as JSON; export: '
     'the artifact (a local path or a URI).')
+_HOST = flags.DEFINE_string(
+    'host', '127.0.0.1', 'serve: the address to listen on. The default '
+    'answers this machine only; 0.0.0.0 (or an interface\'s address) lets '
+    'other machines use it.')
+_PORT = flags.DEFINE_integer('port', 8000, 'serve: the port (0: any free '
+                             'one, named in the log).', lower_bound=0,
+                             upper_bound=65535)
 
 # How this process joins a multi-host run: flags, not config keys, because
 # they differ from host to host and say nothing about the recipe, which a
@@ -120,6 +130,9 @@ def main(argv):
   try:
     _main(argv, stop_signal)
   except interruption.Interrupted as e:
+    if _MODE.value == 'serve':
+      print(f'{e.signal_name} received: stopped serving.', file=sys.stderr)
+      sys.exit(0)
     if _MODE.value != 'train':
       done = (f'before --mode={_MODE.value} finished: stopped (each file it '
               'writes is written whole, so none is partial)')
@@ -178,6 +191,9 @@ def _main(argv, stop_signal):
       train.train_and_evaluate(config, workdir, platform, stop_signal)
     elif _MODE.value == 'eval':
       evaluation.evaluate_checkpoint(config, workdir, platform)
+    elif _MODE.value == 'serve':
+      from digits_jax import serve  # pylint: disable=g-import-not-at-top
+      serve.serve(config, workdir, platform, _HOST.value, _PORT.value)
     elif _MODE.value == 'export':
       from digits_jax import export  # pylint: disable=g-import-not-at-top
       export.export_checkpoint(config, workdir, _OUTPUT.value, platform)

@@ -18,11 +18,14 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
 MAX_PIXELS = 25_000_000
 
 
-def _read_image_file(path: str) -> np.ndarray:
+def read_image(source) -> np.ndarray:
+  """An image file (a path or a binary file object: --mode=serve's request
+  bodies) as one MNIST digit, uint8 [28, 28]; an ImageError saying why not.
+  The pixel count is checked from the header, before decoding."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(path) as image:
+    with Image.open(source) as image:
       width, height = image.size
       if width * height > MAX_PIXELS:
         raise digit_image.ImageError(
@@ -77,10 +80,22 @@ def load_images(specs: list[str]):
         for i, digit in enumerate(_read_npy(path)):
           digits.append((f'{path}[{i}]', digit))
       else:
-        digits.append((path, _read_image_file(path)))
+        digits.append((path, read_image(path)))
     except digit_image.ImageError as e:
       errors.append((path, str(e)))
   return digits, errors
+
+
+def prediction(probabilities: np.ndarray, agreeing: int,
+               num_models: int) -> dict:
+  """One digit's prediction as predict's JSON and serve's API give it."""
+  result = {'digit': int(probabilities.argmax()),
+            'probability': float(probabilities.max()),
+            'probabilities': [round(float(q), 6) for q in probabilities]}
+  if num_models > 1:
+    result['members_agreeing'] = int(agreeing)
+    result['num_models'] = num_models
+  return result
 
 
 def predict_files(config, workdir: str, specs: list[str],
@@ -103,13 +118,9 @@ def predict_files(config, workdir: str, specs: list[str],
     agreeing = ensemble.agreement(member_logits)
     num_models = len(member_logits)
     for (name, _), p, agree in zip(digits, probabilities, agreeing):
-      result = {'image': name, 'digit': int(p.argmax()),
-                'probability': float(p.max()),
-                'probabilities': [round(float(q), 6) for q in p]}
+      result = {'image': name, **prediction(p, agree, num_models)}
       line = f'{name}: {int(p.argmax())} (p={p.max():.4f}'
       if num_models > 1:
-        result['members_agreeing'] = int(agree)
-        result['num_models'] = num_models
         line += f', {agree} of {num_models} members agree'
       results.append(result)
       print(line + ')')

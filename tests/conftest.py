@@ -218,6 +218,29 @@ def trained_run(tmp_path_factory, mnist_data_dir):
     return config, workdir, json.loads((folder / 'report.json').read_text())
 
 
+# The predict and serve tests' model: LeNet-5 on 12k digits, ~97%, good
+# enough that its predictions (and a page's drawn digits) are not coin flips.
+PREDICT_MODEL_OVERRIDES = {'model': 'lenet5', 'dropout_rate': 0.0,
+                           'augment': False, 'l2': 0.0, 'input_size': 28,
+                           'max_train_examples': 12000,
+                           'validation_size': 1000, 'num_epochs': 3}
+
+
+@pytest.fixture(scope='session')
+def predict_model(tmp_path_factory, mnist_data_dir):
+  """(config, workdir) of that model, trained once per run."""
+  from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+  from digits_jax import train  # pylint: disable=g-import-not-at-top
+  config = config_checks.load_config('tiny')
+  config.update_from_flattened_dict(PREDICT_MODEL_OVERRIDES)
+  config.data_dir = mnist_data_dir
+  with _once_per_run(tmp_path_factory, 'predict_model') as (folder, first):
+    workdir = str(folder / 'run')
+    if first:
+      train.train_and_evaluate(config, workdir, platform_lib.current())
+    return config, workdir
+
+
 @pytest.fixture(scope='session')
 def eight_devices(tmp_path_factory):
   """tests/multidevice/eight_devices.py's reports, from one process of 8

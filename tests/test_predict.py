@@ -13,34 +13,25 @@ from digits_jax import config_checks
 from digits_jax import input_pipeline
 from digits_jax import evaluation
 from digits_jax import platform as platform_lib
-from digits_jax import train
+
+from conftest import PREDICT_MODEL_OVERRIDES
 
 NUM_DIGITS = 200
-MODEL_OVERRIDES = {'model': 'lenet5', 'dropout_rate': 0.0, 'augment': False,
-                   'l2': 0.0, 'input_size': 28}
-FLAGS = [f'--config.{k}={v}' for k, v in MODEL_OVERRIDES.items()]
+FLAGS = [f'--config.{k}={v}' for k, v in PREDICT_MODEL_OVERRIDES.items()]
 
 
 pytestmark = pytest.mark.slow  # Trains the model it predicts with.
 
 
 @pytest.fixture(scope='module')
-def predict_run(tmp_path_factory, mnist_data_dir):
-  """A model good enough (LeNet-5 on 12k digits, ~97%) that its predictions
-  are not coin flips, and real test digits written out as large
-  dark-on-light PNGs."""
-  config = config_checks.load_config('tiny')
-  config.update_from_flattened_dict(MODEL_OVERRIDES)
-  config.data_dir = mnist_data_dir
-  config.max_train_examples = 12000
-  config.validation_size = 1000
-  config.num_epochs = 3
+def predict_run(predict_model, tmp_path_factory):
+  """The session's predict model (conftest.py), and its real test digits
+  written out as large dark-on-light PNGs."""
+  config, workdir = predict_model
+  config = config.copy_and_resolve_references()  # The session's stays.
   config.max_test_examples = NUM_DIGITS
-  root = tmp_path_factory.mktemp('predict')
-  workdir = str(root / 'run')
-  train.train_and_evaluate(config, workdir, platform_lib.current())
   digits = input_pipeline.load_splits(config).test_images
-  png_dir = root / 'png'
+  png_dir = tmp_path_factory.mktemp('predict') / 'png'
   png_dir.mkdir()
   for i, digit in enumerate(digits):
     # White paper, black ink, 3x larger than MNIST.

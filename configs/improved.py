@@ -67,6 +67,15 @@ def get_config():
   config.adam_eps = 1e-7
   # Keras l2(5e-4) on the two conv kernels the article regularizes.
   config.l2 = 5e-4
+  # Not in the article. Label smoothing (0: off): targets of 1 - s on the
+  # label and s spread over the classes.
+  config.label_smoothing = 0.0
+  # Not in the article. Weight averaging (0: off): an exponential moving
+  # average of the parameters and BatchNorm statistics, with this decay
+  # (An et al. 2020 and Byerly et al. 2021 used 0.999), kept in the train
+  # state; when on, validation, the plateau, the best checkpoint, eval,
+  # predict, serve and export use the averaged weights.
+  config.ema_decay = 0.0
   # 'plateau': Keras ReduceLROnPlateau(monitor='val_loss', factor=0.2,
   # patience=2), as the article. 'onecycle': warm up over warmup_fraction of
   # the steps to learning_rate, cosine decay to min_learning_rate.
@@ -84,6 +93,13 @@ def get_config():
   # Devices along the members' axis of the mesh; 0: as many as divide both
   # num_models and the device count (the rest split each batch).
   config.member_devices = 0
+  # A sweep (digits_jax/sweep.py): values for some hyperparameters, e.g.
+  # 'learning_rate=2e-3,4e-3 dropout_rate=0.1,0.25 seed=0,1'; its
+  # combinations ('grid') or its lists taken together ('zip') are the
+  # members of one run, trained as one compiled program (num_models stays
+  # 1: the sweep sets it). '': no sweep.
+  config.sweep = ''
+  config.sweep_mode = 'grid'
 
   config.seed = 0
   config.checkpoints_to_keep = 3

@@ -68,7 +68,7 @@ def create_manager(directory: epath.PathLike, keep: int,
         epath.Path(directory), options=_options(keep, read_only, False))
 
 
-def _read_metrics(manager_or_directory, step: int) -> dict | None:
+def read_metrics(manager_or_directory, step: int) -> dict | None:
   """A step's validation metrics; None for a mid-epoch save. Raises if the
   file does not read."""
   directory = getattr(manager_or_directory, 'directory',
@@ -87,7 +87,7 @@ def steps_with_unreadable_metrics(directory: epath.PathLike) -> list[int]:
   for entry in directory.iterdir():
     if entry.name.isdigit():
       try:
-        _read_metrics(directory, int(entry.name))
+        read_metrics(directory, int(entry.name))
       except Exception:  # pylint: disable=broad-except
         bad.append(int(entry.name))
   return sorted(bad)
@@ -196,7 +196,7 @@ def best_first(manager: ocp.CheckpointManager) -> list[int]:
   scored, unreadable = [], []
   for step in manager.all_steps():
     try:
-      metrics = _read_metrics(manager, step)
+      metrics = read_metrics(manager, step)
     except Exception:  # pylint: disable=broad-except
       unreadable.append(step)
       continue

@@ -153,6 +153,9 @@ def validate(config, defaults=None) -> None:
                'warmup_fraction'):
     _require(0 <= config[name] < 1,
              f'config.{name}={config[name]!r} must be in [0, 1)')
+  for name in ('label_smoothing', 'ema_decay'):
+    _require(0 <= config[name] < 1,
+             f'config.{name}={config[name]!r} must be in [0, 1) (0: off)')
   _require(config.elastic_alpha >= 0,
            f'config.elastic_alpha={config.elastic_alpha!r} must be '
            'non-negative (0: no elastic distortion)')

@@ -34,31 +34,55 @@ from digits_jax import steps
 
 @dataclasses.dataclass(frozen=True)
 class Members:
-  """The member axis: how many models, and whether the step is vmapped."""
+  """The member axis: how many models, and whether the step is vmapped.
+
+  A sweep's members (sweep.py) bring their own `seeds` (else member i's is
+  seed + i) and `hparams`, {key: one value per member}, which the train
+  state carries; `ema`: the state keeps a moving average of the weights.
+  """
   num_models: int = 1
   vmapped: bool = True
+  seeds: tuple | None = None
+  hparams: dict | None = dataclasses.field(default=None, hash=False)
+  ema: bool = False
 
   @property
   def stacked(self) -> bool:
     """Whether the state has a member axis (K > 1)."""
     return self.num_models > 1
 
+  def member_seeds(self, seed: int) -> list[int]:
+    """Member i's seed: `seed + i`, or a sweep's own."""
+    if self.seeds is not None:
+      return list(self.seeds)
+    return [seed + i for i in range(self.num_models)]
+
   def keys(self, seed: int):
     """(init, shuffle, train) keys: a single run's from `seed`, or member i's
-    from `seed + i`, stacked."""
+    from its seed (`member_seeds`), stacked."""
     def of(member_seed):
       return jax.random.split(jax.random.key(member_seed), 3)
+    seeds = self.member_seeds(seed)
     if not self.stacked:
-      return tuple(of(seed))
-    keys = jnp.stack([of(seed + i) for i in range(self.num_models)])
+      return tuple(of(seeds[0]))
+    keys = jnp.stack([of(s) for s in seeds])
     return keys[:, 0], keys[:, 1], keys[:, 2]
+
+  def _hparams(self):
+    """The swept values as arrays ([K] per key; scalars for K = 1)."""
+    if self.hparams is None:
+      return None
+    return {k: np.asarray(v if self.stacked else v[0], np.float32)
+            for k, v in self.hparams.items()}
 
   def create_train_state(self, model, tx, init_key,
                          input_size: int) -> steps.TrainState:
     # One compiled program: `model.init` run eagerly is about a hundred
     # small ones (the same values, bit for bit).
-    create = lambda key: steps.create_train_state(model, tx, key, input_size)
-    return jax.jit(jax.vmap(create) if self.stacked else create)(init_key)
+    create = lambda key, hparams: steps.create_train_state(
+        model, tx, key, input_size, ema=self.ema, hparams=hparams)
+    return jax.jit(jax.vmap(create) if self.stacked else create)(
+        init_key, self._hparams())
 
   def abstract_train_state(self, model, tx,
                            input_size: int) -> steps.TrainState:
@@ -100,11 +124,19 @@ class Members:
     return jnp.swapaxes(jax.vmap(order)(shuffle_key), 0, 1)
 
   def report_epoch(self, opt_state, val_losses, config):
-    """Each member's plateau follows its own validation loss."""
+    """Each member's plateau follows its own validation loss (and, in a
+    sweep of learning rates, its own rate's floor)."""
+    rates = (self.hparams or {}).get('learning_rate')
     if not self.stacked:
-      return optim.report_epoch(opt_state, val_losses, config)
-    return jax.vmap(lambda s, loss: optim.report_epoch(s, loss, config))(
-        opt_state, jnp.asarray(val_losses, jnp.float32))
+      return optim.report_epoch(opt_state, val_losses, config,
+                                None if rates is None else rates[0])
+    if rates is None:
+      return jax.vmap(lambda s, loss: optim.report_epoch(s, loss, config))(
+          opt_state, jnp.asarray(val_losses, jnp.float32))
+    return jax.vmap(lambda s, loss, rate: optim.report_epoch(
+        s, loss, config, rate))(opt_state,
+                                jnp.asarray(val_losses, jnp.float32),
+                                jnp.asarray(rates, jnp.float32))
 
   def step(self, step: np.ndarray) -> int:
     """The training step of a host copy of `state.step` (the members all

@@ -20,6 +20,7 @@ from digits_jax import paths
 from digits_jax import recipe
 from digits_jax import reports
 from digits_jax import steps
+from digits_jax import sweep
 from digits_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,9 @@ class Evaluator:
     images = np.concatenate(
         [images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
     # Host copies: evaluation runs on this process's first device, whatever
-    # devices (or hosts) the train state is spread over.
-    variables = jax.device_get({'params': state.params,
-                                'batch_stats': state.batch_stats})
+    # devices (or hosts) the train state is spread over. The averaged
+    # weights where the run keeps them.
+    variables = jax.device_get(state.inference_variables())
     return np.stack([np.asarray(self._logits(member, images))[:n]
                      for member in members.unstack(variables)])
 
@@ -143,10 +144,17 @@ def best_checkpoint(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
                   '--workdir')
 
 
-def restore_best(config, workdir: epath.PathLike, platform) -> Restored:
+def restore_best(config, workdir: epath.PathLike, platform,
+                 member: str = '') -> Restored:
   """The best checkpoint in `workdir` that restores, on this process's
   devices (a damaged one is passed over for the next best, with a
-  warning), built and compiled for `platform` (platform.py)."""
+  warning), built and compiled for `platform` (platform.py).
+
+  `member`: '' for all its members (an ensemble, a sweep); 'best' for the
+  member with the best validation accuracy at that checkpoint; or a
+  member's number.
+  """
+  config = sweep.apply(config)
   workdir = paths.resolve(os.fspath(workdir))
   manager = open_checkpoints(workdir, config.checkpoints_to_keep)
   # The state's shapes do not depend on the standardization constants.
@@ -159,21 +167,54 @@ def restore_best(config, workdir: epath.PathLike, platform) -> Restored:
       workdir / 'checkpoints',
       check=lambda meta: checkpoint.check_compatible(meta, config, workdir))
   model, _, preprocess = recipe.build(config, meta, platform)
+  if member:
+    index = _member_index(member, members.num_models,
+                          checkpoint.read_metrics(workdir / 'checkpoints',
+                                                  step))
+    log.info('Member %d of %d (%s).', index, members.num_models,
+             'the best by validation accuracy' if member == 'best'
+             else 'as asked')
+    if members.stacked:
+      state = ensemble.member_of(state, index)
+    members = ensemble.Members(vmapped=members.vmapped, ema=members.ema)
   return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
                   step=int(step), members=members,
                   compiler_options=platform.compiler_options)
+
+
+def _member_index(member: str, num_models: int, metrics: dict | None) -> int:
+  """--member's number: 'best' by the checkpoint's own record of each
+  member's validation accuracy (the lower loss among equals)."""
+  if member == 'best':
+    if num_models == 1:
+      return 0
+    if not metrics or 'member_val_accuracy' not in metrics:
+      raise UserError('--member=best: this checkpoint does not record its '
+                      'members\' validation accuracy (written before it '
+                      'did); name a member, --member=0 to '
+                      f'{num_models - 1}')
+    accuracy, loss = (metrics['member_val_accuracy'],
+                      metrics['member_val_loss'])
+    return max(range(num_models), key=lambda j: (accuracy[j], -loss[j]))
+  if not member.isdigit() or int(member) >= num_models:
+    raise UserError(f'--member={member!r} must be best or a member\'s number, '
+                    f'0 to {num_models - 1}')
+  return int(member)
 
 
 def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
                         splits=None) -> dict:
   """Evaluates the best checkpoint in `workdir` on the official test set and
   writes `eval_test.json` and the report pictures beside it."""
+  config = sweep.apply(config)
   workdir = paths.resolve(os.fspath(workdir))
   restored = restore_best(config, workdir, platform)
   if splits is None:
     splits = input_pipeline.load_splits(config)
   member_logits = restored.member_logits(config, splits.test_images)
   report = ensemble_report(member_logits, splits.test_labels)
+  if restored.members.stacked:
+    _add_member_validation(report, config, restored, splits)
   report.update({'checkpoint_step': restored.step,
                  'epoch': restored.meta.get('epoch'), 'model': config.model})
   if restored.members.stacked:
@@ -191,8 +232,32 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
            report['loss'])
   if restored.members.stacked:
     log.info('The ensemble of %d: members\' accuracy %.4f +- %.4f (min %.4f, '
-             'max %.4f).', restored.members.num_models,
+             'max %.4f). Each member, validation beside test:\n%s',
+             restored.members.num_models,
              report['member_accuracy_mean'], report['member_accuracy_std'],
              min(m['accuracy'] for m in report['members']),
-             max(m['accuracy'] for m in report['members']))
+             max(m['accuracy'] for m in report['members']),
+             _member_table(report['members']))
   return report
+
+
+def _add_member_validation(report: dict, config, restored: Restored,
+                           splits) -> None:
+  """Each member's validation accuracy and loss beside its test figures
+  (and a sweep member's values): which member validation would choose,
+  and how its choice fares on the test set."""
+  val_logits = restored.member_logits(config, splits.val_images)
+  values = sweep.member_values(config)
+  for j, entry in enumerate(report['members']):
+    val = classification_report(val_logits[j], splits.val_labels)
+    entry.update({'val_accuracy': val['accuracy'], 'val_loss': val['loss']})
+    if values:
+      entry['values'] = values[j]
+
+
+def _member_table(members: list[dict]) -> str:
+  rows = [f'  member {m["member"]:3d}  val {m["val_accuracy"]:.4f}  test '
+          f'{m["accuracy"]:.4f}' + (f'  {sweep.describe(m["values"])}'
+                                    if 'values' in m else '')
+          for m in sorted(members, key=lambda m: -m['val_accuracy'])]
+  return '\n'.join(rows)

@@ -34,8 +34,7 @@ def inference_function(restored):
   one after another (a vmapped form would run grouped convolutions, slow on
   the CPU: see platform.py).
   """
-  variables = {'params': restored.state.params,
-               'batch_stats': restored.state.batch_stats}
+  variables = restored.state.inference_variables()
   model, preprocess = restored.model, restored.preprocess
   members = restored.members.unstack(variables)
 
@@ -68,12 +67,14 @@ def export_inference(restored, platforms=PLATFORMS) -> tuple[bytes, tuple]:
   return exported.serialize(), tuple(lowered_for)
 
 
-def export_checkpoint(config, workdir, output: str, platform) -> str:
-  """Writes the best checkpoint of `workdir` to `output`; returns where."""
+def export_checkpoint(config, workdir, output: str, platform,
+                      member: str = '') -> str:
+  """Writes the best checkpoint of `workdir` to `output` (all its members,
+  or one: `member`, as restore_best's); returns where."""
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   if not output:
     raise UserError('--mode=export needs --output=PATH (e.g. digits.jax)')
-  restored = evaluation.restore_best(config, workdir, platform)
+  restored = evaluation.restore_best(config, workdir, platform, member)
   serialized, platforms = export_inference(restored)
   path = paths.write_output(output, bytes(serialized), create_parents=True)
   log.info('Exported the checkpoint at step %d (epoch %s) to %s: uint8 '

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from digits_jax import config_checks
 from digits_jax import interruption
 from digits_jax import paths
+from digits_jax import sweep
 from digits_jax.errors import UserError
 
 DEFAULT_WORKDIR = 'runs/default'
@@ -47,6 +48,11 @@ _IMAGES = flags.DEFINE_list(
 _OUTPUT = flags.DEFINE_string(
     'output', None, 'predict: also write the predictions as JSON; export: '
     'the artifact (a local path or a URI).')
+_MEMBER = flags.DEFINE_string(
+    'member', '', 'predict, export, serve with an ensemble or a sweep: '
+    '\'\' (all members: the mean of their probabilities), best (the member '
+    'with the best validation accuracy at the best checkpoint) or a '
+    'member\'s number.')
 _HOST = flags.DEFINE_string(
     'host', '127.0.0.1', 'serve: the address to listen on. The default '
     'answers this machine only; 0.0.0.0 (or an interface\'s address) lets '
@@ -162,6 +168,9 @@ def _main(argv, stop_signal):
     _fail(f'cannot load the --config file: {str(e).splitlines()[-1].strip()}')
   try:
     config_checks.validate(config, config_checks.default_config())
+    # A sweep's members are its combinations: num_models set, each
+    # member's values checked.
+    config = sweep.apply(config)
   except UserError as e:
     _fail(str(e))
   if _COORDINATOR_ADDRESS.value and not _DISTRIBUTED.value:
@@ -193,16 +202,18 @@ def _main(argv, stop_signal):
       evaluation.evaluate_checkpoint(config, workdir, platform)
     elif _MODE.value == 'serve':
       from digits_jax import serve  # pylint: disable=g-import-not-at-top
-      serve.serve(config, workdir, platform, _HOST.value, _PORT.value)
+      serve.serve(config, workdir, platform, _HOST.value, _PORT.value,
+                  _MEMBER.value)
     elif _MODE.value == 'export':
       from digits_jax import export  # pylint: disable=g-import-not-at-top
-      export.export_checkpoint(config, workdir, _OUTPUT.value, platform)
+      export.export_checkpoint(config, workdir, _OUTPUT.value, platform,
+                               _MEMBER.value)
     else:
       if not _IMAGES.value:
         raise UserError('--mode=predict needs --images=PATH[,PATH...]')
       from digits_jax import predict  # pylint: disable=g-import-not-at-top
       if predict.predict_files(config, workdir, _IMAGES.value, _OUTPUT.value,
-                               platform):
+                               platform, _MEMBER.value):
         sys.exit(1)  # Some inputs failed; each said why on its own line.
   except UserError as e:
     _fail(str(e))

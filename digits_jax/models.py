@@ -20,14 +20,16 @@ from digits_jax.errors import UserError
 
 class Dropout(nn.Module):
   """`nn.Dropout` whose mask, under pmap (`axis_name`), is drawn for the
-  global batch and sliced: the same mask as on one device."""
-  rate: float
+  global batch and sliced: the same mask as on one device. `rate` may be
+  traced (a sweep's members); only a Python 0 skips the mask."""
+  rate: Any
   deterministic: bool
   axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x):
-    if self.deterministic or self.rate == 0:
+    if self.deterministic or (isinstance(self.rate, (int, float))
+                              and self.rate == 0):
       return x
     keep = 1.0 - self.rate
     rng = self.make_rng('dropout')
@@ -58,7 +60,7 @@ class ImprovedLeNet(nn.Module):
   slower.
   """
   num_classes: int = 10
-  dropout_rate: float = 0.25
+  dropout_rate: Any = 0.25  # A float, or traced in a sweep.
   dtype: Any = jnp.float32
   axis_name: str | None = None
   conv_general_dilated: Callable | None = None

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from digits_jax import config_checks
+from digits_jax import sweep
 
 
 class PlateauState(NamedTuple):
@@ -96,31 +97,85 @@ def l2_mask(params, kernel_names) -> dict:
 LR_SCHEDULES = config_checks.LR_SCHEDULES
 
 
-def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
-  """The step-driven part of the learning rate (constant for 'plateau')."""
+# The one-cycle schedule starts at peak / 25 (optax's default div_factor).
+_ONECYCLE_DIV_FACTOR = 25.0
+
+
+def learning_rate_schedule(config, total_steps: int,
+                           learning_rate=None) -> optax.Schedule:
+  """The step-driven part of the learning rate (constant for 'plateau').
+
+  `learning_rate`: the peak in place of config.learning_rate, possibly
+  traced (a sweep's member).
+  """
+  peak = config.learning_rate if learning_rate is None else learning_rate
   if config.lr_schedule == 'onecycle':
-    return optax.cosine_onecycle_schedule(
-        transition_steps=max(total_steps, 1), peak_value=config.learning_rate,
-        pct_start=config.warmup_fraction, div_factor=25.0,
-        final_div_factor=config.learning_rate / config.min_learning_rate / 25)
-  return optax.constant_schedule(config.learning_rate)
+    if isinstance(peak, (int, float)):
+      return optax.cosine_onecycle_schedule(
+          transition_steps=max(total_steps, 1), peak_value=peak,
+          pct_start=config.warmup_fraction, div_factor=_ONECYCLE_DIV_FACTOR,
+          final_div_factor=peak / config.min_learning_rate
+          / _ONECYCLE_DIV_FACTOR)
+    return _traced_onecycle(max(total_steps, 1), peak,
+                            config.warmup_fraction, config.min_learning_rate)
+  return optax.constant_schedule(peak)
 
 
-def create_optimizer(config, l2_kernels,
-                     total_steps: int) -> optax.GradientTransformation:
+def _traced_onecycle(total_steps: int, peak, warmup_fraction: float,
+                     min_learning_rate: float) -> optax.Schedule:
+  """optax.cosine_onecycle_schedule for a traced peak, value for value.
+
+  optax checks its scale factors in Python (`scale >= 0`), which a traced
+  peak cannot pass; the schedule is the same cosine interpolation from
+  peak / 25 up to the peak over the warmup, then down to the minimum,
+  written with the same operations (tests/test_optim.py compares every
+  step's value with optax's).
+  """
+  boundaries = jnp.array([0, int(warmup_fraction * total_steps), total_steps])
+  # optax accumulates the phases' start values as a product of scales.
+  final_scale = 1 / (_ONECYCLE_DIV_FACTOR * (
+      peak / min_learning_rate / _ONECYCLE_DIV_FACTOR))
+  values = jnp.cumprod(jnp.stack([peak / _ONECYCLE_DIV_FACTOR,
+                                  jnp.asarray(_ONECYCLE_DIV_FACTOR),
+                                  final_scale]))
+
+  def schedule(count):
+    sizes = jnp.maximum(boundaries[1:] - boundaries[:-1], 1)
+    inside = jnp.logical_and(boundaries[:-1] <= count, count < boundaries[1:])
+    fraction = (count - boundaries[:-1]) / sizes
+    start, end = values[:-1], values[1:]
+    cosine = end + (start - end) / 2.0 * (jnp.cos(jnp.pi * fraction) + 1)
+    return inside.dot(cosine) + (boundaries[-1] <= count) * values[-1]
+
+  return schedule
+
+
+def create_optimizer(config, l2_kernels, total_steps: int,
+                     values: dict | None = None
+                     ) -> optax.GradientTransformation:
   """L2 on `l2_kernels`, Adam (Keras' defaults), then the learning rate:
   the plateau scale times the base rate, or the one-cycle schedule over
-  `total_steps` (unused by 'plateau')."""
+  `total_steps` (unused by 'plateau').
+
+  `values`: a sweep member's 'learning_rate' and 'l2', traced, in place of
+  the config's; the optimizer state's structure is the same either way.
+  """
+  values = values or {}
+  learning_rate = values.get('learning_rate', config.learning_rate)
+  l2_weight = values.get('l2', config.l2)
+  # A swept L2 keeps its transform whatever its value (0 adds 0 * w), so
+  # that every member's state has one structure.
+  regularized = config.l2 or 'l2' in sweep.traced_keys(config)
   l2 = (optax.add_decayed_weights(
-      2 * config.l2, mask=lambda p: l2_mask(p, l2_kernels))
-        if config.l2 else optax.identity())
+      2 * l2_weight, mask=lambda p: l2_mask(p, l2_kernels))
+        if regularized else optax.identity())
   adam = optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
                              eps=config.adam_eps)
   if config.lr_schedule == 'plateau':
     return optax.chain(l2, adam, scale_by_plateau(),
-                       optax.scale(-config.learning_rate))
+                       optax.scale(-learning_rate))
   return optax.chain(l2, adam, optax.scale_by_learning_rate(
-      learning_rate_schedule(config, total_steps)))
+      learning_rate_schedule(config, total_steps, learning_rate)))
 
 
 def current_learning_rate(opt_state, step: int, config,
@@ -131,9 +186,14 @@ def current_learning_rate(opt_state, step: int, config,
   return float(learning_rate_schedule(config, total_steps)(step))
 
 
-def report_epoch(opt_state, val_loss, config):
-  """Applies the config's plateau rule for one epoch's validation loss."""
+def report_epoch(opt_state, val_loss, config, learning_rate=None):
+  """Applies the config's plateau rule for one epoch's validation loss.
+
+  `learning_rate`: a sweep member's (traced), in place of the config's.
+  """
+  if learning_rate is None:
+    learning_rate = config.learning_rate
   return report_validation_loss(
       opt_state, val_loss, factor=config.plateau_factor,
       patience=config.plateau_patience, min_delta=config.plateau_min_delta,
-      min_scale=config.min_learning_rate / config.learning_rate)
+      min_scale=config.min_learning_rate / learning_rate)

@@ -99,9 +99,9 @@ def prediction(probabilities: np.ndarray, agreeing: int,
 
 
 def predict_files(config, workdir: str, specs: list[str],
-                  output: str | None, platform) -> int:
+                  output: str | None, platform, member: str = '') -> int:
   """Predicts every readable image; prints one line per image and per
-  failure. Returns the number of failures."""
+  failure. Returns the number of failures. `member`: as restore_best's."""
   import json  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
@@ -110,7 +110,7 @@ def predict_files(config, workdir: str, specs: list[str],
   digits, errors = load_images(specs)
   results = []
   if digits:
-    restored = evaluation.restore_best(config, workdir, platform)
+    restored = evaluation.restore_best(config, workdir, platform, member)
     member_logits = restored.member_logits(config,
                                            np.stack([d for _, d in digits]))
     # An ensemble predicts the mean of its members' probabilities.

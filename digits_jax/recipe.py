@@ -17,6 +17,7 @@ from digits_jax import models
 from digits_jax import optim
 from digits_jax import platform as platform_lib
 from digits_jax import steps
+from digits_jax import sweep
 
 
 def build(config, pixel_stats: dict, platform: platform_lib.Platform,
@@ -48,8 +49,14 @@ def build(config, pixel_stats: dict, platform: platform_lib.Platform,
 
 
 def members(config, platform: platform_lib.Platform) -> ensemble.Members:
-  """The ensemble's member axis (K = 1: a single model, no axis)."""
-  return ensemble.Members(config.num_models, platform.vmap_members)
+  """The ensemble's member axis (K = 1: a single model, no axis); a
+  sweep's members with their seeds and swept values."""
+  seeds = sweep.member_seeds(config)
+  return ensemble.Members(
+      config.num_models, platform.vmap_members,
+      seeds=None if seeds is None else tuple(seeds),
+      hparams=sweep.hparams(config),
+      ema=config.ema_decay > 0 or 'ema_decay' in sweep.traced_keys(config))
 
 
 def checkpoint_meta(config, preprocess: steps.Preprocess, epoch: int) -> dict:
@@ -63,9 +70,37 @@ def checkpoint_meta(config, preprocess: steps.Preprocess, epoch: int) -> dict:
 
 
 def train_step_fn(config, model, tx, preprocess: steps.Preprocess,
-                  axis_name: str | None = None):
+                  axis_name: str | None = None, total_steps: int = 0):
   """`steps.train_step` with this config's model, optimizer and
-  preprocessing bound: (state, batch, key) -> (state, metrics)."""
-  return functools.partial(steps.train_step, model=model, tx=tx,
-                           preprocess=preprocess,
-                           augment_images=config.augment, axis_name=axis_name)
+  preprocessing bound: (state, batch, key) -> (state, metrics).
+
+  In a sweep, the swept values come from the state (`state.hparams`,
+  traced) and replace the config's in the model, optimizer (whose one-cycle
+  schedule needs `total_steps`, as `build`'s) and preprocessing, inside
+  the step: one program for every member and every value.
+  """
+  bound = functools.partial(steps.train_step, augment_images=config.augment,
+                            axis_name=axis_name)
+  if not sweep.traced_keys(config):
+    return functools.partial(bound, model=model, tx=tx,
+                             preprocess=preprocess,
+                             label_smoothing=config.label_smoothing,
+                             ema_decay=config.ema_decay)
+
+  def swept_step(state, batch, key):
+    values = state.hparams
+    member_model = (model.clone(dropout_rate=values['dropout_rate'])
+                    if 'dropout_rate' in values else model)
+    member_tx = (optim.create_optimizer(config, models.L2_REGULARIZED,
+                                        total_steps, values)
+                 if {'learning_rate', 'l2'} & set(values) else tx)
+    member_preprocess = preprocess.replace(**{
+        k: values[k] for k in ('rotation_degrees', 'zoom_range', 'shift_range')
+        if k in values})
+    return bound(state, batch, key, model=member_model, tx=member_tx,
+                 preprocess=member_preprocess,
+                 label_smoothing=values.get('label_smoothing',
+                                            config.label_smoothing),
+                 ema_decay=values.get('ema_decay', config.ema_decay))
+
+  return swept_step

@@ -19,7 +19,7 @@ MISCLASSIFIED = 'misclassified.png'
 CURVES = 'training_curves.png'
 
 
-def _pyplot():
+def pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')  # Files only, no display.
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -48,7 +48,7 @@ def _save(fig, path: epath.Path) -> None:
 
 
 def plot_confusion_matrix(confusion, path: epath.Path) -> None:
-  plt = _pyplot()
+  plt = pyplot()
   confusion = np.asarray(confusion)
   fig, ax = plt.subplots(figsize=(6.5, 5.5))
   image = ax.imshow(np.log1p(confusion), cmap='Blues')
@@ -68,7 +68,7 @@ def plot_misclassified(images, labels, probabilities, path: epath.Path,
                        limit: int = 100) -> None:
   """The first `limit` misclassified digits in rows of 10, each titled
   true→predicted and the predicted class's probability."""
-  plt = _pyplot()
+  plt = pyplot()
   predicted = probabilities.argmax(-1)
   wrong = np.flatnonzero(predicted != labels)[:limit]
   cols = 10
@@ -98,7 +98,7 @@ def plot_misclassified(images, labels, probabilities, path: epath.Path,
 
 
 def plot_training_curves(metrics: list[dict], path: epath.Path) -> None:
-  plt = _pyplot()
+  plt = pyplot()
   epochs = [m['epoch'] for m in metrics]
   fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
   for split in ('train', 'val'):

@@ -57,8 +57,8 @@ IMAGE_CONTENT_TYPES = ('image/', 'application/octet-stream',
 class Predictor:
   """The best checkpoint of a run, predicting one digit at a time."""
 
-  def __init__(self, config, workdir, platform):
-    restored = evaluation.restore_best(config, workdir, platform)
+  def __init__(self, config, workdir, platform, member: str = ''):
+    restored = evaluation.restore_best(config, workdir, platform, member)
     self._restored = restored
     self._evaluator = evaluation.Evaluator(restored.model, restored.preprocess,
                                            1, restored.compiler_options)
@@ -242,12 +242,13 @@ def make_server(host: str, port: int,
                     'check --host and --port') from None
 
 
-def serve(config, workdir, platform, host: str, port: int) -> None:
+def serve(config, workdir, platform, host: str, port: int,
+          member: str = '') -> None:
   """Serves until stopped (Ctrl-C or SIGTERM, which main turns into one
   line and exit code 0)."""
   server = make_server(host, port)
   try:
-    server.predictor = predictor = Predictor(config, workdir, platform)
+    server.predictor = predictor = Predictor(config, workdir, platform, member)
   except BaseException:
     server.server_close()
     raise

@@ -29,10 +29,27 @@ _SIDE_STREAM = 2**32 - 1
 
 
 class TrainState(struct.PyTreeNode):
+  """What a run carries from step to step, and its checkpoints hold.
+
+  `ema`: with weight averaging on (`config.ema_decay`), the moving average
+  of the parameters and BatchNorm statistics, {'params', 'batch_stats'};
+  None (no leaves, no change to the program) when off.
+  `hparams`: in a sweep (sweep.py), the member's swept values as float32
+  scalars by name, read by the step as traced values; None otherwise.
+  """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  ema: Any = None
+  hparams: Any = None
+
+  def inference_variables(self) -> dict:
+    """The weights that evaluation, predict, serve and export use: the
+    moving average when the run keeps one."""
+    if self.ema is not None:
+      return self.ema
+    return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 @struct.dataclass
@@ -77,19 +94,45 @@ class Preprocess:
     return ((x - self.pixel_mean) / self.pixel_std)[..., None]
 
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits, labels, label_smoothing=0.0):
+  """Per-example cross-entropy; with `label_smoothing` s, against targets
+  of 1 - s on the label plus s spread evenly over all classes (Szegedy et
+  al., 2016). s = 0 as a Python number is the plain loss, unchanged."""
+  plain = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if isinstance(label_smoothing, (int, float)) and label_smoothing == 0:
+    return plain
+  uniform = -jax.nn.log_softmax(logits).mean(-1)
+  return (1 - label_smoothing) * plain + label_smoothing * uniform
+
+
+def ema_decay_at(step, decay):
+  """The averaging's decay at `step` (the steps taken before this update):
+  `decay`, but at most (1 + step) / (10 + step), so that the first steps
+  do not weigh the initialization for thousands of steps (as
+  tf.train.ExponentialMovingAverage with num_updates)."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.asarray(decay, jnp.float32),
+                     (1 + step) / (10 + step))
+
+
+def update_ema(ema, variables, decay):
+  """One step of the moving average of `variables`."""
+  return jax.tree.map(lambda e, x: decay * e + (1 - decay) * x, ema,
+                      variables)
 
 
 def train_step(state: TrainState, batch: dict, key: jax.Array, *,
                model, tx: optax.GradientTransformation, preprocess: Preprocess,
-               augment_images: bool, axis_name: str | None = None):
+               augment_images: bool, axis_name: str | None = None,
+               label_smoothing=0.0, ema_decay=0.0):
   """One optimizer step: (state, batch, key) -> (state, metrics).
 
   Randomness is `fold_in(key, step)`, so a run restored at any step draws
   the same augmentation and dropout as the run that never stopped.
   `axis_name` names the pmap axis to average gradients and metrics over;
   the model must then carry the same axis name (BatchNorm, dropout).
+  `label_smoothing` and `ema_decay` may be traced (a sweep's members); the
+  moving average is kept where the state holds one (`state.ema`).
   """
   step_key = jax.random.fold_in(key, state.step)
   augment_key, dropout_key = jax.random.split(step_key)
@@ -100,7 +143,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
     logits, updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, images,
         train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key})
-    loss = cross_entropy(logits, batch['label']).mean()
+    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
     return loss, (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
@@ -112,8 +155,13 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
     metrics = jax.lax.pmean(metrics, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  ema = state.ema
+  if ema is not None:
+    ema = update_ema(ema, {'params': params, 'batch_stats': batch_stats},
+                     ema_decay_at(state.step, ema_decay))
   new_state = state.replace(step=state.step + 1, params=params,
-                            batch_stats=batch_stats, opt_state=opt_state)
+                            batch_stats=batch_stats, opt_state=opt_state,
+                            ema=ema)
   return new_state, metrics
 
 
@@ -190,10 +238,17 @@ def predict_logits(variables, images, *, model, preprocess: Preprocess,
   return jax.lax.map(logits_of, batches).reshape(-1, NUM_CLASSES)
 
 
-def create_train_state(model, tx, key, input_size: int) -> TrainState:
+def create_train_state(model, tx, key, input_size: int, *, ema: bool = False,
+                       hparams: dict | None = None) -> TrainState:
+  """The initial state; with `ema`, a moving average starting at the
+  initial weights; `hparams`, a sweep member's values (float32)."""
   dummy = jnp.zeros((1, input_size, input_size, 1), jnp.float32)
   variables = model.init({'params': key}, dummy, train=False)
   params = variables['params']
-  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}),
-                    opt_state=tx.init(params))
+  batch_stats = variables.get('batch_stats', {})
+  return TrainState(
+      step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      ema=({'params': params, 'batch_stats': batch_stats} if ema else None),
+      hparams=(None if hparams is None else
+               jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), hparams)))

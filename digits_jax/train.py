@@ -30,6 +30,7 @@ from digits_jax import platform as platform_lib
 from digits_jax import recipe
 from digits_jax import run_lock
 from digits_jax import steps
+from digits_jax import sweep
 from digits_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class TrainingDiverged(Exception):
 
 def train_program(config, model, tx, preprocess: steps.Preprocess,
                   members, devices: parallel_lib.DataParallel,
-                  platform: platform_lib.Platform):
+                  platform: platform_lib.Platform, total_steps: int = 0):
   """The compiled training dispatch, built in this one place.
 
   `steps.train_step` bound to the model, optimizer and preprocessing
@@ -104,9 +105,11 @@ def train_program(config, model, tx, preprocess: steps.Preprocess,
     program(state, batches, key)                        # host-fed batches
 
   and returns (state, metrics), the metrics [steps] or [steps, members].
+  A sweep's values are in the state (one program for all of them);
+  `total_steps` is the one-cycle schedule's length, as the optimizer's.
   """
   step = members.train_step(recipe.train_step_fn(
-      config, model, tx, preprocess, devices.axis_name))
+      config, model, tx, preprocess, devices.axis_name, total_steps))
   unroll = platform.unroll_scan
   if devices.host_fed:
     scan = functools.partial(steps.scan_train_batches, step, unroll=unroll)
@@ -139,6 +142,7 @@ def train_and_evaluate(
 
 
 def _train_and_evaluate(config, workdir, platform, stop_signal):
+  config = sweep.apply(config)
   devices = parallel_lib.create(config)
   splits = input_pipeline.load_splits(config)
   data_stats = {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std}
@@ -156,6 +160,10 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
   model, tx, preprocess = recipe.build(config, data_stats, platform,
                                        devices.axis_name, total_steps)
   members = recipe.members(config, platform)
+  # Each member's own config: the single run it is (a sweep's values), for
+  # the logs' learning rates.
+  member_configs = (sweep.member_configs(config)
+                    or [config] * config.num_models)
 
   init_key, shuffle_key, train_key = members.keys(config.seed)
   state = members.create_train_state(model, tx, init_key, config.input_size)
@@ -201,7 +209,7 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
       config.steps_per_dispatch, steps_per_epoch, config.num_models)
 
   train_chunk = train_program(config, model, tx, preprocess, members,
-                              devices, platform)
+                              devices, platform, total_steps)
   # Evaluation runs on one device of each host, outside pmap: the same
   # model without the axis name.
   evaluator = evaluation.Evaluator(model.clone(axis_name=None), preprocess,
@@ -221,6 +229,7 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
     return train_chunk(state, train_images, train_labels,
                        devices.shard_batch_indices(batch_indices), train_key)
 
+  is_sweep = sweep.is_sweep(config)
   writer = MetricsWriter(workdir) if jax.process_index() == 0 else None
   step = members.step(devices.to_host(state.step))
   stop_signal.start_polling(step)
@@ -281,9 +290,10 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
       # The rate each member ended this epoch with (the plateau's, before
       # its update).
       member_rates = [
-          optim.current_learning_rate(opt_state, step - 1, config,
+          optim.current_learning_rate(opt_state, step - 1, member_config,
                                       total_steps)
-          for opt_state in members.unstack(host_state.opt_state)]
+          for opt_state, member_config in zip(
+              members.unstack(host_state.opt_state), member_configs)]
       learning_rate = float(np.mean(member_rates))
       losses = [m['loss'] for m in member_val]
       state = state.replace(opt_state=members.report_epoch(
@@ -299,7 +309,7 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
           'images_per_sec': images_done / elapsed,
           'epoch_seconds': elapsed,
       }
-      if members.stacked:
+      if members.stacked or is_sweep:
         # The ensemble's validation above; each member's here.
         summary.update({
             'member_val_accuracy': [m['accuracy'] for m in member_val],
@@ -307,17 +317,31 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
             'member_learning_rate': member_rates})
       log.info(
           'epoch %d/%d step %d: train loss %.4f acc %.4f | val loss %.4f acc '
-          '%.4f | lr %.2e | %.0f images/s%s', epoch + 1, config.num_epochs,
+          '%.4f%s | lr %.2e | %.0f images/s%s', epoch + 1, config.num_epochs,
           step, summary['train_loss'], summary['train_accuracy'],
-          summary['val_loss'], summary['val_accuracy'], learning_rate,
+          summary['val_loss'], summary['val_accuracy'],
+          ' (averaged weights)' if members.ema else '', learning_rate,
           summary['images_per_sec'] * config.num_models,
           ' (all members)' if members.stacked else '')
+      if is_sweep:
+        best = max(range(len(member_val)),
+                   key=lambda j: (member_val[j]['accuracy'], -losses[j]))
+        log.info('  best member %d (%s): val loss %.4f acc %.4f', best,
+                 sweep.describe(sweep.member_values(config)[best]),
+                 losses[best], member_val[best]['accuracy'])
       if writer:
         writer.write(step, summary)
+      # A sweep's checkpoint is as good as its best member (predict and
+      # export take that member); an ensemble's, the ensemble.
+      chosen = member_val[best] if is_sweep else val
+      record = {'val_accuracy': chosen['accuracy'], 'val_loss': chosen['loss']}
+      if members.stacked:
+        # Whence --member=best.
+        record.update({'member_val_accuracy': summary['member_val_accuracy'],
+                       'member_val_loss': losses})
       checkpoint.save(manager, step, devices.unreplicate(state),
                       recipe.checkpoint_meta(config, preprocess, epoch + 1),
-                      {'val_accuracy': val['accuracy'],
-                       'val_loss': val['loss']})
+                      record)
       if stop_signal.received:
         log.info('Stopped by %s after epoch %d; saved a checkpoint. Run '
                  'the same command to resume.', stop_signal.received,
@@ -328,6 +352,8 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
       writer.close()
     stop_signal.stop_polling()
 
+  if is_sweep:
+    sweep.write_results(config, workdir)
   return evaluation.evaluate_checkpoint(config, workdir, platform,
                                        splits=splits)
 

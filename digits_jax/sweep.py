@@ -1,0 +1,257 @@
+"""Sweeps: hyperparameter values as the member axis of one program.
+
+`config.sweep` names values for some hyperparameters,
+
+  'learning_rate=2e-3,4e-3,8e-3 dropout_rate=0.1,0.25 seed=0,1'
+
+and `config.sweep_mode` how they combine: 'grid' (every combination, the
+first key varying slowest) or 'zip' (the lists taken together, all of one
+length). Each combination is a member of the run, a whole model on the
+member axis the ensembles have (ensemble.py): trained in the same compiled
+step, validated on its own, its plateau following its own validation loss,
+and exactly the single run with its values (`member_configs`; the seed
+gives a member its keys as it gives a single run its own).
+
+The swept numbers reach the device in the train state (`TrainState.hparams`,
+float32 by name) and the step reads them as traced values, so one
+compilation serves the whole sweep, and any other values for the same keys.
+Which keys can be swept: those the step can take as numbers without
+changing its program's shapes (`SWEEPABLE`).
+
+This module imports nothing heavy, so that a bad spec answers at once; the
+end-of-run table, sweep.json and sweep.png are at the bottom.
+"""
+
+import io
+import itertools
+import json
+import logging
+
+from digits_jax.errors import UserError
+
+SWEEPABLE = ('learning_rate', 'l2', 'dropout_rate', 'rotation_degrees',
+             'zoom_range', 'shift_range', 'ema_decay', 'label_smoothing',
+             'seed')
+# The seed chooses the member's keys on the host; the rest are traced.
+TRACED = tuple(k for k in SWEEPABLE if k != 'seed')
+MODES = ('grid', 'zip')
+
+SWEEP_JSON = 'sweep.json'
+SWEEP_PNG = 'sweep.png'
+
+log = logging.getLogger(__name__)
+
+
+def _number(key: str, text: str):
+  try:
+    return int(text) if key == 'seed' else float(text)
+  except ValueError:
+    wanted = 'a non-negative integer' if key == 'seed' else 'a number'
+    raise UserError(f'config.sweep: {key} value {text!r} is not {wanted}'
+                    ) from None
+
+
+def parse(spec: str) -> dict[str, tuple]:
+  """'key=v1,v2 key2=v3' -> {'key': (v1, v2), 'key2': (v3,)}, in order."""
+  values = {}
+  for term in spec.replace(';', ' ').split():
+    key, equals, listed = term.partition('=')
+    if not equals or not key:
+      raise UserError(f'config.sweep: {term!r} is not KEY=V1,V2,... (for '
+                      'example learning_rate=1e-3,2e-3)')
+    if key not in SWEEPABLE:
+      raise UserError(f'config.sweep: {key} cannot be swept; a sweep takes '
+                      f'{", ".join(SWEEPABLE)} (the rest change the '
+                      'compiled program: one run each)')
+    if key in values:
+      raise UserError(f'config.sweep names {key} twice; give its values in '
+                      'one list')
+    items = [v for v in listed.split(',') if v]
+    if not items:
+      raise UserError(f'config.sweep: {key}= names no values; give at least '
+                      f'one, e.g. {key}=V1,V2')
+    values[key] = tuple(_number(key, v) for v in items)
+  return values
+
+
+def is_sweep(config) -> bool:
+  return bool(config.get('sweep', ''))
+
+
+def swept_values(config) -> dict[str, tuple]:
+  """The spec's values by key ({} without a sweep)."""
+  if not is_sweep(config):
+    return {}
+  if config.sweep_mode not in MODES:
+    raise UserError(f'config.sweep_mode={config.sweep_mode!r} must be one of '
+                    f'{MODES} (grid: every combination; zip: the lists '
+                    'taken together)')
+  values = parse(config.sweep)
+  if not values:
+    raise UserError(f'config.sweep={config.sweep!r} names no values; give '
+                    'KEY=V1,V2,... or leave it empty')
+  lengths = {len(v) for v in values.values()}
+  if config.sweep_mode == 'zip' and len(lengths) > 1:
+    raise UserError('config.sweep with sweep_mode=zip takes the lists '
+                    'together, so they must be of one length; these are '
+                    + ', '.join(f'{k}: {len(v)}' for k, v in values.items()))
+  return values
+
+
+def member_values(config) -> list[dict]:
+  """Each member's values, {key: value} for the swept keys, in member
+  order ([] without a sweep)."""
+  values = swept_values(config)
+  if not values:
+    return []
+  keys = list(values)
+  if config.sweep_mode == 'zip':
+    combinations = zip(*values.values())
+  else:
+    combinations = itertools.product(*values.values())
+  return [dict(zip(keys, c)) for c in combinations]
+
+
+def traced_keys(config) -> tuple:
+  """The swept keys the step reads from the state, in spec order."""
+  return tuple(k for k in swept_values(config) if k in TRACED)
+
+
+def describe(values: dict) -> str:
+  return ' '.join(f'{k}={v:g}' for k, v in values.items())
+
+
+def member_configs(config) -> list:
+  """Member j's own config: the single run that member j is."""
+  from digits_jax import config_checks  # pylint: disable=g-import-not-at-top
+  configs = []
+  for j, values in enumerate(member_values(config)):
+    member = config.copy_and_resolve_references()
+    for key, value in values.items():
+      member[key] = value
+    member.sweep = ''
+    member.num_models = 1
+    try:
+      config_checks.validate(member)
+    except UserError as e:
+      raise UserError(f'config.sweep, member {j} ({describe(values)}): {e}'
+                      ) from None
+    configs.append(member)
+  return configs
+
+
+def apply(config):
+  """A copy of `config` whose `num_models` is the sweep's member count,
+  every member's values checked (one line for the first bad one). Without
+  a sweep, `config` itself. Idempotent."""
+  if not is_sweep(config):
+    return config
+  count = len(member_configs(config))
+  if config.num_models not in (1, count):
+    raise UserError(
+        f'config.num_models={config.num_models} with config.sweep: a '
+        f'sweep\'s members are its {count} combinations; leave num_models '
+        'at 1, and to repeat each over seeds sweep seed=0,1,... too')
+  config = config.copy_and_resolve_references()
+  config.num_models = count
+  return config
+
+
+def hparams(config) -> dict | None:
+  """The traced values, {key: [one per member]}, for the train state
+  (None without a sweep, or one that sweeps only seeds)."""
+  keys = traced_keys(config)
+  if not keys:
+    return None
+  members = member_values(config)
+  return {k: [float(m[k]) for m in members] for k in keys}
+
+
+def member_seeds(config) -> list[int] | None:
+  """Each member's seed (config.seed unless swept); None without a sweep."""
+  members = member_values(config)
+  if not members:
+    return None
+  return [int(m.get('seed', config.seed)) for m in members]
+
+
+# The results: from the run's own per-epoch records (reports.read_metrics).
+
+
+def results(config, records: list[dict]) -> list[dict]:
+  """Each member's values and its best epoch by validation accuracy (the
+  lower loss among equals), best member first."""
+  members = []
+  for j, values in enumerate(member_values(config)):
+    epochs = [(r['member_val_accuracy'][j], -r['member_val_loss'][j],
+               r['epoch']) for r in records if 'member_val_accuracy' in r]
+    if not epochs:
+      continue
+    accuracy, negative_loss, epoch = max(epochs)
+    members.append({'member': j, 'values': values,
+                    'val_accuracy': accuracy, 'val_loss': -negative_loss,
+                    'epoch': epoch})
+  return sorted(members, key=lambda m: (-m['val_accuracy'], m['val_loss'],
+                                        m['member']))
+
+
+def table(members: list[dict]) -> str:
+  """The results as a fixed-width table, best first."""
+  if not members:
+    return '(no epoch completed)'
+  keys = list(members[0]['values'])
+  header = ['member', *keys, 'val acc', 'val loss', 'epoch']
+  rows = [[str(m['member']), *(f'{m["values"][k]:g}' for k in keys),
+           f'{m["val_accuracy"]:.4f}', f'{m["val_loss"]:.4f}',
+           str(m['epoch'])] for m in members]
+  widths = [max(len(r[i]) for r in [header, *rows])
+            for i in range(len(header))]
+  line = lambda r: '  '.join(c.rjust(w) for c, w in zip(r, widths))
+  return '\n'.join([line(header), *map(line, rows)])
+
+
+def write_results(config, workdir) -> list[dict]:
+  """Logs the table and writes sweep.json and sweep.png into `workdir`
+  (process 0 only writes)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from digits_jax import paths  # pylint: disable=g-import-not-at-top
+  from digits_jax import reports  # pylint: disable=g-import-not-at-top
+  members = results(config, reports.read_metrics(workdir))
+  log.info('Sweep of %d members (%s), by validation accuracy:\n%s',
+           config.num_models, config.sweep_mode, table(members))
+  if jax.process_index() == 0:
+    paths.write_atomically(workdir / SWEEP_JSON, json.dumps(
+        {'sweep': config.sweep, 'sweep_mode': config.sweep_mode,
+         'members': members}, indent=1))
+    if members:
+      (workdir / SWEEP_PNG).write_bytes(plot(members))
+  return members
+
+
+def plot(members: list[dict]) -> bytes:
+  """sweep.png: each member's best validation accuracy against each swept
+  value, one panel per key; the best member in red."""
+  from digits_jax import reports  # pylint: disable=g-import-not-at-top
+  plt = reports.pyplot()
+  keys = list(members[0]['values'])
+  figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3),
+                              squeeze=False, sharey=True)
+  best = members[0]['member']
+  for axis, key in zip(axes[0], keys):
+    xs = [m['values'][key] for m in members]
+    ys = [100 * m['val_accuracy'] for m in members]
+    colors = ['tab:red' if m['member'] == best else 'tab:blue'
+              for m in members]
+    axis.scatter(xs, ys, c=colors, s=22)
+    axis.set_xlabel(key)
+    if key in ('learning_rate', 'l2') and min(xs) > 0:
+      axis.set_xscale('log')
+    axis.grid(alpha=0.3)
+  axes[0][0].set_ylabel('best validation accuracy (%)')
+  figure.suptitle(f'{len(members)} members; best: member {best} '
+                  f'({describe(members[0]["values"])})', fontsize=9)
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png', dpi=110)
+  plt.close(figure)
+  return buffer.getvalue()

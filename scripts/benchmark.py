@@ -24,9 +24,12 @@ Ensembles (`--num_models=1,4,8`): the trainer's step over K members, each
 K > 1 in both forms (members side by side in the program, and jax.vmap over
 them), timed side by side; prints images/s per member and the ratio to K=1
 instead of the reference comparison. `--steps` is then the model steps per
-dispatch, shared by the members as the trainer does.
+dispatch, shared by the members as the trainer does. With `--sweep`, also
+a sweep of K members in the trainer's form (digits_jax/sweep.py: every
+traced key its own value per member) beside the ensemble of K.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -49,6 +52,7 @@ from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-imp
 from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -66,6 +70,10 @@ _CONV_IMPL = flags.DEFINE_enum('conv_impl', 'auto', platform_lib.CONV_IMPLS,
 _NUM_MODELS = flags.DEFINE_list(
     'num_models', [], 'Ensemble sizes to time side by side (e.g. 1,4,8); '
     'empty: the comparison with the reference.')
+_SWEEP = flags.DEFINE_bool(
+    'sweep', False, 'With --num_models: also time a sweep of K members '
+    '(learning rate, L2, dropout, augmentation and label smoothing traced '
+    'per member) in the trainer\'s form, beside the ensemble of K.')
 _DTYPE = flags.DEFINE_enum('compute_dtype', 'float32',
                            ['float32', 'bfloat16'], 'Compute dtype.')
 
@@ -158,6 +166,7 @@ def ensembles(config, images, labels, batch, windows):
   """Images/s per member for each K of --num_models, both forms."""
   sizes = sorted({int(k) for k in _NUM_MODELS.value})
   timed = {}
+  trainers_form = platform_lib.current(_CONV_IMPL.value).vmap_members
   for k in sizes:
     for vmapped in ((True,) if k == 1 else (False, True)):
       name = f'K={k}' + ('' if k == 1 else
@@ -165,6 +174,10 @@ def ensembles(config, images, labels, batch, windows):
       timed[name] = (k, trainer_path(config, images, labels, batch,
                                      _STEPS.value,
                                      ensemble.Members(k, vmapped)))
+    if _SWEEP.value:
+      timed[f'K={k} sweep'] = (k, trainer_path(
+          sweep_config(config, k), images, labels, batch, _STEPS.value,
+          vmapped=trainers_form))
   for _ in range(windows):
     for _, path in timed.values():
       path.times.append(path.window())
@@ -195,6 +208,24 @@ def ensembles(config, images, labels, batch, windows):
                     'platform': device.platform}))
 
 
+def sweep_config(config, k: int):
+  """`config` as a sweep of `k` members taken together, each traced key
+  (but the moving average's, which an ensemble would keep too) its own
+  value per member."""
+  spread = lambda low, high: ','.join(
+      repr(float(v)) for v in np.linspace(low, high, k))
+  config = config.copy_and_resolve_references()
+  dropout = (f'dropout_rate={spread(0.1, 0.4)} '
+             if config.model == 'improved_lenet' else '')  # LeNet-5 has none.
+  config.sweep = (f'learning_rate={spread(5e-4, 4e-3)} l2={spread(0, 1e-3)} '
+                  f'{dropout}rotation_degrees={spread(5, 15)} '
+                  f'zoom_range={spread(0.05, 0.15)} '
+                  f'shift_range={spread(0.05, 0.15)} '
+                  f'label_smoothing={spread(0, 0.1)}')
+  config.sweep_mode = 'zip'
+  return sweep.apply(config)
+
+
 def _flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, list):
@@ -216,21 +247,29 @@ class Timed:
 
 
 def trainer_path(config, images, labels, batch, steps,
-                 members: ensemble.Members = ensemble.Members()) -> Timed:
+                 members: ensemble.Members | None = None,
+                 vmapped: bool = True) -> Timed:
   """The trainer's own program (train.train_program) over `members` (one
-  model by default) on one device, compiled as platform.py decides for this
-  backend and --conv_impl: the dataset on the device, `steps` model steps
-  per dispatch under lax.scan (shared by the members, as the trainer shares
-  them), donated state, metrics read back once per dispatch."""
+  model by default; a sweep config's own members, in the `vmapped` form)
+  on one device, compiled as platform.py decides for this backend and
+  --conv_impl: the dataset on the device, `steps` model steps per dispatch
+  under lax.scan (shared by the members, as the trainer shares them),
+  donated state, metrics read back once per dispatch."""
   config = config.copy_and_resolve_references()
-  config.num_models = members.num_models
   platform = platform_lib.current(_CONV_IMPL.value)
-  model, tx, preprocess = recipe.build(config, PIXEL_STATS, platform)
+  if sweep.is_sweep(config):
+    members = dataclasses.replace(recipe.members(config, platform),
+                                  vmapped=vmapped)
+  members = members or ensemble.Members()
+  config.num_models = members.num_models
+  total_steps = 10_000  # A one-cycle schedule's length; any will do.
+  model, tx, preprocess = recipe.build(config, PIXEL_STATS, platform,
+                                       total_steps=total_steps)
   init_key, shuffle_key, train_key = members.keys(0)
   devices = parallel.DataParallel('mesh', tuple(jax.devices()[:1]),
                                   member_devices=int(members.stacked))
   chunk = train.train_program(config, model, tx, preprocess, members,
-                              devices, platform)
+                              devices, platform, total_steps)
   state = devices.place_state(
       members.create_train_state(model, tx, init_key, config.input_size))
   if devices.ensemble:
@@ -306,6 +345,8 @@ def main(argv):
   del argv
   config = config_checks.load_config('improved')
   config.model = _MODEL.value
+  if config.model == 'lenet5':
+    config.dropout_rate = 0.0  # It has no dropout (config_checks).
   config.input_size = int(_INPUT_SIZE.value)
   config.compute_dtype = _DTYPE.value
   batch, steps, windows = _BATCH.value, _STEPS.value, _WINDOWS.value

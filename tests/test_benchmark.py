@@ -38,8 +38,9 @@ def test_benchmark_reports_its_figures_against_the_same_function():
 
 def test_benchmark_times_ensembles_in_both_forms_against_one_model():
   report = _benchmark('--model=lenet5', '--batch=16', '--steps=4',
-                      '--windows=1', '--num_models=1,2')['ensembles']
-  assert set(report) == {'K=1', 'K=2 side by side', 'K=2 vmap'}
+                      '--windows=1', '--num_models=1,2', '--sweep')['ensembles']
+  assert set(report) == {'K=1', 'K=2 side by side', 'K=2 vmap',
+                         'K=1 sweep', 'K=2 sweep'}
   assert report['K=1']['per_member_vs_k1'] == 1.0
   for name, r in report.items():
     assert r['images_per_sec_per_member'] > 0, name

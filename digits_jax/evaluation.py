@@ -214,7 +214,7 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
   member_logits = restored.member_logits(config, splits.test_images)
   report = ensemble_report(member_logits, splits.test_labels)
   if restored.members.stacked:
-    _add_member_validation(report, config, restored, splits)
+    _add_member_validation(report, config, restored, splits, member_logits)
   report.update({'checkpoint_step': restored.step,
                  'epoch': restored.meta.get('epoch'), 'model': config.model})
   if restored.members.stacked:
@@ -238,11 +238,18 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
              min(m['accuracy'] for m in report['members']),
              max(m['accuracy'] for m in report['members']),
              _member_table(report['members']))
+  chosen = report.get('chosen_by_validation')
+  if chosen:
+    log.info('The %d best members by validation (%s), the ensemble '
+             'validation chose: validation %.4f, test %.4f.',
+             len(chosen['members']),
+             ', '.join(map(str, chosen['members'])), chosen['val_accuracy'],
+             chosen['accuracy'])
   return report
 
 
 def _add_member_validation(report: dict, config, restored: Restored,
-                           splits) -> None:
+                           splits, test_logits) -> None:
   """Each member's validation accuracy and loss beside its test figures
   (and a sweep member's values): which member validation would choose,
   and how its choice fares on the test set."""
@@ -253,6 +260,29 @@ def _add_member_validation(report: dict, config, restored: Restored,
     entry.update({'val_accuracy': val['accuracy'], 'val_loss': val['loss']})
     if values:
       entry['values'] = values[j]
+  if values:
+    report['chosen_by_validation'] = _top_members_ensemble(
+        report['members'], val_logits, splits.val_labels, test_logits,
+        splits.test_labels)
+
+
+def _top_members_ensemble(members: list[dict], val_logits, val_labels,
+                          test_logits, test_labels) -> dict:
+  """A sweep's members as an ensemble, chosen on validation only: the k
+  best members by validation accuracy, k the one whose ensemble is best on
+  validation (the fewer among equals); then its test accuracy."""
+  order = sorted(range(len(members)),
+                 key=lambda j: (-members[j]['val_accuracy'],
+                                members[j]['val_loss'], j))
+  def accuracy(logits, labels, chosen):
+    return float((ensemble.combine(logits[chosen]).argmax(-1) == labels
+                  ).mean())
+  val_by_k = [accuracy(val_logits, val_labels, order[:k])
+              for k in range(1, len(order) + 1)]
+  k = 1 + int(np.argmax(val_by_k))
+  return {'members': order[:k], 'val_accuracy': val_by_k[k - 1],
+          'accuracy': accuracy(test_logits, test_labels, order[:k]),
+          'val_accuracy_by_k': val_by_k}
 
 
 def _member_table(members: list[dict]) -> str:

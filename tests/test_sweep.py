@@ -321,6 +321,13 @@ def test_the_sweep_writes_its_table_and_picture(sweep_run):
   for entry, values in zip(report['members'], sweep.member_values(config)):
     assert entry['values'] == values
     assert 0 < entry['val_accuracy'] <= 1 and 0 < entry['accuracy'] <= 1
+  # The ensemble chosen on validation: its best k members by validation.
+  chosen = report['chosen_by_validation']
+  by_validation = sorted(report['members'],
+                         key=lambda m: (-m['val_accuracy'], m['val_loss']))
+  assert chosen['members'] == [m['member'] for m in by_validation][
+      :len(chosen['members'])]
+  assert chosen['val_accuracy'] == max(chosen['val_accuracy_by_k'])
 
 
 @pytest.mark.slow

@@ -91,6 +91,10 @@ LOOP = TRAIN + 'test_the_loop_hands_each_epochs_validation_figures_on'
 ENSEMBLE_LOOP = ('tests/test_ensemble.py::test_the_loop_reports_each_members_'
                  'validation_loss_to_its_plateau')
 
+SWEEP = 'tests/test_sweep.py::'
+SWEEP_MEMBER = SWEEP + 'test_each_member_is_the_single_run_with_its_values'
+EMA_NUMPY = SWEEP + 'test_the_moving_average_follows_its_numpy_derivation'
+
 MUTATIONS = (
     # The optimizer chain.
     _m('l2_after_adam', 'digits_jax/optim.py',
@@ -98,7 +102,7 @@ MUTATIONS = (
        'optax.chain(adam, l2, scale_by_plateau()', [RECIPE],
        "the article's coupled L2 becomes a negligible decoupled decay"),
     _m('l2_without_factor_2', 'digits_jax/optim.py',
-       '2 * config.l2, mask=', 'config.l2, mask=', [RECIPE],
+       '2 * l2_weight, mask=', 'l2_weight, mask=', [RECIPE],
        "half of Keras' l2(5e-4) gradient"),
     _m('l2_on_every_kernel', 'digits_jax/optim.py',
        "return names[-1] == 'kernel' and any(n in kernel_names for n in names)",
@@ -172,8 +176,8 @@ MUTATIONS = (
        'augment_key if augment_images else None', 'None', [STEP_RANDOMNESS],
        'augmentation silently off'),
     _m('batch_stats_not_kept', 'digits_jax/steps.py',
-       'batch_stats=batch_stats, opt_state=opt_state)',
-       'batch_stats=state.batch_stats, opt_state=opt_state)',
+       'batch_stats=batch_stats, opt_state=opt_state,',
+       'batch_stats=state.batch_stats, opt_state=opt_state,',
        [STEP_RANDOMNESS], "BatchNorm's running statistics never move"),
     # The model.
     _m('batchnorm_momentum', 'digits_jax/models.py',
@@ -257,14 +261,13 @@ MUTATIONS = (
        'config))', [ENSEMBLE_LOOP],
        "every member's LR cut on the ensemble's loss, not its own"),
     _m('best_checkpoint_by_train_accuracy', 'digits_jax/train.py',
-       "{'val_accuracy': val['accuracy'],",
-       "{'val_accuracy': float(np.concatenate(\n"
-       "                           [m['accuracy'] for m in train_metrics]).mean()),",
+       "record = {'val_accuracy': chosen['accuracy'],",
+       "record = {'val_accuracy': float(np.concatenate(\n"
+       "    [m['accuracy'] for m in train_metrics]).mean()),",
        [LOOP], 'the best checkpoint chosen on training accuracy'),
     _m('best_checkpoint_by_member_0', 'digits_jax/train.py',
-       "{'val_accuracy': val['accuracy'],\n                       'val_loss': val['loss']})",
-       "{'val_accuracy': member_val[0]['accuracy'],\n"
-       "                       'val_loss': member_val[0]['loss']})",
+       'chosen = member_val[best] if is_sweep else val',
+       'chosen = member_val[best] if is_sweep else member_val[0]',
        [ENSEMBLE_LOOP], "an ensemble's best checkpoint chosen on member 0"),
     # configs/improved.py, the article's recipe.
     _m('article_rotation', 'configs/improved.py',
@@ -350,6 +353,41 @@ MUTATIONS = (
        '    raise RuntimeError(in_one_line(e, limit=200)) from e',
        [DATA + 'test_a_damaged_prepared_dataset_is_moved_aside_and_prepared_'
         'afresh'], 'a truncated dataset file ends in a traceback'),
+    # Sweeps, weight averaging, label smoothing (tests/test_sweep.py).
+    _m('ema_without_warmup_cap', 'digits_jax/steps.py',
+       'return jnp.minimum(jnp.asarray(decay, jnp.float32),',
+       'return jnp.maximum(jnp.asarray(decay, jnp.float32),', [EMA_NUMPY],
+       'the average weighs the initialization for thousands of steps'),
+    _m('ema_of_the_old_weights', 'digits_jax/steps.py',
+       "ema = update_ema(ema, {'params': params, 'batch_stats': batch_stats},",
+       "ema = update_ema(ema, {'params': state.params,\n"
+       "                        'batch_stats': state.batch_stats},",
+       [EMA_NUMPY], 'the average lags one step behind'),
+    _m('inference_ignores_the_average', 'digits_jax/steps.py',
+       '    if self.ema is not None:\n      return self.ema',
+       '    if False:\n      return self.ema', [EMA_NUMPY, SWEEP_MEMBER],
+       'ema_decay kept but never used'),
+    _m('smoothing_against_the_label_only', 'digits_jax/steps.py',
+       'uniform = -jax.nn.log_softmax(logits).mean(-1)',
+       'uniform = plain', [SWEEP + 'test_label_smoothing_is_cross_entropy_'
+                           'against_smoothed_targets'],
+       'label smoothing silently off'),
+    _m('sweep_ignores_dropout', 'digits_jax/recipe.py',
+       "if 'dropout_rate' in values else model)", 'if False else model)',
+       [SWEEP_MEMBER], "every member trains with the config's dropout"),
+    _m('sweep_ignores_augmentation', 'digits_jax/recipe.py',
+       "k: values[k] for k in ('rotation_degrees', 'zoom_range', "
+       "'shift_range')",
+       "k: values[k] for k in ()", [SWEEP_MEMBER],
+       "every member augments as the config says"),
+    _m('sweep_members_share_a_seed', 'digits_jax/ensemble.py',
+       'keys = jnp.stack([of(s) for s in seeds])',
+       'keys = jnp.stack([of(seeds[0]) for s in seeds])', [SWEEP_MEMBER],
+       'swept seeds ignored'),
+    _m('sweep_grid_as_zip', 'digits_jax/sweep.py',
+       "if config.sweep_mode == 'zip':", 'if True:',
+       [SWEEP + 'test_a_grid_is_every_combination_the_first_key_slowest'],
+       'a grid of 6 trains 2 members'),
 )
 
 

@@ -44,16 +44,25 @@ class Evaluator:
                     members: ensemble.Members) -> np.ndarray:
     """Each member's logits [K, N, C] ([1, N, C] for a single model), one
     member at a time through the same compiled program."""
+    return self.logits_of(member_variables(state, members), images)
+
+  def logits_of(self, variables: list, images: np.ndarray) -> np.ndarray:
+    """[K, N, C] for the members' host variables (`member_variables`),
+    which a caller predicting again and again (serve) gets once."""
     n = len(images)
     padded = -(-n // self._batch_size) * self._batch_size
     images = np.concatenate(
         [images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
-    # Host copies: evaluation runs on this process's first device, whatever
-    # devices (or hosts) the train state is spread over. The averaged
-    # weights where the run keeps them.
-    variables = jax.device_get(state.inference_variables())
     return np.stack([np.asarray(self._logits(member, images))[:n]
-                     for member in members.unstack(variables)])
+                     for member in variables])
+
+
+def member_variables(state: steps.TrainState,
+                     members: ensemble.Members) -> list:
+  """Each member's inference variables as host copies: evaluation runs on
+  this process's first device, whatever devices (or hosts) the train state
+  is spread over. The averaged weights where the run keeps them."""
+  return members.unstack(jax.device_get(state.inference_variables()))
 
 
 def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:

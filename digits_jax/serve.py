@@ -59,7 +59,9 @@ class Predictor:
 
   def __init__(self, config, workdir, platform, member: str = ''):
     restored = evaluation.restore_best(config, workdir, platform, member)
-    self._restored = restored
+    # Host copies of the members' weights, taken once, not per request.
+    self._variables = evaluation.member_variables(restored.state,
+                                                  restored.members)
     self._evaluator = evaluation.Evaluator(restored.model, restored.preprocess,
                                            1, restored.compiler_options)
     self._lock = threading.Lock()
@@ -70,8 +72,7 @@ class Predictor:
   def __call__(self, digit: np.ndarray) -> dict:
     """predict's JSON for a uint8 [28, 28] digit."""
     with self._lock:
-      member_logits = self._evaluator.member_logits(
-          self._restored.state, digit[None], self._restored.members)
+      member_logits = self._evaluator.logits_of(self._variables, digit[None])
     probabilities = np.exp(ensemble.combine(member_logits))[0]
     agreeing = ensemble.agreement(member_logits)[0]
     return predict.prediction(probabilities, agreeing, self.num_models)
@@ -248,7 +249,8 @@ def serve(config, workdir, platform, host: str, port: int,
   line and exit code 0)."""
   server = make_server(host, port)
   try:
-    server.predictor = predictor = Predictor(config, workdir, platform, member)
+    server.predictor = predictor = Predictor(config, workdir, platform,
+                                             member)
   except BaseException:
     server.server_close()
     raise

@@ -26,6 +26,7 @@ import io
 import itertools
 import json
 import logging
+import textwrap
 
 from digits_jax.errors import UserError
 
@@ -224,32 +225,65 @@ def write_results(config, workdir) -> list[dict]:
         {'sweep': config.sweep, 'sweep_mode': config.sweep_mode,
          'members': members}, indent=1))
     if members:
-      (workdir / SWEEP_PNG).write_bytes(plot(members))
+      (workdir / SWEEP_PNG).write_bytes(plot(members, config.sweep_mode))
   return members
 
 
-def plot(members: list[dict]) -> bytes:
-  """sweep.png: each member's best validation accuracy against each swept
-  value, one panel per key; the best member in red."""
+def plot(members: list[dict], mode: str = 'grid') -> bytes:
+  """sweep.png: each member's best validation accuracy. A grid: against
+  each swept value, one panel per key. Lists taken together ('zip'): one
+  bar per member, named by how its values differ from the commonest ones
+  (a sweep of variations around one recipe reads as what each change
+  does). The best member in red."""
   from digits_jax import reports  # pylint: disable=g-import-not-at-top
   plt = reports.pyplot()
-  keys = list(members[0]['values'])
-  figure, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3),
-                              squeeze=False, sharey=True)
   best = members[0]['member']
-  for axis, key in zip(axes[0], keys):
-    xs = [m['values'][key] for m in members]
-    ys = [100 * m['val_accuracy'] for m in members]
-    colors = ['tab:red' if m['member'] == best else 'tab:blue'
-              for m in members]
-    axis.scatter(xs, ys, c=colors, s=22)
-    axis.set_xlabel(key)
-    if key in ('learning_rate', 'l2') and min(xs) > 0:
-      axis.set_xscale('log')
-    axis.grid(alpha=0.3)
-  axes[0][0].set_ylabel('best validation accuracy (%)')
-  figure.suptitle(f'{len(members)} members; best: member {best} '
-                  f'({describe(members[0]["values"])})', fontsize=9)
+  color = lambda m: 'tab:red' if m['member'] == best else 'tab:blue'
+  keys = list(members[0]['values'])
+  if mode == 'zip':
+    figure, axis = plt.subplots(figsize=(7, 0.9 + 0.32 * len(members)))
+    usual = {k: max({m['values'][k] for m in members},
+                    key=[m['values'][k] for m in members].count)
+             for k in keys}
+    ordered = sorted(members, key=lambda m: m['member'])
+    labels = [f'{m["member"]}: ' + (describe(
+        {k: v for k, v in m['values'].items() if v != usual[k]}) or 'base')
+              for m in ordered]
+    accuracy = [100 * m['val_accuracy'] for m in ordered]
+    axis.barh(range(len(ordered)), accuracy,
+              color=[color(m) for m in ordered])
+    axis.set_yticks(range(len(ordered)), labels, fontsize=8)
+    axis.invert_yaxis()
+    low, high = min(accuracy), max(accuracy)
+    axis.set_xlim(low - max(0.5 * (high - low), 0.05),
+                  high + max(0.25 * (high - low), 0.02))
+    axis.set_xlabel('best validation accuracy (%)')
+    axis.grid(alpha=0.3, axis='x')
+    figure.suptitle('\n'.join(textwrap.wrap(
+        f'{len(members)} members; base: {describe(usual)}', 80)), fontsize=8)
+  else:
+    columns = min(len(keys), 4)
+    rows = -(-len(keys) // columns)
+    figure, axes = plt.subplots(rows, columns,
+                                figsize=(3.2 * columns, 2.8 * rows),
+                                squeeze=False, sharey=True)
+    for axis in axes.flat[len(keys):]:
+      axis.set_visible(False)
+    for axis, key in zip(axes.flat, keys):
+      xs = [m['values'][key] for m in members]
+      axis.scatter(xs, [100 * m['val_accuracy'] for m in members],
+                   c=[color(m) for m in members], s=22)
+      axis.set_xlabel(key)
+      if key in ('learning_rate', 'l2') and min(xs) > 0:
+        axis.set_xscale('log')
+        # The swept values as ticks, not powers of ten over each other.
+        axis.set_xticks(sorted(set(xs)), [f'{x:g}' for x in sorted(set(xs))])
+        axis.minorticks_off()
+      axis.grid(alpha=0.3)
+    for row in axes:
+      row[0].set_ylabel('best val. accuracy (%)')
+    figure.suptitle(f'{len(members)} members; best: member {best} '
+                    f'({describe(members[0]["values"])})', fontsize=8)
   figure.tight_layout()
   buffer = io.BytesIO()
   figure.savefig(buffer, format='png', dpi=110)

@@ -25,6 +25,7 @@ def test_one_device_mesh_and_pmap_train_the_same_model(eight_devices):
 
 
 def test_members_on_8_devices_train_what_one_device_trains(eight_devices):
+  """A sweep of 4 (multidevice/ensemble_model.py) on members x data meshes."""
   report = eight_devices['ensemble']['result']
   assert len(report) == 6
   for layout, r in report.items():
@@ -36,6 +37,10 @@ def test_members_on_8_devices_train_what_one_device_trains(eight_devices):
     assert r['loss'] < 5e-4, (layout, r)
     assert r['params']['beyond_1e-4'] < 0.05, (layout, r)
     assert r['batch_stats']['relative'] < 0.03, (layout, r)
+    # The members are a sweep's: their values travel with the state
+    # exactly, their moving averages drift as the parameters do.
+    assert r['hparams'] == 0, (layout, r)
+    assert r['ema']['beyond_1e-4'] < 0.05, (layout, r)
     if layout.startswith('side_by_side'):
       # Each member's parameters stay on their row of the mesh. (Vmapped,
       # XLA:CPU's partitioner gathers some of the grouped convolutions'

@@ -1,7 +1,13 @@
 """With 8 devices: trains an ensemble of 4 for a few steps from one state and
 batch on 1 device and on 8 devices (members x data meshes of 4x2, 2x4 and
 1x8), with the members side by side and vmapped; the largest differences
-from one device. Run by eight_devices.py for tests/test_ensemble.py."""
+from one device. Run by eight_devices.py for tests/test_ensemble.py.
+
+The ensemble is a sweep (learning rates, and weight averaging on two of
+the members): its members' values and moving averages are leaves of the
+state on the member axis, spread over the devices as the rest is."""
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -11,6 +17,7 @@ from digits_jax import ensemble
 from digits_jax import parallel
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
+from digits_jax import sweep
 from digits_jax import train
 from helpers import float_drift, max_difference
 
@@ -23,7 +30,11 @@ def run(devices: parallel.DataParallel, members: ensemble.Members, images,
         labels):
   config = config_checks.load_config('tiny')
   config.input_size = 28
-  config.num_models = NUM_MODELS
+  config.sweep = ('learning_rate=1e-3,2e-3,3e-3,4e-3 '
+                  'ema_decay=0,0,0.9,0.5 seed=0,1,2,3')
+  config.sweep_mode = 'zip'
+  config = sweep.apply(config)
+  assert config.num_models == NUM_MODELS
   stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
   # Compiled as the trainer compiles for this platform: on the CPU, Eigen's
   # convolutions. (XLA's default CPU convolutions, conv_impl='xla', gave
@@ -31,6 +42,8 @@ def run(devices: parallel.DataParallel, members: ensemble.Members, images,
   # Xeon with AVX-512, where Eigen's agree to 4e-6: docs/testing.md.)
   platform = platform_lib.current(config.conv_impl)
   model, tx, preprocess = recipe.build(config, stats, platform=platform)
+  members = dataclasses.replace(recipe.members(config, platform),
+                                vmapped=members.vmapped)
   init_key, shuffle_key, train_key = members.keys(0)
   state = members.create_train_state(model, tx, init_key, 28)
   chunk = train.train_program(config, model, tx, preprocess, members, devices,
@@ -63,6 +76,8 @@ def report() -> dict:
       results[f'{"vmap" if vmapped else "side_by_side"}_{member_devices}'] = {
           'params': float_drift(state.params, one.params),
           'batch_stats': float_drift(state.batch_stats, one.batch_stats),
+          'ema': float_drift(state.ema, one.ema),
+          'hparams': max_difference(state.hparams, one.hparams),
           'loss': max_difference(metrics['loss'], one_metrics['loss']),
           'loss_shape': list(np.shape(metrics['loss'])),
           'all_gather': hlo.count(' all-gather('),

@@ -133,8 +133,11 @@ def test_the_loop_reports_each_members_validation_loss_to_its_plateau(
   # of its members'.
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
                                       2, read_only=True)
+  # Each member's too, whence --member=best.
   assert manager.metrics(epoch['step']) == {
-      'val_accuracy': epoch['val_accuracy'], 'val_loss': epoch['val_loss']}
+      'val_accuracy': epoch['val_accuracy'], 'val_loss': epoch['val_loss'],
+      'member_val_accuracy': epoch['member_val_accuracy'],
+      'member_val_loss': epoch['member_val_loss']}
   assert epoch['val_loss'] not in epoch['member_val_loss']
 
 

@@ -98,12 +98,21 @@ document.getElementById('clear').addEventListener('click', () => {
 });
 
 function predictPad() {
-  pad.toBlob((blob) => predict(blob, 'the drawing'), 'image/png');
+  // A file chosen while the drawing is being encoded is the newer request.
+  const before = latest;
+  pad.toBlob((blob) => {
+    if (latest === before) predict(blob, 'the drawing');
+  }, 'image/png');
+}
+
+function predictFile(file) {
+  clearTimeout(pending);  // A drawing's prediction still waiting gives way.
+  predict(file, file.name);
 }
 
 document.getElementById('file').addEventListener('change', (event) => {
   const file = event.target.files[0];
-  if (file) predict(file, file.name);
+  if (file) predictFile(file);
   event.target.value = '';  // The same file again is a new choice.
 });
 
@@ -120,7 +129,7 @@ dropZone.addEventListener('drop', (event) => {
   event.preventDefault();
   dropZone.classList.remove('dragging');
   const file = event.dataTransfer.files[0];
-  if (file) predict(file, file.name);
+  if (file) predictFile(file);
 });
 
 async function predict(body, name) {

@@ -202,9 +202,8 @@ def _member_index(member: str, num_models: int, metrics: dict | None) -> int:
                       'members\' validation accuracy (written before it '
                       'did); name a member, --member=0 to '
                       f'{num_models - 1}')
-    accuracy, loss = (metrics['member_val_accuracy'],
-                      metrics['member_val_loss'])
-    return max(range(num_models), key=lambda j: (accuracy[j], -loss[j]))
+    return sweep.rank_members(metrics['member_val_accuracy'],
+                              metrics['member_val_loss'])[0]
   if not member.isdigit() or int(member) >= num_models:
     raise UserError(f'--member={member!r} must be best or a member\'s number, '
                     f'0 to {num_models - 1}')
@@ -280,9 +279,8 @@ def _top_members_ensemble(members: list[dict], val_logits, val_labels,
   """A sweep's members as an ensemble, chosen on validation only: the k
   best members by validation accuracy, k the one whose ensemble is best on
   validation (the fewer among equals); then its test accuracy."""
-  order = sorted(range(len(members)),
-                 key=lambda j: (-members[j]['val_accuracy'],
-                                members[j]['val_loss'], j))
+  order = sweep.rank_members([m['val_accuracy'] for m in members],
+                             [m['val_loss'] for m in members])
   def accuracy(logits, labels, chosen):
     return float((ensemble.combine(logits[chosen]).argmax(-1) == labels
                   ).mean())
@@ -295,8 +293,11 @@ def _top_members_ensemble(members: list[dict], val_logits, val_labels,
 
 
 def _member_table(members: list[dict]) -> str:
+  """The members best first by validation, with their test accuracy."""
+  order = sweep.rank_members([m['val_accuracy'] for m in members],
+                             [m['val_loss'] for m in members])
   rows = [f'  member {m["member"]:3d}  val {m["val_accuracy"]:.4f}  test '
           f'{m["accuracy"]:.4f}' + (f'  {sweep.describe(m["values"])}'
                                     if 'values' in m else '')
-          for m in sorted(members, key=lambda m: -m['val_accuracy'])]
+          for m in (members[j] for j in order)]
   return '\n'.join(rows)

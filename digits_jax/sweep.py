@@ -176,6 +176,15 @@ def member_seeds(config) -> list[int] | None:
   return [int(m.get('seed', config.seed)) for m in members]
 
 
+def rank_members(accuracies, losses) -> list[int]:
+  """Members best first by validation: the higher accuracy, then the lower
+  loss, then the lower number. The one order that the epoch's best member,
+  --member=best, the table below and eval's chosen ensemble share (an
+  ensemble's members too)."""
+  return sorted(range(len(accuracies)),
+                key=lambda j: (-accuracies[j], losses[j], j))
+
+
 # The results: from the run's own per-epoch records (reports.read_metrics).
 
 
@@ -192,8 +201,9 @@ def results(config, records: list[dict]) -> list[dict]:
     members.append({'member': j, 'values': values,
                     'val_accuracy': accuracy, 'val_loss': -negative_loss,
                     'epoch': epoch})
-  return sorted(members, key=lambda m: (-m['val_accuracy'], m['val_loss'],
-                                        m['member']))
+  order = rank_members([m['val_accuracy'] for m in members],
+                       [m['val_loss'] for m in members])
+  return [members[i] for i in order]
 
 
 def table(members: list[dict]) -> str:

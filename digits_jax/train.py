@@ -324,8 +324,8 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
           summary['images_per_sec'] * config.num_models,
           ' (all members)' if members.stacked else '')
       if is_sweep:
-        best = max(range(len(member_val)),
-                   key=lambda j: (member_val[j]['accuracy'], -losses[j]))
+        best = sweep.rank_members([m['accuracy'] for m in member_val],
+                                  losses)[0]
         log.info('  best member %d (%s): val loss %.4f acc %.4f', best,
                  sweep.describe(sweep.member_values(config)[best]),
                  losses[best], member_val[best]['accuracy'])

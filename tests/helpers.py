@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import pkgutil
 import socket
 import subprocess
 import sys
@@ -33,11 +34,27 @@ def env_without_project() -> dict:
   return dict(os.environ, PYTHONPATH=_python_path())
 
 
+def _our_deprecations_are_errors() -> str:
+  """PYTHONWARNINGS under which a DeprecationWarning or FutureWarning that
+  the project's own code triggers is an error, as pyproject.toml's
+  filterwarnings make it in the pytest process. The variable takes exact
+  module names, not patterns: every module of digits_jax, and `__main__`
+  (`python -m digits_jax.main`, a script)."""
+  import digits_jax  # pylint: disable=g-import-not-at-top
+  modules = ['__main__', 'digits_jax'] + [
+      info.name for info in pkgutil.walk_packages(digits_jax.__path__,
+                                                  'digits_jax.')]
+  return ','.join(f'error::{category}:{module}' for module in modules
+                  for category in ('DeprecationWarning', 'FutureWarning'))
+
+
 def cli_env(devices: int | None = None, **extra) -> dict:
   """The environment of a `digits_jax.main` subprocess: the project on the
-  path, the session's compilation cache (conftest.py) inherited, and
-  `devices` simulated CPU devices (None: one, whatever this process has)."""
-  env = dict(os.environ, PYTHONPATH=_python_path(ROOT), **extra)
+  path, the session's compilation cache (conftest.py) inherited, `devices`
+  simulated CPU devices (None: one, whatever this process has), and the
+  project's own deprecated calls errors."""
+  env = dict(os.environ, PYTHONPATH=_python_path(ROOT),
+             PYTHONWARNINGS=_our_deprecations_are_errors(), **extra)
   if devices is None:
     env.pop('XLA_FLAGS', None)
   else:

@@ -248,15 +248,17 @@ class Timed:
 
 def trainer_path(config, images, labels, batch, steps,
                  members: ensemble.Members | None = None,
-                 vmapped: bool = True) -> Timed:
+                 vmapped: bool = True,
+                 platform: platform_lib.Platform | None = None) -> Timed:
   """The trainer's own program (train.train_program) over `members` (one
   model by default; a sweep config's own members, in the `vmapped` form)
   on one device, compiled as platform.py decides for this backend and
   --conv_impl: the dataset on the device, `steps` model steps per dispatch
   under lax.scan (shared by the members, as the trainer shares them),
-  donated state, metrics read back once per dispatch."""
+  donated state, metrics read back once per dispatch. `platform`: other
+  choices than this backend's (scripts/experiments/cpu_choices.py)."""
   config = config.copy_and_resolve_references()
-  platform = platform_lib.current(_CONV_IMPL.value)
+  platform = platform or platform_lib.current(_CONV_IMPL.value)
   if sweep.is_sweep(config):
     members = dataclasses.replace(recipe.members(config, platform),
                                   vmapped=vmapped)

@@ -182,7 +182,7 @@ def check_same_recipe(meta: dict, config, directory) -> None:
 def restore_state(manager: ocp.CheckpointManager, step: int, target: Any):
   """Restores the train state onto the structure, dtypes and shardings of
   `target` (concrete or abstract arrays)."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  abstract = jax.tree.map(ocp.arrays.to_shape_dtype_struct, target)
   restored = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   return restored['state']

@@ -70,11 +70,17 @@ class DataParallel:
 
   @functools.cached_property
   def mesh(self) -> jax.sharding.Mesh:
+    """Axes of type Auto, named so rather than left to JAX's default (which
+    newer JAX moves towards Explicit): XLA's SPMD partitioner places the
+    collectives, and the step's code stays free of sharding types."""
     if self.ensemble:
-      return jax.sharding.Mesh(
-          np.asarray(self.devices).reshape(self.member_devices, -1),
-          (MEMBER_AXIS, AXIS))
-    return jax.sharding.Mesh(np.asarray(self.devices), (AXIS,))
+      devices, names = (np.asarray(self.devices).reshape(
+          self.member_devices, -1), (MEMBER_AXIS, AXIS))
+    else:
+      devices, names = np.asarray(self.devices), (AXIS,)
+    return jax.sharding.Mesh(
+        devices, names,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
   @property
   def _state_spec(self) -> P:
@@ -155,9 +161,13 @@ class DataParallel:
                          P(None, MEMBER_AXIS) if self.ensemble else P())
 
   def unreplicate(self, tree):
-    """One copy of replicated values (what checkpoints and eval take)."""
+    """One copy of replicated values (what checkpoints and eval take).
+
+    pmap's copies are read from the first device's own shard: indexing the
+    whole [devices, ...] array (`x[0]`) is, since pmap is built on
+    shard_map, a program over every device that gathers the slice."""
     if self.mode == 'pmap':
-      return jax.tree.map(lambda x: x[0], tree)
+      return jax.tree.map(lambda x: x.addressable_data(0)[0], tree)
     return tree
 
   def shard_batch_indices(self, batch_indices):

@@ -4,7 +4,7 @@ CPU devices (tests/multidevice/eight_devices.py, the session's
 
 import pytest
 
-pytestmark = pytest.mark.slow  # Reads a process's reports.
+pytestmark = [pytest.mark.slow, pytest.mark.across_jax]  # Reads a process's reports.
 
 
 def test_one_device_mesh_and_pmap_train_the_same_model(eight_devices):
@@ -16,8 +16,13 @@ def test_one_device_mesh_and_pmap_train_the_same_model(eight_devices):
     assert report[mode]['loss'] < 1e-4, report
     assert report[mode]['batch_stats'] < 1e-4, report
     # Adam's first steps move each weight by about lr = 1e-3 whatever the
-    # gradient's size, so last-bit differences show up at ~1e-4.
-    assert report[mode]['params'] < 3e-4, report
+    # gradient's size, so a weight whose gradient is near zero turns its
+    # last bits into differences of up to ~lr per step (helpers.float_drift;
+    # measured 1e-4 on JAX 0.10, 6.4e-4 on one weight on 0.12, whose
+    # all-reduce sums in another order); few weights may differ by more
+    # than 1e-4, where a wrong gradient moves almost all of them.
+    assert report[mode]['params'] < 3 * 1e-3, report
+    assert report[mode]['params_drift']['beyond_1e-4'] < 0.05, report
   # The mesh program all-reduces gradients and statistics and never
   # gathers the batch onto one device.
   assert report['mesh']['all_reduce'] > 0

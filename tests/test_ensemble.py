@@ -214,6 +214,7 @@ def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
 
 
 @pytest.mark.slow
+@pytest.mark.across_jax
 def test_two_hosts_train_the_ensemble_one_host_trains_and_it_moves_devices(
     tmp_path, mnist_data_dir):
   """Two processes of one CPU device each: each host holds one member and

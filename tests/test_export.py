@@ -16,7 +16,7 @@ from digits_jax import evaluation
 from digits_jax import input_pipeline
 from digits_jax import platform as platform_lib
 
-pytestmark = pytest.mark.slow  # The session's trained run; a process.
+pytestmark = [pytest.mark.slow, pytest.mark.across_jax]  # The session's trained run; a process.
 
 # Runs with nothing but jax and numpy importable from the project: the
 # artifact must not need digits_jax, flax or optax.

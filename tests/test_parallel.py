@@ -17,6 +17,7 @@ from helpers import launch_two_hosts, run_cli, run_main, tiny_final_state
 pytestmark = pytest.mark.slow  # Each test starts processes.
 
 
+@pytest.mark.across_jax
 def test_two_processes_train_the_model_one_process_trains_and_it_moves_devices(
     tmp_path, mnist_data_dir):
   """Two processes as two hosts against one process with 2 devices; that

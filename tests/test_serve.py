@@ -31,7 +31,7 @@ from digits_jax import platform as platform_lib
 from digits_jax import predict
 from digits_jax import serve
 
-pytestmark = pytest.mark.slow  # Serves a trained model; starts a browser.
+pytestmark = [pytest.mark.slow, pytest.mark.across_jax]  # Serves a trained model; starts a browser.
 
 # A short client timeout, so that the slow-client tests take a second.
 CLIENT_TIMEOUT_S = 1.0

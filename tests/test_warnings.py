@@ -35,6 +35,7 @@ def test_a_library_warning_about_its_own_internals_passes(module):
 
 
 @pytest.mark.slow
+@pytest.mark.across_jax
 def test_a_deprecated_call_from_our_code_fails_a_started_process():
   script = ('import warnings; warnings.warn_explicit("old", {}, "f.py", 1, '
             'module="{}")')

@@ -64,13 +64,15 @@ class Choices(platform_lib.Platform):
 
   @property
   def compiler_options(self):
-    """OPTIONS[name], or name+TYPE+TYPE...: YNNPACK takes the reductions
-    and the fusion types named (DOT, INDIVIDUAL_DOT, ELTWISE, ...)."""
-    name, *types = self.options.split('+')
-    if not types:
-      return OPTIONS[name]
-    return {_YNN: ','.join(f'LIBRARY_FUSION_TYPE_{t}'
-                           for t in ['REDUCE', *types])}
+    """OPTIONS[name], or ynn+TYPE+TYPE...: YNNPACK takes the reductions
+    and the fusion types named (DOT, INDIVIDUAL_DOT, ELTWISE, ...); either
+    followed by @flag=value@... for more XLA options."""
+    name, *extra = self.options.split('@')
+    name, *types = name.split('+')
+    options = dict(OPTIONS[name] or {}) if not types else {
+        _YNN: ','.join(f'LIBRARY_FUSION_TYPE_{t}' for t in ['REDUCE', *types])}
+    options.update(item.split('=', 1) for item in extra)
+    return options or None
 
   @property
   def cpu_weight_gradients(self) -> bool:

@@ -11,7 +11,7 @@ from digits_jax import platform as platform_lib
 from digits_jax import recipe
 from digits_jax import steps
 from digits_jax import train
-from helpers import max_difference
+from helpers import float_drift, max_difference
 
 STEPS, BATCH = 3, 32
 
@@ -56,6 +56,7 @@ def report() -> dict:
                               images, labels, batches)
     results[mode] = {
         'params': max_difference(state.params, one.params),
+        'params_drift': float_drift(state.params, one.params),
         'batch_stats': max_difference(state.batch_stats, one.batch_stats),
         'loss': max_difference(metrics['loss'], one_metrics['loss']),
         'step': int(state.step),

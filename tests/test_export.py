@@ -2,14 +2,16 @@
 jax install loads and calls."""
 
 import json
+import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from scipy import special
 
-from helpers import assert_one_line_error, env_without_project, run_main
+from helpers import ROOT, assert_one_line_error, cli_env, env_without_project, run_main
 
 from digits_jax import config_checks
 from digits_jax import evaluation
@@ -93,3 +95,38 @@ def test_export_without_a_checkpoint_or_output_is_one_line(tmp_path,
       run_main('--config=configs/tiny.py', f'--workdir={workdir}',
                '--mode=export', f'--output={blocked}/digits.jax'),
       'cannot write --output')
+
+
+def test_an_artifact_the_oldest_supported_jax_exported_loads_here(
+    cli_run, mnist_data_dir, tmp_path):
+  """The compatibility the README states: jax.export loads what a JAX up to
+  about six months older serialized, so an artifact exported by the
+  oldest JAX this project supports (JAX 0.10, on Python 3.11) runs on the
+  newest. `DIGITS_JAX_FLOOR_PYTHON` names that Python, with the project
+  installed; .ci/run sets it for the newest end's run."""
+  floor = os.environ.get('DIGITS_JAX_FLOOR_PYTHON')
+  if not floor:
+    pytest.skip('DIGITS_JAX_FLOOR_PYTHON is not set (.ci/run sets it)')
+  version = lambda python: subprocess.run(
+      [python, '-c', 'import jax; print(jax.__version__)'], env=cli_env(),
+      capture_output=True, text=True, check=True).stdout.strip()
+  older = version(floor)
+  assert older != jax.__version__, f'the floor runs this JAX ({older})'
+  workdir, common, _ = cli_run
+  output = tmp_path / 'digits.jax'
+  result = subprocess.run(
+      [floor, '-m', 'digits_jax.main', *common, '--mode=export',
+       f'--output={output}'], cwd=ROOT, env=cli_env(), capture_output=True,
+      text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  config = config_checks.load_config('tiny')
+  config.data_dir = mnist_data_dir
+  digits = input_pipeline.load_splits(config).test_images[:20]
+  predict = jax.export.deserialize(bytearray(output.read_bytes()))
+  probabilities = np.asarray(predict.call(digits))
+  restored = evaluation.restore_best(config, workdir, platform_lib.current())
+  want = special.softmax(
+      restored.evaluator(config).logits(restored.state, digits), axis=-1)
+  np.testing.assert_allclose(probabilities, want, atol=1e-5,
+                             err_msg=f'exported by jax {older}')

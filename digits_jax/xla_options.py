@@ -30,6 +30,10 @@ In the whole train step that measured 1.04-1.10x at 28x28/batch 128 and
 The options are set on each program (`jax.jit(..., compiler_options=...)`),
 not process-wide, so that other programs in the process, such as the
 benchmark's reference, keep XLA's defaults.
+
+Measured again on jaxlib 0.12 (`scripts/experiments/cpu_choices.py`, each
+choice against its alternatives in the whole step): every one still wins
+there, so both versions take the same options (docs/performance.md).
 """
 
 import functools

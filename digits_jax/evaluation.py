@@ -1,27 +1,23 @@
 """Evaluation: compiled inference over a split, the classification report,
-and the best checkpoint restored and reported on the test set."""
+and a trained run's best checkpoint (restore.py) reported on the test set."""
 
-import dataclasses
 import functools
 import json
 import logging
 import os
-from typing import Any
 
 from etils import epath
 import jax
 import numpy as np
 from scipy import special
 
-from digits_jax import checkpoint
 from digits_jax import ensemble
 from digits_jax import input_pipeline
 from digits_jax import paths
-from digits_jax import recipe
 from digits_jax import reports
+from digits_jax import restore
 from digits_jax import steps
 from digits_jax import sweep
-from digits_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +61,19 @@ def member_variables(state: steps.TrainState,
   return members.unstack(jax.device_get(state.inference_variables()))
 
 
+def evaluator(restored: restore.Restored, config) -> Evaluator:
+  """Inference for a restored run's model, compiled as training's."""
+  return Evaluator(restored.model, restored.preprocess,
+                   config.eval_batch_size, restored.compiler_options)
+
+
+def restored_logits(restored: restore.Restored, config,
+                    images: np.ndarray) -> np.ndarray:
+  """[K, N, C]: each member's logits for uint8 digits [N, 28, 28]."""
+  return evaluator(restored, config).member_logits(
+      restored.state, images, restored.members)
+
+
 def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:
   """Loss, accuracy, per-class accuracy and the confusion matrix."""
   log_probs = special.log_softmax(logits, axis=-1)
@@ -103,123 +112,16 @@ def ensemble_report(member_logits: np.ndarray, labels: np.ndarray) -> dict:
   return report
 
 
-@dataclasses.dataclass(frozen=True)
-class Restored:
-  state: steps.TrainState
-  model: Any
-  preprocess: steps.Preprocess
-  meta: dict
-  step: int
-  members: ensemble.Members
-  # What it is compiled for (restore_best's).
-  compiler_options: dict | None
-
-  def evaluator(self, config) -> Evaluator:
-    """Inference for this checkpoint's model, compiled as training's."""
-    return Evaluator(self.model, self.preprocess, config.eval_batch_size,
-                     self.compiler_options)
-
-  def member_logits(self, config, images: np.ndarray) -> np.ndarray:
-    """[K, N, C]: each member's logits for uint8 digits [N, 28, 28]."""
-    return self.evaluator(config).member_logits(self.state, images,
-                                                self.members)
-
-
-def open_checkpoints(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
-  """A read-only manager of the checkpoints in `workdir`; a one-line error
-  where there are none."""
-  workdir = paths.resolve(os.fspath(workdir))
-  directory = workdir / 'checkpoints'
-  if not directory.exists():
-    raise UserError(f'no checkpoints in {workdir}; train first or point '
-                    '--workdir at a training run')
-  manager = checkpoint.create_manager(directory, checkpoints_to_keep,
-                                      read_only=True)
-  if not checkpoint.best_first(manager):
-    raise UserError(f'no complete checkpoint in {directory}; train first')
-  return manager
-
-
-def best_checkpoint(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
-  """(manager, step, metadata) of the best checkpoint in `workdir` whose
-  record reads, read only."""
-  manager = open_checkpoints(workdir, checkpoints_to_keep)
-  for step in checkpoint.best_first(manager):
-    try:
-      return manager, step, checkpoint.read_meta(manager, step)
-    except Exception:  # pylint: disable=broad-except
-      continue  # restore_best names it; here the record alone matters.
-  raise UserError(f'no checkpoint record in {workdir} reads; use a fresh '
-                  '--workdir')
-
-
-def restore_best(config, workdir: epath.PathLike, platform,
-                 member: str = '') -> Restored:
-  """The best checkpoint in `workdir` that restores, on this process's
-  devices (a damaged one is passed over for the next best, with a
-  warning), built and compiled for `platform` (platform.py).
-
-  `member`: '' for all its members (an ensemble, a sweep); 'best' for the
-  member with the best validation accuracy at that checkpoint; or a
-  member's number.
-  """
-  config = sweep.apply(config)
-  workdir = paths.resolve(os.fspath(workdir))
-  manager = open_checkpoints(workdir, config.checkpoints_to_keep)
-  # The state's shapes do not depend on the standardization constants.
-  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
-                              platform)
-  members = recipe.members(config, platform)
-  step, meta, state, _ = checkpoint.restore_first(
-      manager, checkpoint.best_first(manager),
-      members.abstract_train_state(model, tx, config.input_size),
-      workdir / 'checkpoints',
-      check=lambda meta: checkpoint.check_compatible(meta, config, workdir))
-  model, _, preprocess = recipe.build(config, meta, platform)
-  if member:
-    index = _member_index(member, members.num_models,
-                          checkpoint.read_metrics(workdir / 'checkpoints',
-                                                  step))
-    log.info('Member %d of %d (%s).', index, members.num_models,
-             'the best by validation accuracy' if member == 'best'
-             else 'as asked')
-    if members.stacked:
-      state = ensemble.member_of(state, index)
-    members = ensemble.Members(vmapped=members.vmapped, ema=members.ema)
-  return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
-                  step=int(step), members=members,
-                  compiler_options=platform.compiler_options)
-
-
-def _member_index(member: str, num_models: int, metrics: dict | None) -> int:
-  """--member's number: 'best' by the checkpoint's own record of each
-  member's validation accuracy (the lower loss among equals)."""
-  if member == 'best':
-    if num_models == 1:
-      return 0
-    if not metrics or 'member_val_accuracy' not in metrics:
-      raise UserError('--member=best: this checkpoint does not record its '
-                      'members\' validation accuracy (written before it '
-                      'did); name a member, --member=0 to '
-                      f'{num_models - 1}')
-    return sweep.rank_members(metrics['member_val_accuracy'],
-                              metrics['member_val_loss'])[0]
-  if not member.isdigit() or int(member) >= num_models:
-    raise UserError(f'--member={member!r} must be best or a member\'s number, '
-                    f'0 to {num_models - 1}')
-  return int(member)
-
-
 def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
                         splits=None) -> dict:
   """Evaluates the best checkpoint in `workdir` on the official test set and
   writes `eval_test.json` and the report pictures beside it."""
   config = sweep.apply(config)
   workdir = paths.resolve(os.fspath(workdir))
-  restored = restore_best(config, workdir, platform)
+  restored = restore.restore_best(config, workdir, platform)
   if splits is None:
     splits = input_pipeline.load_splits(config)
-  member_logits = restored.member_logits(config, splits.test_images)
+  member_logits = restored_logits(restored, config, splits.test_images)
   report = ensemble_report(member_logits, splits.test_labels)
   if restored.members.stacked:
     _add_member_validation(report, config, restored, splits, member_logits)
@@ -256,12 +158,12 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
   return report
 
 
-def _add_member_validation(report: dict, config, restored: Restored,
+def _add_member_validation(report: dict, config, restored: restore.Restored,
                            splits, test_logits) -> None:
   """Each member's validation accuracy and loss beside its test figures
   (and a sweep member's values): which member validation would choose,
   and how its choice fares on the test set."""
-  val_logits = restored.member_logits(config, splits.val_images)
+  val_logits = restored_logits(restored, config, splits.val_images)
   values = sweep.member_values(config)
   for j, entry in enumerate(report['members']):
     val = classification_report(val_logits[j], splits.val_labels)

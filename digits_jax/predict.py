@@ -106,13 +106,14 @@ def predict_files(config, workdir: str, specs: list[str],
   import sys  # pylint: disable=g-import-not-at-top
   from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from digits_jax import restore  # pylint: disable=g-import-not-at-top
 
   digits, errors = load_images(specs)
   results = []
   if digits:
-    restored = evaluation.restore_best(config, workdir, platform, member)
-    member_logits = restored.member_logits(config,
-                                           np.stack([d for _, d in digits]))
+    restored = restore.restore_best(config, workdir, platform, member)
+    member_logits = evaluation.restored_logits(
+        restored, config, np.stack([d for _, d in digits]))
     # An ensemble predicts the mean of its members' probabilities.
     probabilities = np.exp(ensemble.combine(member_logits))
     agreeing = ensemble.agreement(member_logits)

@@ -1,5 +1,5 @@
-"""What a config describes, built once for every caller: the model, the
-optimizer, the preprocessing and the train step.
+"""What a config describes, built once for every caller: the model and the
+optimizer (the config's), the preprocessing (the data's) and the train step.
 
 The trainer, evaluation, predict, export, the benchmark, the profiles and
 the tests all build through here, so that none of them can drift from what
@@ -20,14 +20,12 @@ from digits_jax import steps
 from digits_jax import sweep
 
 
-def build(config, pixel_stats: dict, platform: platform_lib.Platform,
-          axis_name=None, total_steps: int = 0):
-  """Model, optimizer and preprocessing as the config says, for `platform`.
+def build(config, platform: platform_lib.Platform, axis_name=None,
+          total_steps: int = 0):
+  """What the config decides: the model and the optimizer, for `platform`.
 
-  `pixel_stats`: the training split's 'pixel_mean' and 'pixel_std' (a
-  checkpoint's record holds them). `total_steps` sets the length of a
-  step-driven LR schedule; evaluation leaves it out (only the optimizer
-  state's structure matters there).
+  `total_steps` sets the length of a step-driven LR schedule; restoring
+  leaves it out (only the optimizer state's structure matters there).
   """
   dtype = jnp.dtype(config.compute_dtype)
   extra = ({'dropout_rate': config.dropout_rate}
@@ -38,14 +36,20 @@ def build(config, pixel_stats: dict, platform: platform_lib.Platform,
                             if platform.cpu_weight_gradients else None),
       **extra)
   tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
-  preprocess = steps.Preprocess(
+  return model, tx
+
+
+def preprocessing(config, pixel_stats: dict) -> steps.Preprocess:
+  """What the data decides: the standardization by the training split's
+  'pixel_mean' and 'pixel_std' (a checkpoint's record holds them), with the
+  config's augmentation."""
+  return steps.Preprocess(
       input_size=config.input_size,
       pixel_mean=pixel_stats['pixel_mean'],
       pixel_std=pixel_stats['pixel_std'],
       rotation_degrees=config.rotation_degrees,
       zoom_range=config.zoom_range, shift_range=config.shift_range,
       elastic_alpha=config.elastic_alpha, elastic_sigma=config.elastic_sigma)
-  return model, tx, preprocess
 
 
 def members(config, platform: platform_lib.Platform) -> ensemble.Members:

@@ -33,6 +33,7 @@ from digits_jax import digit_image
 from digits_jax import ensemble
 from digits_jax import evaluation
 from digits_jax import predict
+from digits_jax import restore
 from digits_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Predictor:
   """The best checkpoint of a run, predicting one digit at a time."""
 
   def __init__(self, config, workdir, platform, member: str = ''):
-    restored = evaluation.restore_best(config, workdir, platform, member)
+    restored = restore.restore_best(config, workdir, platform, member)
     # Host copies of the members' weights, taken once, not per request.
     self._variables = evaluation.member_variables(restored.state,
                                                   restored.members)

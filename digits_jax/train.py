@@ -157,8 +157,8 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
   total_steps = steps_per_epoch * config.num_epochs
   if config.num_train_steps > 0:
     total_steps = min(total_steps, config.num_train_steps)
-  model, tx, preprocess = recipe.build(config, data_stats, platform,
-                                       devices.axis_name, total_steps)
+  model, tx = recipe.build(config, platform, devices.axis_name, total_steps)
+  preprocess = recipe.preprocessing(config, data_stats)
   members = recipe.members(config, platform)
   # Each member's own config: the single run it is (a sweep's values), for
   # the logs' learning rates.

@@ -265,8 +265,8 @@ def trainer_path(config, images, labels, batch, steps,
   members = members or ensemble.Members()
   config.num_models = members.num_models
   total_steps = 10_000  # A one-cycle schedule's length; any will do.
-  model, tx, preprocess = recipe.build(config, PIXEL_STATS, platform,
-                                       total_steps=total_steps)
+  model, tx = recipe.build(config, platform, total_steps=total_steps)
+  preprocess = recipe.preprocessing(config, PIXEL_STATS)
   init_key, shuffle_key, train_key = members.keys(0)
   devices = parallel.DataParallel('mesh', tuple(jax.devices()[:1]),
                                   member_devices=int(members.stacked))
@@ -308,8 +308,8 @@ def trainer_path(config, images, labels, batch, steps,
 
 
 def reference_path(config, images, labels, batch, steps) -> Timed:
-  model, tx, preprocess = recipe.build(
-      config, PIXEL_STATS, platform_lib.current(_CONV_IMPL.value))
+  model, tx = recipe.build(config, platform_lib.current(_CONV_IMPL.value))
+  preprocess = recipe.preprocessing(config, PIXEL_STATS)
   if config.model == 'improved_lenet':
     model = ReferenceImprovedLeNet()  # The same function (check_reference).
   state = steps_lib.create_train_state(model, tx, jax.random.key(0),
@@ -361,8 +361,7 @@ def main(argv):
 
   trainer_platform = platform_lib.current(_CONV_IMPL.value)
   reference_difference = (
-      check_reference(recipe.build(config, PIXEL_STATS,
-                                   platform=trainer_platform)[0],
+      check_reference(recipe.build(config, trainer_platform)[0],
                       trainer_platform)
       if config.model == 'improved_lenet' and
       config.compute_dtype == 'float32' else {})

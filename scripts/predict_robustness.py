@@ -40,18 +40,20 @@ def main(argv):
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   from digits_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+  from digits_jax import restore  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS['verbosity'].present:  # Orbax's and TFDS's INFO lines.
     absl_logging.set_verbosity(absl_logging.WARNING)
   config = _CONFIG.value
   config.max_test_examples = _NUM_DIGITS.value
   splits = input_pipeline.load_splits(config)
   digits, labels = splits.test_images, splits.test_labels
-  restored = evaluation.restore_best(
+  restored = restore.restore_best(
       config, _WORKDIR.value, platform_lib.current(config.conv_impl))
 
   def accuracy(images):
     predicted = ensemble.combine(
-        restored.member_logits(config, np.stack(images))).argmax(-1)
+        evaluation.restored_logits(restored, config, np.stack(images))
+    ).argmax(-1)
     return predicted
 
   plain = float((accuracy(list(digits)) == labels).mean())

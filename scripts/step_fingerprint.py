@@ -37,9 +37,9 @@ def main():
   args = parser.parse_args()
   config = runpy.run_path(args.config)['get_config']()
   platform = platform_lib.current(config.conv_impl)
-  model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6}, platform,
-      total_steps=100)
+  model, tx = recipe.build(config, platform, total_steps=100)
+  preprocess = recipe.preprocessing(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
   members = recipe.members(config, platform)
   init_key, shuffle_key, train_key = members.keys(config.seed)
   state = members.create_train_state(model, tx, init_key, config.input_size)

@@ -131,8 +131,7 @@ def latest_checkpoint(config, workdir, platform=None):
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import recipe  # pylint: disable=g-import-not-at-top
   platform = platform or platform_lib.current(config.conv_impl)
-  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
-                              platform)
+  model, tx = recipe.build(config, platform)
   members = recipe.members(config, platform)
   target = members.abstract_train_state(model, tx, config.input_size)
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),

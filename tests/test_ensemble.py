@@ -20,6 +20,7 @@ from digits_jax import checkpoint
 from digits_jax import config_checks
 from digits_jax import ensemble
 from digits_jax import evaluation
+from digits_jax import restore
 from digits_jax import optim
 from digits_jax import platform as platform_lib
 from digits_jax import steps
@@ -151,7 +152,7 @@ def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
   config = config_checks.load_config('tiny')
   config.data_dir = mnist_data_dir
   config.num_models = 3
-  restored = evaluation.restore_best(config, workdir, platform_lib.current())
+  restored = restore.restore_best(config, workdir, platform_lib.current())
   from digits_jax import input_pipeline
   splits = input_pipeline.load_splits(config)
   # Reference: each member's model.apply, then NumPy.
@@ -200,8 +201,8 @@ def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
   assert result.returncode == 0, result.stderr[-3000:]
   predictions = json.loads(output.read_text())['predictions']
   config.num_models = 3
-  restored = evaluation.restore_best(config, workdir, platform_lib.current())
-  member_logits = restored.member_logits(config, digits)
+  restored = restore.restore_best(config, workdir, platform_lib.current())
+  member_logits = evaluation.restored_logits(restored, config, digits)
   expected = np.exp(ensemble.combine(member_logits))
   for p, want, logits in zip(predictions, expected,
                              np.swapaxes(member_logits, 0, 1)):

@@ -15,6 +15,7 @@ from helpers import ROOT, assert_one_line_error, cli_env, env_without_project, r
 
 from digits_jax import config_checks
 from digits_jax import evaluation
+from digits_jax import restore
 from digits_jax import input_pipeline
 from digits_jax import platform as platform_lib
 
@@ -68,8 +69,9 @@ def test_a_plain_jax_process_predicts_what_eval_computes(exported, tmp_path):
   assert 'cpu' in loaded['platforms'] and loaded['dtype'] == 'float32'
   probabilities = np.asarray(loaded['probabilities'])
 
-  restored = evaluation.restore_best(config, workdir, platform_lib.current())
-  logits = restored.evaluator(config).logits(restored.state, digits)
+  restored = restore.restore_best(config, workdir, platform_lib.current())
+  logits = evaluation.evaluator(restored, config).logits(restored.state,
+                                                         digits)
   want = special.softmax(logits, axis=-1)
   np.testing.assert_allclose(probabilities, want, atol=1e-5)
   labels = splits.test_labels[:50]
@@ -125,8 +127,9 @@ def test_an_artifact_the_oldest_supported_jax_exported_loads_here(
   digits = input_pipeline.load_splits(config).test_images[:20]
   predict = jax.export.deserialize(bytearray(output.read_bytes()))
   probabilities = np.asarray(predict.call(digits))
-  restored = evaluation.restore_best(config, workdir, platform_lib.current())
+  restored = restore.restore_best(config, workdir, platform_lib.current())
   want = special.softmax(
-      restored.evaluator(config).logits(restored.state, digits), axis=-1)
+      evaluation.evaluator(restored, config).logits(restored.state, digits),
+      axis=-1)
   np.testing.assert_allclose(probabilities, want, atol=1e-5,
                              err_msg=f'exported by jax {older}')

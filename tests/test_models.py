@@ -189,8 +189,7 @@ def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl,
                                                                backend):
   config = config_checks.load_config('improved')
   config.conv_impl = conv_impl
-  model, _, _ = recipe.build(config, {'pixel_mean': 33.3, 'pixel_std': 78.6},
-                            platform=platform_lib.Platform(backend, conv_impl))
+  model, _ = recipe.build(config, platform_lib.Platform(backend, conv_impl))
   cpu_form = backend == 'cpu' and conv_impl != 'xla'
   assert model.conv_general_dilated is (
       cpu_kernels.conv_with_cpu_weight_gradient if cpu_form else None)
@@ -260,8 +259,9 @@ def test_train_build_passes_the_config_to_the_model_and_preprocessing():
       'dropout_rate': 0.4, 'rotation_degrees': 7.0, 'zoom_range': 0.05,
       'shift_range': 0.15, 'input_size': 28, 'elastic_alpha': 20.0,
       'elastic_sigma': 3.5})
-  model, _, preprocess = recipe.build(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6}, platform_lib.current())
+  model, _ = recipe.build(config, platform_lib.current())
+  preprocess = recipe.preprocessing(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
   assert model.dropout_rate == 0.4
   assert (preprocess.input_size, preprocess.rotation_degrees,
           preprocess.zoom_range, preprocess.shift_range,

@@ -25,6 +25,8 @@ from digits_jax import ensemble
 from digits_jax import optim
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
+from digits_jax import evaluation
+from digits_jax import restore
 from digits_jax import steps
 from digits_jax import sweep
 from digits_jax import train
@@ -135,9 +137,9 @@ def _steps_of(config, num_steps, batch_size=8):
   """`num_steps` jitted train steps of `config` on MNIST-shaped noise:
   the initial state and the state after each step."""
   platform = platform_lib.current(config.conv_impl)
-  model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6}, platform,
-      total_steps=num_steps)
+  model, tx = recipe.build(config, platform, total_steps=num_steps)
+  preprocess = recipe.preprocessing(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
   members = recipe.members(config, platform)
   init_key, _, train_key = members.keys(config.seed)
   state = members.create_train_state(model, tx, init_key, config.input_size)
@@ -236,9 +238,9 @@ def test_one_compilation_serves_every_value(tiny_config):
                          model='lenet5', dropout_rate=0.0, input_size=28)
   platform = platform_lib.current()
   devices = train.parallel_lib.create(config)
-  model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6}, platform,
-      total_steps=10)
+  model, tx = recipe.build(config, platform, total_steps=10)
+  preprocess = recipe.preprocessing(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
   members = recipe.members(config, platform)
   init_key, shuffle_key, train_key = members.keys(config.seed)
   program = train.train_program(config, model, tx, preprocess, members,
@@ -334,21 +336,23 @@ def test_the_sweep_writes_its_table_and_picture(sweep_run):
 def test_predict_and_export_take_the_best_member_or_a_named_one(sweep_run,
                                                                 tmp_path):
   config, workdir = sweep_run
-  from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from digits_jax import checkpoint  # pylint: disable=g-import-not-at-top
   platform = platform_lib.current()
-  everyone = evaluation.restore_best(config, workdir, platform)
-  metrics = evaluation.checkpoint.read_metrics(
+  everyone = restore.restore_best(config, workdir, platform)
+  metrics = checkpoint.read_metrics(
       os.path.join(workdir, 'checkpoints'), everyone.step)
   best = int(np.argmax(metrics['member_val_accuracy']))
   digits = np.random.default_rng(1).integers(0, 256, (3, 28, 28), np.uint8)
-  all_logits = everyone.member_logits(config, digits)
-  chosen = evaluation.restore_best(config, workdir, platform, 'best')
+  all_logits = evaluation.restored_logits(everyone, config, digits)
+  chosen = restore.restore_best(config, workdir, platform, 'best')
   assert not chosen.members.stacked
-  np.testing.assert_allclose(chosen.member_logits(config, digits)[0],
-                             all_logits[best], rtol=1e-5, atol=1e-5)
-  named = evaluation.restore_best(config, workdir, platform, '2')
-  np.testing.assert_allclose(named.member_logits(config, digits)[0],
-                             all_logits[2], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      evaluation.restored_logits(chosen, config, digits)[0],
+      all_logits[best], rtol=1e-5, atol=1e-5)
+  named = restore.restore_best(config, workdir, platform, '2')
+  np.testing.assert_allclose(
+      evaluation.restored_logits(named, config, digits)[0],
+      all_logits[2], rtol=1e-5, atol=1e-5)
   result = run_main('--config=configs/tiny.py',
                     f'--config.data_dir={config.data_dir}',
                     f'--config.sweep={config.sweep}', f'--workdir={workdir}',

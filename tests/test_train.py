@@ -30,8 +30,9 @@ PLATFORM = platform_lib.current()
 def _setup(input_size=28):
   config = config_checks.load_config('improved')
   config.input_size = input_size
-  model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.0, 'pixel_std': 78.0}, PLATFORM)
+  model, tx = recipe.build(config, PLATFORM)
+  preprocess = recipe.preprocessing(
+      config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
   state = steps.create_train_state(model, tx, jax.random.key(0), input_size)
   step_fn = recipe.train_step_fn(config, model, tx, preprocess)
   return state, step_fn
@@ -222,8 +223,7 @@ def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
 
 
 def _target(config):
-  model, tx, _ = recipe.build(config, {'pixel_mean': 0.0, 'pixel_std': 1.0},
-                              PLATFORM)
+  model, tx = recipe.build(config, PLATFORM)
   return steps.create_train_state(model, tx, jax.random.key(0),
                                   config.input_size)
 
@@ -247,8 +247,9 @@ def _one_batch_setup(**overrides):
   config = config_checks.load_config('improved')
   config.input_size = 28
   config.update(overrides)
-  model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.0, 'pixel_std': 78.0}, PLATFORM)
+  model, tx = recipe.build(config, PLATFORM)
+  preprocess = recipe.preprocessing(
+      config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
   state = steps.create_train_state(model, tx, jax.random.key(0), 28)
   step_fn = jax.jit(recipe.train_step_fn(config, model, tx, preprocess))
   rng = np.random.default_rng(0)

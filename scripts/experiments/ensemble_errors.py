@@ -59,6 +59,7 @@ def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.ERROR)
   from digits_jax import evaluation
+  from digits_jax import restore
   from digits_jax import input_pipeline
   from digits_jax import platform as platform_lib
 
@@ -67,10 +68,11 @@ def main(argv):
     config = trained_config(workdir)
     if _DATA_DIR.value is not None:
       config.data_dir = _DATA_DIR.value
-    restored = evaluation.restore_best(
+    restored = restore.restore_best(
         config, workdir, platform_lib.current(config.conv_impl))
     splits = input_pipeline.load_splits(config)
-    member_logits = restored.member_logits(config, splits.test_images)
+    member_logits = evaluation.restored_logits(restored, config,
+                                               splits.test_images)
     labels = splits.test_labels
     report = evaluation.ensemble_report(member_logits, labels)
     runs.append({

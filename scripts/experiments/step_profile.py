@@ -59,9 +59,9 @@ def main(argv):
   batch, size = _BATCH.value, int(_INPUT_SIZE.value)
   config = config_checks.load_config('improved')
   config.input_size, config.conv_impl = size, _CONV_IMPL.value
-  model, tx, preprocess = recipe.build(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6},
-      platform_lib.current(config.conv_impl))
+  model, tx = recipe.build(config, platform_lib.current(config.conv_impl))
+  preprocess = recipe.preprocessing(
+      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
   state = steps.create_train_state(model, tx, jax.random.key(0), size)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (batch, 28, 28), np.uint8))

@@ -71,11 +71,12 @@ def main(argv):
   from digits_jax import evaluation
   from digits_jax import input_pipeline
   from digits_jax import platform as platform_lib
+  from digits_jax import restore
 
   config = trained_config(_WORKDIR.value)
   if _DATA_DIR.value is not None:
     config.data_dir = _DATA_DIR.value
-  restored = evaluation.restore_best(
+  restored = restore.restore_best(
       config, _WORKDIR.value, platform_lib.current(config.conv_impl))
   splits = input_pipeline.load_splits(config)
 
@@ -83,7 +84,8 @@ def main(argv):
   for split, images, labels in (
       ('validation', splits.val_images, splits.val_labels),
       ('test', splits.test_images, splits.test_labels)):
-    logits = {name: restored.member_logits(config, transformed(images, view))
+    logits = {name: evaluation.restored_logits(restored, config,
+                                               transformed(images, view))
               for name, view in VIEWS.items()}
 
     def ensemble_accuracy(names):

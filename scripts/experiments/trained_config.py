@@ -13,9 +13,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 def trained_config(workdir: str) -> ml_collections.ConfigDict:
   """The config the best checkpoint in `workdir` was written with, over
   configs/improved.py's defaults (for keys added after it was written)."""
-  from digits_jax import evaluation
+  from digits_jax import restore
   from digits_jax.errors import UserError
-  _, _, meta = evaluation.best_checkpoint(workdir)
+  _, _, meta = restore.best_checkpoint(workdir)
   config = meta.get('config')
   if config is None:
     raise UserError(f'the checkpoint in {workdir} does not record its '

@@ -41,7 +41,8 @@ def run(devices: parallel.DataParallel, members: ensemble.Members, images,
   # member 3 of the 1x8 layout a loss 5e-3 off after 2 steps on an Intel
   # Xeon with AVX-512, where Eigen's agree to 4e-6: docs/testing.md.)
   platform = platform_lib.current(config.conv_impl)
-  model, tx, preprocess = recipe.build(config, stats, platform=platform)
+  model, tx = recipe.build(config, platform)
+  preprocess = recipe.preprocessing(config, stats)
   members = dataclasses.replace(recipe.members(config, platform),
                                 vmapped=members.vmapped)
   init_key, shuffle_key, train_key = members.keys(0)

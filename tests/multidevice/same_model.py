@@ -25,8 +25,8 @@ def run(devices: parallel.DataParallel, images, labels, batches):
   # differ by more than the tolerance (1e-3 in the loss after 3 steps).
   config.conv_impl = 'xla'
   platform = platform_lib.current(config.conv_impl)
-  model, tx, preprocess = recipe.build(config, stats, platform,
-                                       devices.axis_name)
+  model, tx = recipe.build(config, platform, devices.axis_name)
+  preprocess = recipe.preprocessing(config, stats)
   members = recipe.members(config, platform)
   state = members.create_train_state(model, tx, jax.random.key(0), 28)
   chunk = train.train_program(config, model, tx, preprocess, members, devices,

@@ -87,7 +87,7 @@ def get_config():
   config.min_learning_rate = 1e-6
 
   # An ensemble of num_models improved LeNets trained together in one
-  # compiled step (digits_jax/ensemble.py); member i is the single run with
+  # compiled step (digits_jax/members.py); member i is the single run with
   # seed + i. Evaluated and predicted as the mean of their probabilities.
   config.num_models = 1
   # Devices along the members' axis of the mesh; 0: as many as divide both

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 from scipy import special
 
-from digits_jax import ensemble
 from digits_jax import input_pipeline
+from digits_jax import members as members_lib
 from digits_jax import paths
 from digits_jax import reports
 from digits_jax import restore
@@ -34,10 +34,10 @@ class Evaluator:
 
   def logits(self, state: steps.TrainState, images: np.ndarray) -> np.ndarray:
     """One model's logits [N, C]."""
-    return self.member_logits(state, images, ensemble.Members())[0]
+    return self.member_logits(state, images, members_lib.Members())[0]
 
   def member_logits(self, state: steps.TrainState, images: np.ndarray,
-                    members: ensemble.Members) -> np.ndarray:
+                    members: members_lib.Members) -> np.ndarray:
     """Each member's logits [K, N, C] ([1, N, C] for a single model), one
     member at a time through the same compiled program."""
     return self.logits_of(member_variables(state, members), images)
@@ -54,7 +54,7 @@ class Evaluator:
 
 
 def member_variables(state: steps.TrainState,
-                     members: ensemble.Members) -> list:
+                     members: members_lib.Members) -> list:
   """Each member's inference variables as host copies: evaluation runs on
   this process's first device, whatever devices (or hosts) the train state
   is spread over. The averaged weights where the run keeps them."""
@@ -96,7 +96,7 @@ def ensemble_report(member_logits: np.ndarray, labels: np.ndarray) -> dict:
   sample standard deviation. One member: its plain report."""
   if len(member_logits) == 1:
     return classification_report(member_logits[0], labels)
-  report = classification_report(ensemble.combine(member_logits), labels)
+  report = classification_report(members_lib.combine(member_logits), labels)
   members = [classification_report(logits, labels)
              for logits in member_logits]
   accuracy = np.array([m['accuracy'] for m in members])
@@ -112,19 +112,22 @@ def ensemble_report(member_logits: np.ndarray, labels: np.ndarray) -> dict:
   return report
 
 
-def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
+def evaluate_checkpoint(config, members: members_lib.Members,
+                        workdir: epath.PathLike, platform,
                         splits=None) -> dict:
   """Evaluates the best checkpoint in `workdir` on the official test set and
   writes `eval_test.json` and the report pictures beside it."""
-  config = sweep.apply(config)
   workdir = paths.resolve(os.fspath(workdir))
-  restored = restore.restore_best(config, workdir, platform)
+  restored = restore.restore_best(config, members, workdir, platform)
   if splits is None:
     splits = input_pipeline.load_splits(config)
   member_logits = restored_logits(restored, config, splits.test_images)
   report = ensemble_report(member_logits, splits.test_labels)
   if restored.members.stacked:
-    _add_member_validation(report, config, restored, splits, member_logits)
+    add_member_validation(
+        report, restored.members,
+        restored_logits(restored, config, splits.val_images),
+        splits.val_labels, member_logits, splits.test_labels)
   report.update({'checkpoint_step': restored.step,
                  'epoch': restored.meta.get('epoch'), 'model': config.model})
   if restored.members.stacked:
@@ -132,7 +135,7 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
   if jax.process_index() == 0:
     paths.write_atomically(workdir / 'eval_test.json',
                            json.dumps(report, indent=1))
-    probabilities = np.exp(ensemble.combine(member_logits))
+    probabilities = np.exp(members_lib.combine(member_logits))
     written = reports.write_eval_reports(workdir, report, splits.test_images,
                                          splits.test_labels, probabilities)
     log.info('Wrote %s.', ', '.join(written))
@@ -158,46 +161,30 @@ def evaluate_checkpoint(config, workdir: epath.PathLike, platform,
   return report
 
 
-def _add_member_validation(report: dict, config, restored: restore.Restored,
-                           splits, test_logits) -> None:
-  """Each member's validation accuracy and loss beside its test figures
-  (and a sweep member's values): which member validation would choose,
-  and how its choice fares on the test set."""
-  val_logits = restored_logits(restored, config, splits.val_images)
-  values = sweep.member_values(config)
+def add_member_validation(report: dict, members: members_lib.Members,
+                          val_logits: np.ndarray, val_labels: np.ndarray,
+                          test_logits: np.ndarray,
+                          test_labels: np.ndarray) -> None:
+  """Each member's validation accuracy and loss beside its test figures in
+  `report` (and a sweep member's values): which member validation would
+  choose. For a sweep, the ensemble its members make, chosen on validation
+  alone (members.choose_by_validation), and then its test accuracy."""
   for j, entry in enumerate(report['members']):
-    val = classification_report(val_logits[j], splits.val_labels)
+    val = classification_report(val_logits[j], val_labels)
     entry.update({'val_accuracy': val['accuracy'], 'val_loss': val['loss']})
-    if values:
-      entry['values'] = values[j]
-  if values:
-    report['chosen_by_validation'] = _top_members_ensemble(
-        report['members'], val_logits, splits.val_labels, test_logits,
-        splits.test_labels)
-
-
-def _top_members_ensemble(members: list[dict], val_logits, val_labels,
-                          test_logits, test_labels) -> dict:
-  """A sweep's members as an ensemble, chosen on validation only: the k
-  best members by validation accuracy, k the one whose ensemble is best on
-  validation (the fewer among equals); then its test accuracy."""
-  order = sweep.rank_members([m['val_accuracy'] for m in members],
-                             [m['val_loss'] for m in members])
-  def accuracy(logits, labels, chosen):
-    return float((ensemble.combine(logits[chosen]).argmax(-1) == labels
-                  ).mean())
-  val_by_k = [accuracy(val_logits, val_labels, order[:k])
-              for k in range(1, len(order) + 1)]
-  k = 1 + int(np.argmax(val_by_k))
-  return {'members': order[:k], 'val_accuracy': val_by_k[k - 1],
-          'accuracy': accuracy(test_logits, test_labels, order[:k]),
-          'val_accuracy_by_k': val_by_k}
+    if members.is_sweep:
+      entry['values'] = members.values[j]
+  if members.is_sweep:
+    chosen = members_lib.choose_by_validation(val_logits, val_labels)
+    chosen['accuracy'] = members_lib.accuracy(
+        test_logits[chosen['members']], test_labels)
+    report['chosen_by_validation'] = chosen
 
 
 def _member_table(members: list[dict]) -> str:
   """The members best first by validation, with their test accuracy."""
-  order = sweep.rank_members([m['val_accuracy'] for m in members],
-                             [m['val_loss'] for m in members])
+  order = members_lib.rank_by_validation(
+      [m['val_accuracy'] for m in members], [m['val_loss'] for m in members])
   rows = [f'  member {m["member"]:3d}  val {m["val_accuracy"]:.4f}  test '
           f'{m["accuracy"]:.4f}' + (f'  {sweep.describe(m["values"])}'
                                     if 'values' in m else '')

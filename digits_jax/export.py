@@ -67,14 +67,15 @@ def export_inference(restored, platforms=PLATFORMS) -> tuple[bytes, tuple]:
   return exported.serialize(), tuple(lowered_for)
 
 
-def export_checkpoint(config, workdir, output: str, platform,
+def export_checkpoint(config, members, workdir, output: str, platform,
                       member: str = '') -> str:
   """Writes the best checkpoint of `workdir` to `output` (all its members,
   or one: `member`, as restore_best's); returns where."""
   from digits_jax import restore  # pylint: disable=g-import-not-at-top
   if not output:
     raise UserError('--mode=export needs --output=PATH (e.g. digits.jax)')
-  restored = restore.restore_best(config, workdir, platform, member)
+  restored = restore.restore_best(config, members, workdir, platform,
+                                  member)
   serialized, platforms = export_inference(restored)
   path = paths.write_output(output, bytes(serialized), create_parents=True)
   log.info('Exported the checkpoint at step %d (epoch %s) to %s: uint8 '

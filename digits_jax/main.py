@@ -23,7 +23,6 @@ from ml_collections import config_flags
 from digits_jax import config_checks
 from digits_jax import interruption
 from digits_jax import paths
-from digits_jax import sweep
 from digits_jax.errors import UserError
 
 DEFAULT_WORKDIR = 'runs/default'
@@ -168,9 +167,6 @@ def _main(argv, stop_signal):
     _fail(f'cannot load the --config file: {str(e).splitlines()[-1].strip()}')
   try:
     config_checks.validate(config, config_checks.default_config())
-    # A sweep's members are its combinations: num_models set, each
-    # member's values checked.
-    config = sweep.apply(config)
   except UserError as e:
     _fail(str(e))
   if _COORDINATOR_ADDRESS.value and not _DISTRIBUTED.value:
@@ -178,12 +174,16 @@ def _main(argv, stop_signal):
   # Imported once the config is known good, so that `--help` and a bad
   # value answer without importing JAX (tests/test_cli.py).
   import jax  # pylint: disable=g-import-not-at-top
+  from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import parallel  # pylint: disable=g-import-not-at-top
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
 
   try:
+    # The run's members, once: every mode below takes them. A sweep's are
+    # its combinations (num_models set), each member's values checked.
+    config, members = members_lib.resolve(config)
     if _DISTRIBUTED.value:
       parallel.initialize_distributed(_COORDINATOR_ADDRESS.value,
                                       _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -197,23 +197,24 @@ def _main(argv, stop_signal):
                                     must_exist=_MODE.value != 'train')
     logging.getLogger('digits_jax.main').info('Workdir: %s', workdir)
     if _MODE.value == 'train':
-      train.train_and_evaluate(config, workdir, platform, stop_signal)
+      train.train_and_evaluate(config, members, workdir, platform,
+                               stop_signal)
     elif _MODE.value == 'eval':
-      evaluation.evaluate_checkpoint(config, workdir, platform)
+      evaluation.evaluate_checkpoint(config, members, workdir, platform)
     elif _MODE.value == 'serve':
       from digits_jax import serve  # pylint: disable=g-import-not-at-top
-      serve.serve(config, workdir, platform, _HOST.value, _PORT.value,
-                  _MEMBER.value)
+      serve.serve(config, members, workdir, platform, _HOST.value,
+                  _PORT.value, _MEMBER.value)
     elif _MODE.value == 'export':
       from digits_jax import export  # pylint: disable=g-import-not-at-top
-      export.export_checkpoint(config, workdir, _OUTPUT.value, platform,
-                               _MEMBER.value)
+      export.export_checkpoint(config, members, workdir, _OUTPUT.value,
+                               platform, _MEMBER.value)
     else:
       if not _IMAGES.value:
         raise UserError('--mode=predict needs --images=PATH[,PATH...]')
       from digits_jax import predict  # pylint: disable=g-import-not-at-top
-      if predict.predict_files(config, workdir, _IMAGES.value, _OUTPUT.value,
-                               platform, _MEMBER.value):
+      if predict.predict_files(config, members, workdir, _IMAGES.value,
+                               _OUTPUT.value, platform, _MEMBER.value):
         sys.exit(1)  # Some inputs failed; each said why on its own line.
   except UserError as e:
     _fail(str(e))

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import optax
 
 from digits_jax import config_checks
-from digits_jax import sweep
 
 
 class PlateauState(NamedTuple):
@@ -151,21 +150,20 @@ def _traced_onecycle(total_steps: int, peak, warmup_fraction: float,
 
 
 def create_optimizer(config, l2_kernels, total_steps: int,
-                     values: dict | None = None
+                     learning_rate=None, l2=None
                      ) -> optax.GradientTransformation:
   """L2 on `l2_kernels`, Adam (Keras' defaults), then the learning rate:
   the plateau scale times the base rate, or the one-cycle schedule over
   `total_steps` (unused by 'plateau').
 
-  `values`: a sweep member's 'learning_rate' and 'l2', traced, in place of
-  the config's; the optimizer state's structure is the same either way.
+  `learning_rate`, `l2`: a sweep member's (traced), in place of the
+  config's. An `l2` given keeps its transform whatever its value (0 adds
+  0 * w), so that every member's state has one structure.
   """
-  values = values or {}
-  learning_rate = values.get('learning_rate', config.learning_rate)
-  l2_weight = values.get('l2', config.l2)
-  # A swept L2 keeps its transform whatever its value (0 adds 0 * w), so
-  # that every member's state has one structure.
-  regularized = config.l2 or 'l2' in sweep.traced_keys(config)
+  if learning_rate is None:
+    learning_rate = config.learning_rate
+  regularized = bool(config.l2) or l2 is not None
+  l2_weight = config.l2 if l2 is None else l2
   l2 = (optax.add_decayed_weights(
       2 * l2_weight, mask=lambda p: l2_mask(p, l2_kernels))
         if regularized else optax.identity())
@@ -178,12 +176,16 @@ def create_optimizer(config, l2_kernels, total_steps: int,
       learning_rate_schedule(config, total_steps, learning_rate)))
 
 
-def current_learning_rate(opt_state, step: int, config,
-                          total_steps: int) -> float:
-  """The learning rate the next step uses, for the logs."""
+def current_learning_rate(opt_state, step: int, config, total_steps: int,
+                          learning_rate: float | None = None) -> float:
+  """The learning rate the next step uses, for the logs; `learning_rate`:
+  a sweep member's, in place of the config's."""
+  if learning_rate is None:
+    learning_rate = config.learning_rate
   if config.lr_schedule == 'plateau':
-    return config.learning_rate * float(plateau_scale(opt_state))
-  return float(learning_rate_schedule(config, total_steps)(step))
+    return learning_rate * float(plateau_scale(opt_state))
+  return float(learning_rate_schedule(config, total_steps,
+                                      learning_rate)(step))
 
 
 def report_epoch(opt_state, val_loss, config, learning_rate=None):

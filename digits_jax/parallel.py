@@ -12,7 +12,7 @@ one device would (tests/test_parallel.py):
   statistics over the axis, and random draws (augmentation, dropout) are
   made for the global batch and sliced, so they match one device's.
 
-An ensemble (`config.num_models` K > 1, ensemble.py) trains on a 2-D mesh,
+An ensemble (`config.num_models` K > 1, members.py) trains on a 2-D mesh,
 ('members', 'data'): its state's leading member axis is split over the
 first, each batch over the second. By default as many devices as divide both
 K and the device count go to the members, whose steps need no communication

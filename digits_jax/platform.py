@@ -46,6 +46,9 @@ class Platform:
   """The choices for one backend ('cpu', 'gpu', 'tpu') and `conv_impl`."""
   backend: str
   conv_impl: str = 'auto'
+  # Whether the members' step is vmapped, in place of this backend's choice
+  # (`vmap_members`): the tests and the benchmark try both forms.
+  member_vmap: bool | None = None
 
   def __post_init__(self):
     if self.conv_impl not in CONV_IMPLS:
@@ -80,8 +83,10 @@ class Platform:
 
   @property
   def vmap_members(self) -> bool:
-    """Whether an ensemble's step is vmapped over its members (ensemble.py);
+    """Whether an ensemble's step is vmapped over its members (members.py);
     measured: scripts/benchmark.py --num_models=4."""
+    if self.member_vmap is not None:
+      return self.member_vmap
     return not self.is_cpu
 
   def steps_per_dispatch(self, configured: int, steps_per_epoch: int,

@@ -98,25 +98,26 @@ def prediction(probabilities: np.ndarray, agreeing: int,
   return result
 
 
-def predict_files(config, workdir: str, specs: list[str],
+def predict_files(config, members, workdir: str, specs: list[str],
                   output: str | None, platform, member: str = '') -> int:
   """Predicts every readable image; prints one line per image and per
   failure. Returns the number of failures. `member`: as restore_best's."""
   import json  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
+  from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   from digits_jax import restore  # pylint: disable=g-import-not-at-top
 
   digits, errors = load_images(specs)
   results = []
   if digits:
-    restored = restore.restore_best(config, workdir, platform, member)
+    restored = restore.restore_best(config, members, workdir, platform,
+                                    member)
     member_logits = evaluation.restored_logits(
         restored, config, np.stack([d for _, d in digits]))
     # An ensemble predicts the mean of its members' probabilities.
-    probabilities = np.exp(ensemble.combine(member_logits))
-    agreeing = ensemble.agreement(member_logits)
+    probabilities = np.exp(members_lib.combine(member_logits))
+    agreeing = members_lib.agreement(member_logits)
     num_models = len(member_logits)
     for (name, _), p, agree in zip(digits, probabilities, agreeing):
       result = {'image': name, **prediction(p, agree, num_models)}

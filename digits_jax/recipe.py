@@ -12,20 +12,20 @@ import json
 import jax.numpy as jnp
 
 from digits_jax import cpu_kernels
-from digits_jax import ensemble
 from digits_jax import models
 from digits_jax import optim
 from digits_jax import platform as platform_lib
 from digits_jax import steps
-from digits_jax import sweep
 
 
 def build(config, platform: platform_lib.Platform, axis_name=None,
-          total_steps: int = 0):
+          total_steps: int = 0, traced_keys: tuple = ()):
   """What the config decides: the model and the optimizer, for `platform`.
 
   `total_steps` sets the length of a step-driven LR schedule; restoring
   leaves it out (only the optimizer state's structure matters there).
+  `traced_keys`: a sweep's (members.Members), whose optimizer state has
+  the structure of every member's (a swept L2 keeps its transform).
   """
   dtype = jnp.dtype(config.compute_dtype)
   extra = ({'dropout_rate': config.dropout_rate}
@@ -35,7 +35,9 @@ def build(config, platform: platform_lib.Platform, axis_name=None,
       conv_general_dilated=(cpu_kernels.conv_with_cpu_weight_gradient
                             if platform.cpu_weight_gradients else None),
       **extra)
-  tx = optim.create_optimizer(config, models.L2_REGULARIZED, total_steps)
+  tx = optim.create_optimizer(
+      config, models.L2_REGULARIZED, total_steps,
+      l2=config.l2 if 'l2' in traced_keys else None)
   return model, tx
 
 
@@ -52,17 +54,6 @@ def preprocessing(config, pixel_stats: dict) -> steps.Preprocess:
       elastic_alpha=config.elastic_alpha, elastic_sigma=config.elastic_sigma)
 
 
-def members(config, platform: platform_lib.Platform) -> ensemble.Members:
-  """The ensemble's member axis (K = 1: a single model, no axis); a
-  sweep's members with their seeds and swept values."""
-  seeds = sweep.member_seeds(config)
-  return ensemble.Members(
-      config.num_models, platform.vmap_members,
-      seeds=None if seeds is None else tuple(seeds),
-      hparams=sweep.hparams(config),
-      ema=config.ema_decay > 0 or 'ema_decay' in sweep.traced_keys(config))
-
-
 def checkpoint_meta(config, preprocess: steps.Preprocess, epoch: int) -> dict:
   """What a checkpoint records beside the state: enough to rebuild the
   model and its preprocessing without the training data."""
@@ -74,18 +65,20 @@ def checkpoint_meta(config, preprocess: steps.Preprocess, epoch: int) -> dict:
 
 
 def train_step_fn(config, model, tx, preprocess: steps.Preprocess,
-                  axis_name: str | None = None, total_steps: int = 0):
+                  axis_name: str | None = None, total_steps: int = 0,
+                  traced_keys: tuple = ()):
   """`steps.train_step` with this config's model, optimizer and
   preprocessing bound: (state, batch, key) -> (state, metrics).
 
-  In a sweep, the swept values come from the state (`state.hparams`,
-  traced) and replace the config's in the model, optimizer (whose one-cycle
-  schedule needs `total_steps`, as `build`'s) and preprocessing, inside
-  the step: one program for every member and every value.
+  In a sweep (`traced_keys`, members.Members'), the swept values come from
+  the state (`state.hparams`, traced) and replace the config's in the
+  model, optimizer (whose one-cycle schedule needs `total_steps`, as
+  `build`'s) and preprocessing, inside the step: one program for every
+  member and every value.
   """
   bound = functools.partial(steps.train_step, augment_images=config.augment,
                             axis_name=axis_name)
-  if not sweep.traced_keys(config):
+  if not traced_keys:
     return functools.partial(bound, model=model, tx=tx,
                              preprocess=preprocess,
                              label_smoothing=config.label_smoothing,
@@ -95,9 +88,11 @@ def train_step_fn(config, model, tx, preprocess: steps.Preprocess,
     values = state.hparams
     member_model = (model.clone(dropout_rate=values['dropout_rate'])
                     if 'dropout_rate' in values else model)
-    member_tx = (optim.create_optimizer(config, models.L2_REGULARIZED,
-                                        total_steps, values)
-                 if {'learning_rate', 'l2'} & set(values) else tx)
+    member_tx = tx
+    if {'learning_rate', 'l2'} & set(values):
+      member_tx = optim.create_optimizer(
+          config, models.L2_REGULARIZED, total_steps,
+          values.get('learning_rate'), values.get('l2'))
     member_preprocess = preprocess.replace(**{
         k: values[k] for k in ('rotation_degrees', 'zoom_range', 'shift_range')
         if k in values})

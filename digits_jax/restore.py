@@ -13,11 +13,10 @@ from typing import Any
 from etils import epath
 
 from digits_jax import checkpoint
-from digits_jax import ensemble
+from digits_jax import members as members_lib
 from digits_jax import paths
 from digits_jax import recipe
 from digits_jax import steps
-from digits_jax import sweep
 from digits_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ class Restored:
   preprocess: steps.Preprocess
   meta: dict
   step: int
-  members: ensemble.Members
+  members: members_lib.Members
   # What it is compiled for (restore_best's platform).
   compiler_options: dict | None
 
@@ -63,7 +62,8 @@ def best_checkpoint(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
                   '--workdir')
 
 
-def restore_best(config, workdir: epath.PathLike, platform,
+def restore_best(config, members: members_lib.Members,
+                 workdir: epath.PathLike, platform,
                  member: str = '') -> Restored:
   """The best checkpoint in `workdir` that restores, on this process's
   devices (a damaged one is passed over for the next best, with a
@@ -73,11 +73,10 @@ def restore_best(config, workdir: epath.PathLike, platform,
   member with the best validation accuracy at that checkpoint; or a
   member's number.
   """
-  config = sweep.apply(config)
   workdir = paths.resolve(os.fspath(workdir))
   manager = open_checkpoints(workdir, config.checkpoints_to_keep)
-  model, tx = recipe.build(config, platform)
-  members = recipe.members(config, platform)
+  model, tx = recipe.build(config, platform,
+                           traced_keys=members.traced_keys)
   step, meta, state, _ = checkpoint.restore_first(
       manager, checkpoint.best_first(manager),
       members.abstract_train_state(model, tx, config.input_size),
@@ -92,8 +91,8 @@ def restore_best(config, workdir: epath.PathLike, platform,
              'the best by validation accuracy' if member == 'best'
              else 'as asked')
     if members.stacked:
-      state = ensemble.member_of(state, index)
-    members = ensemble.Members(vmapped=members.vmapped, ema=members.ema)
+      state = members_lib.member_of(state, index)
+    members = members.single()
   return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
                   step=int(step), members=members,
                   compiler_options=platform.compiler_options)
@@ -110,8 +109,8 @@ def _member_index(member: str, num_models: int, metrics: dict | None) -> int:
                       'members\' validation accuracy (written before it '
                       'did); name a member, --member=0 to '
                       f'{num_models - 1}')
-    return sweep.rank_members(metrics['member_val_accuracy'],
-                              metrics['member_val_loss'])[0]
+    return members_lib.rank_by_validation(metrics['member_val_accuracy'],
+                                          metrics['member_val_loss'])[0]
   if not member.isdigit() or int(member) >= num_models:
     raise UserError(f'--member={member!r} must be best or a member\'s number, '
                     f'0 to {num_models - 1}')

@@ -30,8 +30,8 @@ import time
 import numpy as np
 
 from digits_jax import digit_image
-from digits_jax import ensemble
 from digits_jax import evaluation
+from digits_jax import members as members_lib
 from digits_jax import predict
 from digits_jax import restore
 from digits_jax.errors import UserError
@@ -58,8 +58,9 @@ IMAGE_CONTENT_TYPES = ('image/', 'application/octet-stream',
 class Predictor:
   """The best checkpoint of a run, predicting one digit at a time."""
 
-  def __init__(self, config, workdir, platform, member: str = ''):
-    restored = restore.restore_best(config, workdir, platform, member)
+  def __init__(self, config, members, workdir, platform, member: str = ''):
+    restored = restore.restore_best(config, members, workdir, platform,
+                                    member)
     # Host copies of the members' weights, taken once, not per request.
     self._variables = evaluation.member_variables(restored.state,
                                                   restored.members)
@@ -74,8 +75,8 @@ class Predictor:
     """predict's JSON for a uint8 [28, 28] digit."""
     with self._lock:
       member_logits = self._evaluator.logits_of(self._variables, digit[None])
-    probabilities = np.exp(ensemble.combine(member_logits))[0]
-    agreeing = ensemble.agreement(member_logits)[0]
+    probabilities = np.exp(members_lib.combine(member_logits))[0]
+    agreeing = members_lib.agreement(member_logits)[0]
     return predict.prediction(probabilities, agreeing, self.num_models)
 
 
@@ -244,14 +245,14 @@ def make_server(host: str, port: int,
                     'check --host and --port') from None
 
 
-def serve(config, workdir, platform, host: str, port: int,
+def serve(config, members, workdir, platform, host: str, port: int,
           member: str = '') -> None:
   """Serves until stopped (Ctrl-C or SIGTERM, which main turns into one
   line and exit code 0)."""
   server = make_server(host, port)
   try:
-    server.predictor = predictor = Predictor(config, workdir, platform,
-                                             member)
+    server.predictor = predictor = Predictor(config, members, workdir,
+                                             platform, member)
   except BaseException:
     server.server_close()
     raise

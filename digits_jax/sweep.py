@@ -7,10 +7,11 @@
 and `config.sweep_mode` how they combine: 'grid' (every combination, the
 first key varying slowest) or 'zip' (the lists taken together, all of one
 length). Each combination is a member of the run, a whole model on the
-member axis the ensembles have (ensemble.py): trained in the same compiled
-step, validated on its own, its plateau following its own validation loss,
-and exactly the single run with its values (`member_configs`; the seed
-gives a member its keys as it gives a single run its own).
+member axis the ensembles have (members.py, which turns the spec into the
+run's members once): trained in the same compiled step, validated on its
+own, its plateau following its own validation loss, and exactly the single
+run with its values (`members.member_config`; the seed gives a member its
+keys as it gives a single run its own).
 
 The swept numbers reach the device in the train state (`TrainState.hparams`,
 float32 by name) and the step reads them as traced values, so one
@@ -18,8 +19,8 @@ compilation serves the whole sweep, and any other values for the same keys.
 Which keys can be swept: those the step can take as numbers without
 changing its program's shapes (`SWEEPABLE`).
 
-This module imports nothing heavy, so that a bad spec answers at once; the
-end-of-run table, sweep.json and sweep.png are at the bottom.
+This module holds the spec's parser and, at the bottom, the end-of-run
+table, sweep.json and sweep.png; it imports nothing heavy.
 """
 
 import io
@@ -75,13 +76,9 @@ def parse(spec: str) -> dict[str, tuple]:
   return values
 
 
-def is_sweep(config) -> bool:
-  return bool(config.get('sweep', ''))
-
-
 def swept_values(config) -> dict[str, tuple]:
   """The spec's values by key ({} without a sweep)."""
-  if not is_sweep(config):
+  if not config.get('sweep', ''):
     return {}
   if config.sweep_mode not in MODES:
     raise UserError(f'config.sweep_mode={config.sweep_mode!r} must be one of '
@@ -113,86 +110,19 @@ def member_values(config) -> list[dict]:
   return [dict(zip(keys, c)) for c in combinations]
 
 
-def traced_keys(config) -> tuple:
-  """The swept keys the step reads from the state, in spec order."""
-  return tuple(k for k in swept_values(config) if k in TRACED)
-
-
 def describe(values: dict) -> str:
   return ' '.join(f'{k}={v:g}' for k, v in values.items())
-
-
-def member_configs(config) -> list:
-  """Member j's own config: the single run that member j is."""
-  from digits_jax import config_checks  # pylint: disable=g-import-not-at-top
-  configs = []
-  for j, values in enumerate(member_values(config)):
-    member = config.copy_and_resolve_references()
-    for key, value in values.items():
-      member[key] = value
-    member.sweep = ''
-    member.num_models = 1
-    try:
-      config_checks.validate(member)
-    except UserError as e:
-      raise UserError(f'config.sweep, member {j} ({describe(values)}): {e}'
-                      ) from None
-    configs.append(member)
-  return configs
-
-
-def apply(config):
-  """A copy of `config` whose `num_models` is the sweep's member count,
-  every member's values checked (one line for the first bad one). Without
-  a sweep, `config` itself. Idempotent."""
-  if not is_sweep(config):
-    return config
-  count = len(member_configs(config))
-  if config.num_models not in (1, count):
-    raise UserError(
-        f'config.num_models={config.num_models} with config.sweep: a '
-        f'sweep\'s members are its {count} combinations; leave num_models '
-        'at 1, and to repeat each over seeds sweep seed=0,1,... too')
-  config = config.copy_and_resolve_references()
-  config.num_models = count
-  return config
-
-
-def hparams(config) -> dict | None:
-  """The traced values, {key: [one per member]}, for the train state
-  (None without a sweep, or one that sweeps only seeds)."""
-  keys = traced_keys(config)
-  if not keys:
-    return None
-  members = member_values(config)
-  return {k: [float(m[k]) for m in members] for k in keys}
-
-
-def member_seeds(config) -> list[int] | None:
-  """Each member's seed (config.seed unless swept); None without a sweep."""
-  members = member_values(config)
-  if not members:
-    return None
-  return [int(m.get('seed', config.seed)) for m in members]
-
-
-def rank_members(accuracies, losses) -> list[int]:
-  """Members best first by validation: the higher accuracy, then the lower
-  loss, then the lower number. The one order that the epoch's best member,
-  --member=best, the table below and eval's chosen ensemble share (an
-  ensemble's members too)."""
-  return sorted(range(len(accuracies)),
-                key=lambda j: (-accuracies[j], losses[j], j))
 
 
 # The results: from the run's own per-epoch records (reports.read_metrics).
 
 
-def results(config, records: list[dict]) -> list[dict]:
-  """Each member's values and its best epoch by validation accuracy (the
-  lower loss among equals), best member first."""
+def results(values: list[dict], records: list[dict], rank) -> list[dict]:
+  """Each member's values (`values`, in member order) and its best epoch by
+  validation accuracy (the lower loss among equals), best member first by
+  `rank` (members.rank_by_validation)."""
   members = []
-  for j, values in enumerate(member_values(config)):
+  for j, values in enumerate(values):
     epochs = [(r['member_val_accuracy'][j], -r['member_val_loss'][j],
                r['epoch']) for r in records if 'member_val_accuracy' in r]
     if not epochs:
@@ -201,8 +131,8 @@ def results(config, records: list[dict]) -> list[dict]:
     members.append({'member': j, 'values': values,
                     'val_accuracy': accuracy, 'val_loss': -negative_loss,
                     'epoch': epoch})
-  order = rank_members([m['val_accuracy'] for m in members],
-                       [m['val_loss'] for m in members])
+  order = rank([m['val_accuracy'] for m in members],
+              [m['val_loss'] for m in members])
   return [members[i] for i in order]
 
 
@@ -221,15 +151,15 @@ def table(members: list[dict]) -> str:
   return '\n'.join([line(header), *map(line, rows)])
 
 
-def write_results(config, workdir) -> list[dict]:
+def write_results(config, values: list[dict], workdir, rank) -> list[dict]:
   """Logs the table and writes sweep.json and sweep.png into `workdir`
-  (process 0 only writes)."""
+  (process 0 only writes). `values`: each member's; `rank`, as `results`'."""
   import jax  # pylint: disable=g-import-not-at-top
   from digits_jax import paths  # pylint: disable=g-import-not-at-top
   from digits_jax import reports  # pylint: disable=g-import-not-at-top
-  members = results(config, reports.read_metrics(workdir))
+  members = results(values, reports.read_metrics(workdir), rank)
   log.info('Sweep of %d members (%s), by validation accuracy:\n%s',
-           config.num_models, config.sweep_mode, table(members))
+           len(values), config.sweep_mode, table(members))
   if jax.process_index() == 0:
     paths.write_atomically(workdir / SWEEP_JSON, json.dumps(
         {'sweep': config.sweep, 'sweep_mode': config.sweep_mode,

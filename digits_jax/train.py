@@ -23,7 +23,7 @@ from digits_jax import checkpoint
 from digits_jax import evaluation
 from digits_jax import input_pipeline
 from digits_jax import interruption
-from digits_jax import optim
+from digits_jax import members as members_lib
 from digits_jax import parallel as parallel_lib
 from digits_jax import paths
 from digits_jax import platform as platform_lib
@@ -90,7 +90,8 @@ class TrainingDiverged(Exception):
 
 
 def train_program(config, model, tx, preprocess: steps.Preprocess,
-                  members, devices: parallel_lib.DataParallel,
+                  members: members_lib.Members,
+                  devices: parallel_lib.DataParallel,
                   platform: platform_lib.Platform, total_steps: int = 0):
   """The compiled training dispatch, built in this one place.
 
@@ -108,8 +109,10 @@ def train_program(config, model, tx, preprocess: steps.Preprocess,
   A sweep's values are in the state (one program for all of them);
   `total_steps` is the one-cycle schedule's length, as the optimizer's.
   """
-  step = members.train_step(recipe.train_step_fn(
-      config, model, tx, preprocess, devices.axis_name, total_steps))
+  step = members.train_step(
+      recipe.train_step_fn(config, model, tx, preprocess, devices.axis_name,
+                           total_steps, members.traced_keys),
+      platform.vmap_members)
   unroll = platform.unroll_scan
   if devices.host_fed:
     scan = functools.partial(steps.scan_train_batches, step, unroll=unroll)
@@ -119,10 +122,12 @@ def train_program(config, model, tx, preprocess: steps.Preprocess,
 
 
 def train_and_evaluate(
-    config, workdir: str, platform: platform_lib.Platform,
+    config, members: members_lib.Members, workdir: str,
+    platform: platform_lib.Platform,
     stop_signal: interruption.StopSignal | None = None) -> dict:
   """Trains as the config says, resuming from `workdir`; returns the test
-  report of the best checkpoint. `platform` makes the platform's choices,
+  report of the best checkpoint. `members`: the run's (members.resolve).
+  `platform` makes the platform's choices,
   for training and the evaluations alike (main.py decides it; tests pass
   another to run its path here).
   `stop_signal`: the handler `main` put in place at its start (default: one
@@ -135,14 +140,14 @@ def train_and_evaluate(
           else contextlib.nullcontext())
   try:
     with lock:
-      return _train_and_evaluate(config, workdir, platform, stop_signal)
+      return _train_and_evaluate(config, members, workdir, platform,
+                                 stop_signal)
   finally:
     if own_stop_signal:
       stop_signal.restore()
 
 
-def _train_and_evaluate(config, workdir, platform, stop_signal):
-  config = sweep.apply(config)
+def _train_and_evaluate(config, members, workdir, platform, stop_signal):
   devices = parallel_lib.create(config)
   splits = input_pipeline.load_splits(config)
   data_stats = {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std}
@@ -157,20 +162,16 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
   total_steps = steps_per_epoch * config.num_epochs
   if config.num_train_steps > 0:
     total_steps = min(total_steps, config.num_train_steps)
-  model, tx = recipe.build(config, platform, devices.axis_name, total_steps)
+  model, tx = recipe.build(config, platform, devices.axis_name, total_steps,
+                           members.traced_keys)
   preprocess = recipe.preprocessing(config, data_stats)
-  members = recipe.members(config, platform)
-  # Each member's own config: the single run it is (a sweep's values), for
-  # the logs' learning rates.
-  member_configs = (sweep.member_configs(config)
-                    or [config] * config.num_models)
 
-  init_key, shuffle_key, train_key = members.keys(config.seed)
+  init_key, shuffle_key, train_key = members.keys()
   state = members.create_train_state(model, tx, init_key, config.input_size)
-  counts = parameter_counts(state, config.num_models)
+  counts = parameter_counts(state, members.num_models)
   log.info('Model %s%s: %d trainable parameters, %d BatchNorm statistics%s. '
            '%d %s device(s), parallelism %s%s.', config.model,
-           f' x{config.num_models}' if members.stacked else '',
+           f' x{members.num_models}' if members.stacked else '',
            counts['trainable'], counts['batch_stats'],
            ' each' if members.stacked else '', devices.num_devices,
            jax.default_backend(), devices.mode,
@@ -206,7 +207,7 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
              workdir)
 
   steps_per_dispatch = platform.steps_per_dispatch(
-      config.steps_per_dispatch, steps_per_epoch, config.num_models)
+      config.steps_per_dispatch, steps_per_epoch, members.num_models)
 
   train_chunk = train_program(config, model, tx, preprocess, members,
                               devices, platform, total_steps)
@@ -229,7 +230,7 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
     return train_chunk(state, train_images, train_labels,
                        devices.shard_batch_indices(batch_indices), train_key)
 
-  is_sweep = sweep.is_sweep(config)
+  is_sweep = members.is_sweep
   writer = MetricsWriter(workdir) if jax.process_index() == 0 else None
   step = members.step(devices.to_host(state.step))
   stop_signal.start_polling(step)
@@ -289,15 +290,12 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
       member_val = val.get('members', [val])
       # The rate each member ended this epoch with (the plateau's, before
       # its update).
-      member_rates = [
-          optim.current_learning_rate(opt_state, step - 1, member_config,
-                                      total_steps)
-          for opt_state, member_config in zip(
-              members.unstack(host_state.opt_state), member_configs)]
+      member_rates = members.current_learning_rates(
+          host_state.opt_state, step - 1, config, total_steps)
       learning_rate = float(np.mean(member_rates))
       losses = [m['loss'] for m in member_val]
       state = state.replace(opt_state=members.report_epoch(
-          state.opt_state, losses if members.stacked else losses[0], config))
+          state.opt_state, losses, config))
       summary = {
           'epoch': epoch + 1,
           'train_loss': float(np.concatenate(
@@ -321,13 +319,13 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
           step, summary['train_loss'], summary['train_accuracy'],
           summary['val_loss'], summary['val_accuracy'],
           ' (averaged weights)' if members.ema else '', learning_rate,
-          summary['images_per_sec'] * config.num_models,
+          summary['images_per_sec'] * members.num_models,
           ' (all members)' if members.stacked else '')
       if is_sweep:
-        best = sweep.rank_members([m['accuracy'] for m in member_val],
-                                  losses)[0]
+        best = members_lib.rank_by_validation(
+            [m['accuracy'] for m in member_val], losses)[0]
         log.info('  best member %d (%s): val loss %.4f acc %.4f', best,
-                 sweep.describe(sweep.member_values(config)[best]),
+                 members.describe(best),
                  losses[best], member_val[best]['accuracy'])
       if writer:
         writer.write(step, summary)
@@ -353,8 +351,9 @@ def _train_and_evaluate(config, workdir, platform, stop_signal):
     stop_signal.stop_polling()
 
   if is_sweep:
-    sweep.write_results(config, workdir)
-  return evaluation.evaluate_checkpoint(config, workdir, platform,
+    sweep.write_results(config, members.values, workdir,
+                        members_lib.rank_by_validation)
+  return evaluation.evaluate_checkpoint(config, members, workdir, platform,
                                        splits=splits)
 
 

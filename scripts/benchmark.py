@@ -48,11 +48,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from digits_jax import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import ensemble  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -172,8 +171,8 @@ def ensembles(config, images, labels, batch, windows):
       name = f'K={k}' + ('' if k == 1 else
                          (' vmap' if vmapped else ' side by side'))
       timed[name] = (k, trainer_path(config, images, labels, batch,
-                                     _STEPS.value,
-                                     ensemble.Members(k, vmapped)))
+                                     _STEPS.value, num_models=k,
+                                     vmapped=vmapped))
     if _SWEEP.value:
       timed[f'K={k} sweep'] = (k, trainer_path(
           sweep_config(config, k), images, labels, batch, _STEPS.value,
@@ -223,7 +222,7 @@ def sweep_config(config, k: int):
                   f'shift_range={spread(0.05, 0.15)} '
                   f'label_smoothing={spread(0, 0.1)}')
   config.sweep_mode = 'zip'
-  return sweep.apply(config)
+  return config
 
 
 def _flops(compiled) -> float:
@@ -246,28 +245,28 @@ class Timed:
     self.times = []
 
 
-def trainer_path(config, images, labels, batch, steps,
-                 members: ensemble.Members | None = None,
-                 vmapped: bool = True,
+def trainer_path(config, images, labels, batch, steps, num_models: int = 1,
+                 vmapped: bool | None = None,
                  platform: platform_lib.Platform | None = None) -> Timed:
-  """The trainer's own program (train.train_program) over `members` (one
-  model by default; a sweep config's own members, in the `vmapped` form)
-  on one device, compiled as platform.py decides for this backend and
+  """The trainer's own program (train.train_program) over `num_models`
+  members (one model by default; a sweep config's own members), vmapped or
+  side by side (`vmapped`; None: as the platform decides), on one device, compiled as platform.py decides for this backend and
   --conv_impl: the dataset on the device, `steps` model steps per dispatch
   under lax.scan (shared by the members, as the trainer shares them),
   donated state, metrics read back once per dispatch. `platform`: other
   choices than this backend's (scripts/experiments/cpu_choices.py)."""
   config = config.copy_and_resolve_references()
-  platform = platform or platform_lib.current(_CONV_IMPL.value)
-  if sweep.is_sweep(config):
-    members = dataclasses.replace(recipe.members(config, platform),
-                                  vmapped=vmapped)
-  members = members or ensemble.Members()
-  config.num_models = members.num_models
+  if not config.sweep:
+    config.num_models = num_models
+  config, members = members_lib.resolve(config)
+  platform = dataclasses.replace(
+      platform or platform_lib.current(_CONV_IMPL.value),
+      member_vmap=vmapped)
   total_steps = 10_000  # A one-cycle schedule's length; any will do.
-  model, tx = recipe.build(config, platform, total_steps=total_steps)
+  model, tx = recipe.build(config, platform, total_steps=total_steps,
+                           traced_keys=members.traced_keys)
   preprocess = recipe.preprocessing(config, PIXEL_STATS)
-  init_key, shuffle_key, train_key = members.keys(0)
+  init_key, shuffle_key, train_key = members.keys()
   devices = parallel.DataParallel('mesh', tuple(jax.devices()[:1]),
                                   member_devices=int(members.stacked))
   chunk = train.train_program(config, model, tx, preprocess, members,

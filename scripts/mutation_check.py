@@ -88,6 +88,10 @@ PLATFORM = ('tests/test_platform.py::'
 EXPORT = ('tests/test_export.py::'
           'test_a_plain_jax_process_predicts_what_eval_computes')
 LOOP = TRAIN + 'test_the_loop_hands_each_epochs_validation_figures_on'
+CHOSEN_ON_VALIDATION = ('tests/test_ensemble.py::test_the_chosen_ensemble_is_'
+                        'chosen_on_validation_alone')
+RATE_FLOOR = ('tests/test_ensemble.py::test_each_members_plateau_floor_is_its_'
+              'own_swept_rates')
 ENSEMBLE_LOOP = ('tests/test_ensemble.py::test_the_loop_reports_each_members_'
                  'validation_loss_to_its_plateau')
 
@@ -380,10 +384,29 @@ MUTATIONS = (
        "'shift_range')",
        "k: values[k] for k in ()", [SWEEP_MEMBER],
        "every member augments as the config says"),
-    _m('sweep_members_share_a_seed', 'digits_jax/ensemble.py',
-       'keys = jnp.stack([of(s) for s in seeds])',
-       'keys = jnp.stack([of(seeds[0]) for s in seeds])', [SWEEP_MEMBER],
-       'swept seeds ignored'),
+    _m('sweep_members_share_a_seed', 'digits_jax/members.py',
+       'keys = jnp.stack([of(s) for s in self.seeds])',
+       'keys = jnp.stack([of(self.seeds[0]) for s in self.seeds])',
+       [SWEEP_MEMBER], 'swept seeds ignored'),
+    # The member axis: choices made on validation, each member's own rate.
+    _m('chosen_ensemble_looks_at_the_test_set', 'digits_jax/evaluation.py',
+       'chosen = members_lib.choose_by_validation(val_logits, val_labels)',
+       'chosen = members_lib.choose_by_validation(test_logits, test_labels)',
+       [CHOSEN_ON_VALIDATION],
+       "eval's ensemble of a sweep's best members chosen on the test set"),
+    _m('chosen_ensemble_takes_every_member', 'digits_jax/members.py',
+       'k = 1 + int(np.argmax(val_by_k))', 'k = len(order)',
+       [CHOSEN_ON_VALIDATION],
+       "eval's chosen ensemble is every member, whatever validation says"),
+    _m('swept_rate_floor_is_the_configs', 'digits_jax/members.py',
+       '        s, loss, config, rate))(opt_state, losses,',
+       '        s, loss, config))(opt_state, losses,',
+       [RATE_FLOOR], "a swept rate's plateau floor set by config.learning_rate"),
+    _m('swept_rate_floor_is_member_0s', 'digits_jax/members.py',
+       '                                jnp.asarray(rates, jnp.float32))',
+       '                                jnp.asarray([rates[0]] * len(rates), '
+       'jnp.float32))',
+       [RATE_FLOOR], "every member's plateau floor set by member 0's rate"),
     _m('sweep_grid_as_zip', 'digits_jax/sweep.py',
        "if config.sweep_mode == 'zip':", 'if True:',
        [SWEEP + 'test_a_grid_is_every_combination_the_first_key_slowest'],

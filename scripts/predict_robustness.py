@@ -36,7 +36,7 @@ _NUM_DIGITS = flags.DEFINE_integer('num_digits', 1000,
 def main(argv):
   del argv
   from digits_jax import digit_image  # pylint: disable=g-import-not-at-top
-  from digits_jax import ensemble  # pylint: disable=g-import-not-at-top
+  from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   from digits_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
@@ -47,11 +47,11 @@ def main(argv):
   config.max_test_examples = _NUM_DIGITS.value
   splits = input_pipeline.load_splits(config)
   digits, labels = splits.test_images, splits.test_labels
-  restored = restore.restore_best(
-      config, _WORKDIR.value, platform_lib.current(config.conv_impl))
+  restored = restore.restore_best(*members_lib.resolve(config), _WORKDIR.value,
+                                  platform_lib.current(config.conv_impl))
 
   def accuracy(images):
-    predicted = ensemble.combine(
+    predicted = members_lib.combine(
         evaluation.restored_logits(restored, config, np.stack(images))
     ).argmax(-1)
     return predicted

@@ -24,6 +24,7 @@ sys.path.insert(0, os.getcwd())
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -36,15 +37,18 @@ def main():
   parser.add_argument('--config', default='configs/fast.py')
   args = parser.parse_args()
   config = runpy.run_path(args.config)['get_config']()
+  config, members = members_lib.resolve(config)
   platform = platform_lib.current(config.conv_impl)
-  model, tx = recipe.build(config, platform, total_steps=100)
+  model, tx = recipe.build(config, platform, total_steps=100,
+                           traced_keys=members.traced_keys)
   preprocess = recipe.preprocessing(
       config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
-  members = recipe.members(config, platform)
-  init_key, shuffle_key, train_key = members.keys(config.seed)
+  init_key, shuffle_key, train_key = members.keys()
   state = members.create_train_state(model, tx, init_key, config.input_size)
-  step_fn = members.train_step(recipe.train_step_fn(config, model, tx,
-                                                    preprocess))
+  step_fn = members.train_step(
+      recipe.train_step_fn(config, model, tx, preprocess, total_steps=100,
+                           traced_keys=members.traced_keys),
+      platform.vmap_members)
   dispatch = platform.steps_per_dispatch(config.steps_per_dispatch,
                                          NUM_EXAMPLES // config.batch_size,
                                          config.num_models)

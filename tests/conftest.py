@@ -205,6 +205,7 @@ def ensemble_run(tmp_path_factory, mnist_data_dir):
 def trained_run(tmp_path_factory, mnist_data_dir):
   """configs/tiny.py trained its 2 epochs in process: (config, workdir,
   the test report)."""
+  from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
   config = config_checks.load_config('tiny')
@@ -212,7 +213,7 @@ def trained_run(tmp_path_factory, mnist_data_dir):
   with _once_per_run(tmp_path_factory, 'trained') as (folder, first):
     workdir = str(folder / 'run')
     if first:
-      report = train.train_and_evaluate(config, workdir,
+      report = train.train_and_evaluate(*members_lib.resolve(config), workdir,
                                         platform_lib.current())
       (folder / 'report.json').write_text(json.dumps(report))
     return config, workdir, json.loads((folder / 'report.json').read_text())
@@ -229,6 +230,7 @@ PREDICT_MODEL_OVERRIDES = {'model': 'lenet5', 'dropout_rate': 0.0,
 @pytest.fixture(scope='session')
 def predict_model(tmp_path_factory, mnist_data_dir):
   """(config, workdir) of that model, trained once per run."""
+  from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
   config = config_checks.load_config('tiny')
@@ -237,7 +239,8 @@ def predict_model(tmp_path_factory, mnist_data_dir):
   with _once_per_run(tmp_path_factory, 'predict_model') as (folder, first):
     workdir = str(folder / 'run')
     if first:
-      train.train_and_evaluate(config, workdir, platform_lib.current())
+      train.train_and_evaluate(*members_lib.resolve(config), workdir,
+                               platform_lib.current())
     return config, workdir
 
 

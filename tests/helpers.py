@@ -129,10 +129,11 @@ def latest_checkpoint(config, workdir, platform=None):
   `platform` (default: this process's)."""
   from digits_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+  from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import recipe  # pylint: disable=g-import-not-at-top
   platform = platform or platform_lib.current(config.conv_impl)
-  model, tx = recipe.build(config, platform)
-  members = recipe.members(config, platform)
+  config, members = members_lib.resolve(config)
+  model, tx = recipe.build(config, platform, traced_keys=members.traced_keys)
   target = members.abstract_train_state(model, tx, config.input_size)
   manager = checkpoint.create_manager(os.path.join(workdir, 'checkpoints'),
                                       2, read_only=True)

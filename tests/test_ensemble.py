@@ -1,4 +1,4 @@
-"""Ensembles: K members trained in one compiled step (digits_jax/ensemble.py).
+"""Ensembles: K members trained in one compiled step (digits_jax/members.py).
 
 Member i must be the single run with seed + i, whichever form the step takes
 over the members and however many devices it runs on; each member's plateau
@@ -18,11 +18,11 @@ from helpers import (float_drift, latest_checkpoint, launch_two_hosts,
 
 from digits_jax import checkpoint
 from digits_jax import config_checks
-from digits_jax import ensemble
 from digits_jax import evaluation
-from digits_jax import restore
+from digits_jax import members as members_lib
 from digits_jax import optim
 from digits_jax import platform as platform_lib
+from digits_jax import restore
 from digits_jax import steps
 from digits_jax import train
 
@@ -31,7 +31,7 @@ def _train(config, workdir, platform=None, **overrides):
   config = config.copy_and_resolve_references()
   config.update_from_flattened_dict(overrides)
   platform = platform or platform_lib.current(config.conv_impl)
-  train.train_and_evaluate(config, workdir, platform)
+  train.train_and_evaluate(*members_lib.resolve(config), workdir, platform)
   return latest_checkpoint(config, str(workdir), platform)
 
 
@@ -67,19 +67,19 @@ def test_members_trained_together_equal_single_runs_with_their_seeds(
                         (single.batch_stats, single.opt_state)))
 
   for i, single in enumerate(single_runs):
-    params, statistics = drift(ensemble.member_of(ensemble_state, i), single)
+    params, statistics = drift(members_lib.member_of(ensemble_state, i), single)
     assert params['beyond_1e-4'] < 0.03, (i, params)
     assert statistics['relative'] < 0.15, (i, statistics)
   # The tolerance has teeth: a member against the other seed's run.
-  params, statistics = drift(ensemble.member_of(ensemble_state, 0),
+  params, statistics = drift(members_lib.member_of(ensemble_state, 0),
                              single_runs[1])
   assert params['beyond_1e-4'] > 0.5 and statistics['relative'] > 0.5, (
       params, statistics)
 
 
 def test_each_members_plateau_follows_its_own_validation_loss():
-  members = ensemble.Members(num_models=2, vmapped=False)
-  state = ensemble.stack([optim.scale_by_plateau().init(None)] * 2)
+  members = members_lib.Members(seeds=(0, 1))
+  state = members_lib.stack([optim.scale_by_plateau().init(None)] * 2)
   config = config_checks.load_config('improved')  # factor 0.2, patience 2.
   # Member 0 keeps improving; member 1 stalls after its first epoch.
   for losses in ([1.0, 1.0], [0.9, 1.0], [0.8, 1.0]):
@@ -88,17 +88,84 @@ def test_each_members_plateau_follows_its_own_validation_loss():
   np.testing.assert_allclose(state.best_loss, [0.8, 1.0])
 
 
+def test_each_members_plateau_floor_is_its_own_swept_rates():
+  """Under the plateau, a sweep's member with its own learning rate is cut
+  down to config.min_learning_rate, not to the floor of the config's rate
+  (or of another member's): its scale stops at min_learning_rate / its
+  rate, and the rate it logs is min_learning_rate."""
+  config = config_checks.load_config('improved')  # factor 0.2, patience 2.
+  config.min_learning_rate = 1e-5
+  rates = (1e-3, 4e-3, 2e-2)
+  members = members_lib.Members(
+      seeds=(0, 0, 0), values=tuple({'learning_rate': r} for r in rates),
+      traced_keys=('learning_rate',))
+  state = members_lib.stack([optim.scale_by_plateau().init(None)] * 3)
+  for _ in range(20):  # Enough cuts of 0.2 to reach every floor.
+    state = members.report_epoch(state, [1.0, 1.0, 1.0], config)
+  np.testing.assert_allclose(state.scale, [1e-5 / r for r in rates],
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      members.current_learning_rates(jax.device_get(state), 40, config, 0),
+      [1e-5] * 3, rtol=1e-6)
+
+
+def _one_hot_logits(predictions, scale=4.0):
+  return scale * np.eye(10)[np.asarray(predictions)]
+
+
+def test_the_chosen_ensemble_is_chosen_on_validation_alone():
+  """eval's ensemble of a sweep's best members: which members and how many
+  come from validation alone. The same validation with three test sets,
+  one of which favours other members, gives the same choice, and it is the
+  one validation makes (rank by accuracy then loss, the k whose ensemble is
+  best on validation, the fewer among equals)."""
+  val_labels = np.arange(20) % 10
+  right = lambda n: np.where(np.arange(20) < n, val_labels,
+                             (val_labels + 1 + np.arange(20) % 3) % 10)
+  # Validation: member 2 best (18 of 20), then 0 (16), then 1 (12).
+  val_logits = np.stack([_one_hot_logits(right(16)),
+                         _one_hot_logits(right(12)),
+                         _one_hot_logits(right(18))])
+  members = members_lib.Members(
+      seeds=(0, 1, 2), values=({'seed': 0}, {'seed': 1}, {'seed': 2}))
+  test_labels = np.arange(30) % 10
+  other = lambda n: np.where(np.arange(30) < n, test_labels,
+                             (test_labels + 3) % 10)
+  test_sets = [np.stack([_one_hot_logits(other(n)) for n in counts])
+               for counts in ((25, 20, 28), (30, 30, 0), (0, 30, 5))]
+  chosen = []
+  for test_logits in test_sets:
+    report = evaluation.ensemble_report(test_logits, test_labels)
+    evaluation.add_member_validation(report, members, val_logits, val_labels,
+                                     test_logits, test_labels)
+    chosen.append(report['chosen_by_validation'])
+    picked = report['chosen_by_validation']['members']
+    assert report['chosen_by_validation']['accuracy'] == pytest.approx(
+        members_lib.accuracy(test_logits[picked], test_labels))
+  assert all(c['members'] == chosen[0]['members'] for c in chosen)
+  assert all(c['val_accuracy'] == chosen[0]['val_accuracy'] for c in chosen)
+  # What validation alone chooses, computed here from first principles.
+  val_accuracy = [(l.argmax(-1) == val_labels).mean() for l in val_logits]
+  order = sorted(range(3), key=lambda j: -val_accuracy[j])
+  assert order == [2, 0, 1]
+  by_k = [members_lib.accuracy(val_logits[order[:k]], val_labels)
+          for k in (1, 2, 3)]
+  best_k = 1 + int(np.argmax(by_k))
+  assert chosen[0]['members'] == order[:best_k]
+  assert chosen[0]['val_accuracy_by_k'] == by_k
+
+
 @pytest.mark.slow
 def test_each_member_trains_on_the_bag_its_single_run_trains_on(
     tiny_config, tmp_path):
-  members = ensemble.Members(num_models=3, vmapped=False)
-  _, shuffle_keys, _ = members.keys(5)
+  members = members_lib.Members(seeds=(5, 6, 7))
+  _, shuffle_keys, _ = members.keys()
   batches = np.asarray(members.epoch_batches(shuffle_keys, 2, 200, 10,
                                              bag_size=100))
   assert batches.shape == (10, 3, 10)
   bags = []
   for i in range(3):
-    _, single_key, _ = ensemble.Members().keys(5 + i)
+    _, single_key, _ = members_lib.Members(seeds=(5 + i,)).keys()
     np.testing.assert_array_equal(
         batches[:, i], steps.epoch_batches(single_key, 2, 200, 10,
                                            bag_size=100))
@@ -152,13 +219,14 @@ def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
   config = config_checks.load_config('tiny')
   config.data_dir = mnist_data_dir
   config.num_models = 3
-  restored = restore.restore_best(config, workdir, platform_lib.current())
+  restored = restore.restore_best(*members_lib.resolve(config), workdir,
+                                  platform_lib.current())
   from digits_jax import input_pipeline
   splits = input_pipeline.load_splits(config)
   # Reference: each member's model.apply, then NumPy.
   probabilities = []
   for i in range(3):
-    variables = ensemble.member_of({'params': restored.state.params,
+    variables = members_lib.member_of({'params': restored.state.params,
                                     'batch_stats': restored.state.batch_stats},
                                    i)
     logits = np.asarray(restored.model.apply(
@@ -201,9 +269,10 @@ def test_predict_uses_the_ensemble_and_says_how_many_members_agree(
   assert result.returncode == 0, result.stderr[-3000:]
   predictions = json.loads(output.read_text())['predictions']
   config.num_models = 3
-  restored = restore.restore_best(config, workdir, platform_lib.current())
+  restored = restore.restore_best(*members_lib.resolve(config), workdir,
+                                  platform_lib.current())
   member_logits = evaluation.restored_logits(restored, config, digits)
-  expected = np.exp(ensemble.combine(member_logits))
+  expected = np.exp(members_lib.combine(member_logits))
   for p, want, logits in zip(predictions, expected,
                              np.swapaxes(member_logits, 0, 1)):
     assert p['digit'] == int(want.argmax())

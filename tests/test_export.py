@@ -15,6 +15,7 @@ from helpers import ROOT, assert_one_line_error, cli_env, env_without_project, r
 
 from digits_jax import config_checks
 from digits_jax import evaluation
+from digits_jax import members as members_lib
 from digits_jax import restore
 from digits_jax import input_pipeline
 from digits_jax import platform as platform_lib
@@ -69,7 +70,8 @@ def test_a_plain_jax_process_predicts_what_eval_computes(exported, tmp_path):
   assert 'cpu' in loaded['platforms'] and loaded['dtype'] == 'float32'
   probabilities = np.asarray(loaded['probabilities'])
 
-  restored = restore.restore_best(config, workdir, platform_lib.current())
+  restored = restore.restore_best(*members_lib.resolve(config), workdir,
+                                  platform_lib.current())
   logits = evaluation.evaluator(restored, config).logits(restored.state,
                                                          digits)
   want = special.softmax(logits, axis=-1)
@@ -127,7 +129,8 @@ def test_an_artifact_the_oldest_supported_jax_exported_loads_here(
   digits = input_pipeline.load_splits(config).test_images[:20]
   predict = jax.export.deserialize(bytearray(output.read_bytes()))
   probabilities = np.asarray(predict.call(digits))
-  restored = restore.restore_best(config, workdir, platform_lib.current())
+  restored = restore.restore_best(*members_lib.resolve(config), workdir,
+                                  platform_lib.current())
   want = special.softmax(
       evaluation.evaluator(restored, config).logits(restored.state, digits),
       axis=-1)

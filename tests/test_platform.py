@@ -10,6 +10,7 @@ import pytest
 from helpers import latest_checkpoint
 
 from digits_jax import evaluation
+from digits_jax import members as members_lib
 from digits_jax import platform as platform_lib
 from digits_jax import train
 
@@ -31,7 +32,7 @@ def test_accelerators_keep_xlas_defaults_and_a_rolled_scan(backend):
 
 
 def _trained_state(config, workdir, platform):
-  train.train_and_evaluate(config, workdir, platform)
+  train.train_and_evaluate(*members_lib.resolve(config), workdir, platform)
   return latest_checkpoint(config, workdir, platform)
 
 

@@ -12,6 +12,7 @@ from helpers import run_main
 from digits_jax import config_checks
 from digits_jax import input_pipeline
 from digits_jax import evaluation
+from digits_jax import members as members_lib
 from digits_jax import restore
 from digits_jax import platform as platform_lib
 
@@ -44,7 +45,8 @@ def predict_run(predict_model, tmp_path_factory):
 def test_predicting_png_files_matches_evaluating_the_digits(predict_run,
                                                             tmp_path):
   config, workdir, digits, png_dir = predict_run
-  restored = restore.restore_best(config, workdir, platform_lib.current())
+  restored = restore.restore_best(*members_lib.resolve(config), workdir,
+                                  platform_lib.current())
   direct = evaluation.Evaluator(restored.model, restored.preprocess,
                            config.eval_batch_size).logits(
                                restored.state, digits).argmax(-1)

@@ -27,6 +27,7 @@ import pytest
 from helpers import ROOT, assert_one_line_error, cli_env, run_main
 
 from digits_jax import input_pipeline
+from digits_jax import members as members_lib
 from digits_jax import platform as platform_lib
 from digits_jax import predict
 from digits_jax import serve
@@ -86,7 +87,8 @@ def server(predict_model):
   the session's predict model (conftest.py: ~97%)."""
   config, workdir = predict_model
   httpd = serve.make_server('127.0.0.1', 0, client_timeout_s=CLIENT_TIMEOUT_S)
-  httpd.predictor = serve.Predictor(config, workdir, platform_lib.current())
+  httpd.predictor = serve.Predictor(*members_lib.resolve(config), workdir,
+                                    platform_lib.current())
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
   splits = input_pipeline.load_splits(config)
@@ -134,8 +136,9 @@ def test_a_digit_is_predicted_as_predict_mode_predicts_it(server,
   assert status == 200, answer
   (tmp_path / 'digit.png').write_bytes(body)
   output = tmp_path / 'predictions.json'
-  assert predict.predict_files(config, workdir, [str(tmp_path / 'digit.png')],
-                               str(output), platform_lib.current()) == 0
+  assert predict.predict_files(
+      *members_lib.resolve(config), workdir, [str(tmp_path / 'digit.png')],
+      str(output), platform_lib.current()) == 0
   expected = json.loads(output.read_text())['predictions'][0]
   assert answer['digit'] == expected['digit']
   np.testing.assert_allclose(answer['probabilities'],
@@ -309,7 +312,8 @@ def test_an_ensemble_says_how_many_members_agree(ensemble_run,
   config = config_checks.load_config('tiny')
   config.num_models = 3
   config.data_dir = mnist_data_dir
-  predictor = serve.Predictor(config, workdir, platform_lib.current())
+  predictor = serve.Predictor(*members_lib.resolve(config), workdir,
+                              platform_lib.current())
   splits = input_pipeline.load_splits(config)
   answer = predictor(splits.test_images[0])
   assert answer['num_models'] == 3

@@ -21,7 +21,7 @@ from helpers import (assert_one_line_error, float_drift, latest_checkpoint,
                      run_cli, run_main)
 
 from digits_jax import config_checks
-from digits_jax import ensemble
+from digits_jax import members as members_lib
 from digits_jax import optim
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
@@ -36,7 +36,13 @@ def _sweep_config(base, spec, mode='grid', **overrides):
   config = base.copy_and_resolve_references()
   config.update_from_flattened_dict(overrides)
   config.sweep, config.sweep_mode = spec, mode
-  return sweep.apply(config)
+  return members_lib.resolve(config)[0]
+
+
+def _member_configs(config):
+  members = members_lib.resolve(config)[1]
+  return [members_lib.member_config(config, members, j)
+          for j in range(members.num_models)]
 
 
 # The spec: parsing, combinations, the members' own configs, bad specs.
@@ -48,10 +54,13 @@ def test_a_grid_is_every_combination_the_first_key_slowest(tiny_config):
   assert sweep.member_values(config) == [
       {'learning_rate': lr, 'seed': s} for lr in (1e-3, 2e-3)
       for s in (4, 5, 6)]
-  assert sweep.member_seeds(config) == [4, 5, 6, 4, 5, 6]
+  members = members_lib.resolve(config)[1]
+  assert members.seeds == (4, 5, 6, 4, 5, 6)
   # The seed is no traced value: it chooses the member's keys.
-  assert sweep.hparams(config) == {'learning_rate': [1e-3] * 3 + [2e-3] * 3}
-  members = sweep.member_configs(config)
+  assert members.traced_keys == ('learning_rate',)
+  np.testing.assert_array_equal(members.hparams()['learning_rate'],
+                                np.float32([1e-3] * 3 + [2e-3] * 3))
+  members = _member_configs(config)
   assert [(m.learning_rate, m.seed, m.num_models, m.sweep) for m in members][
       4] == (2e-3, 5, 1, '')
 
@@ -61,13 +70,13 @@ def test_zip_takes_the_lists_together(tiny_config):
   assert sweep.member_values(config) == [
       {'dropout_rate': 0.1, 'l2': 0.0}, {'dropout_rate': 0.2, 'l2': 1e-3}]
   assert config.num_models == 2
-  assert sweep.member_seeds(config) == [0, 0]
+  assert members_lib.resolve(config)[1].seeds == (0, 0)
 
 
 def test_configs_sweep_holds_fast_py_and_its_variations():
-  config = sweep.apply(config_checks.load_config('sweep'))
+  config = members_lib.resolve(config_checks.load_config('sweep'))[0]
   fast = config_checks.load_config('fast')
-  members = sweep.member_configs(config)
+  members = _member_configs(config)
   assert len(members) >= 8
   # Member 0 is configs/fast.py itself.
   assert {k: members[0][k] for k in sweep.SWEEPABLE} == {
@@ -137,14 +146,16 @@ def _steps_of(config, num_steps, batch_size=8):
   """`num_steps` jitted train steps of `config` on MNIST-shaped noise:
   the initial state and the state after each step."""
   platform = platform_lib.current(config.conv_impl)
-  model, tx = recipe.build(config, platform, total_steps=num_steps)
+  members = members_lib.resolve(config)[1]
+  model, tx = recipe.build(config, platform, total_steps=num_steps,
+                           traced_keys=members.traced_keys)
   preprocess = recipe.preprocessing(
       config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
-  members = recipe.members(config, platform)
-  init_key, _, train_key = members.keys(config.seed)
+  init_key, _, train_key = members.keys()
   state = members.create_train_state(model, tx, init_key, config.input_size)
   step = jax.jit(recipe.train_step_fn(config, model, tx, preprocess,
-                                      total_steps=num_steps))
+                                      total_steps=num_steps,
+                                      traced_keys=members.traced_keys))
   rng = np.random.default_rng(0)
   states = [state]
   for _ in range(num_steps):
@@ -185,7 +196,7 @@ def test_the_moving_average_follows_its_numpy_derivation(tiny_config):
 
 
 def _train(config, workdir, platform):
-  train.train_and_evaluate(config, str(workdir), platform)
+  train.train_and_evaluate(*members_lib.resolve(config), str(workdir), platform)
   return latest_checkpoint(config, str(workdir), platform)
 
 
@@ -215,18 +226,18 @@ def test_each_member_is_the_single_run_with_its_values(backend, tiny_config,
   step, swept = _train(config, tmp_path / 'sweep', platform)
   assert step == 4
   singles = [_train(member, tmp_path / f'single{j}', platform)[1]
-             for j, member in enumerate(sweep.member_configs(config))]
+             for j, member in enumerate(_member_configs(config))]
 
   def drift(member, single):
     return float_drift(_all_parameters(member.inference_variables()),
                        _all_parameters(single.inference_variables()))
 
   for j, single in enumerate(singles):
-    member = ensemble.member_of(swept, j)
+    member = members_lib.member_of(swept, j)
     assert drift(member, single)['beyond_1e-4'] < 0.01, (j, drift(member,
                                                                   single))
     assert member.ema is not None and single.ema is not None
-  assert drift(ensemble.member_of(swept, 0), singles[1])['beyond_1e-4'] > 0.3
+  assert drift(members_lib.member_of(swept, 0), singles[1])['beyond_1e-4'] > 0.3
 
 
 @pytest.mark.slow
@@ -238,11 +249,12 @@ def test_one_compilation_serves_every_value(tiny_config):
                          model='lenet5', dropout_rate=0.0, input_size=28)
   platform = platform_lib.current()
   devices = train.parallel_lib.create(config)
-  model, tx = recipe.build(config, platform, total_steps=10)
+  members = members_lib.resolve(config)[1]
+  model, tx = recipe.build(config, platform, total_steps=10,
+                           traced_keys=members.traced_keys)
   preprocess = recipe.preprocessing(
       config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
-  members = recipe.members(config, platform)
-  init_key, shuffle_key, train_key = members.keys(config.seed)
+  init_key, shuffle_key, train_key = members.keys()
   program = train.train_program(config, model, tx, preprocess, members,
                                 devices, platform, total_steps=10)
   rng = np.random.default_rng(0)
@@ -271,7 +283,8 @@ def sweep_run(tmp_path_factory, tiny_config):
   config = _sweep_config(tiny_config, 'learning_rate=1e-3,3e-3 '
                          'ema_decay=0,0.9')
   workdir = tmp_path_factory.mktemp('sweep') / 'run'
-  train.train_and_evaluate(config, str(workdir), platform_lib.current())
+  train.train_and_evaluate(*members_lib.resolve(config), str(workdir),
+                           platform_lib.current())
   return config, str(workdir)
 
 
@@ -290,8 +303,8 @@ def test_a_sweep_resumes_bit_for_bit(sweep_run, tmp_path):
   resumed = tmp_path / 'resumed'
   first = config.copy_and_resolve_references()
   first.num_epochs = 1
-  train.train_and_evaluate(first, str(resumed), platform)
-  train.train_and_evaluate(config, str(resumed), platform)
+  train.train_and_evaluate(*members_lib.resolve(first), str(resumed), platform)
+  train.train_and_evaluate(*members_lib.resolve(config), str(resumed), platform)
   (step, want), (resumed_step, got) = (
       latest_checkpoint(config, workdir, platform),
       latest_checkpoint(config, str(resumed), platform))
@@ -338,18 +351,21 @@ def test_predict_and_export_take_the_best_member_or_a_named_one(sweep_run,
   config, workdir = sweep_run
   from digits_jax import checkpoint  # pylint: disable=g-import-not-at-top
   platform = platform_lib.current()
-  everyone = restore.restore_best(config, workdir, platform)
+  everyone = restore.restore_best(*members_lib.resolve(config), workdir,
+                                  platform)
   metrics = checkpoint.read_metrics(
       os.path.join(workdir, 'checkpoints'), everyone.step)
   best = int(np.argmax(metrics['member_val_accuracy']))
   digits = np.random.default_rng(1).integers(0, 256, (3, 28, 28), np.uint8)
   all_logits = evaluation.restored_logits(everyone, config, digits)
-  chosen = restore.restore_best(config, workdir, platform, 'best')
+  chosen = restore.restore_best(*members_lib.resolve(config), workdir, platform,
+                                'best')
   assert not chosen.members.stacked
   np.testing.assert_allclose(
       evaluation.restored_logits(chosen, config, digits)[0],
       all_logits[best], rtol=1e-5, atol=1e-5)
-  named = restore.restore_best(config, workdir, platform, '2')
+  named = restore.restore_best(*members_lib.resolve(config), workdir, platform,
+                               '2')
   np.testing.assert_allclose(
       evaluation.restored_logits(named, config, digits)[0],
       all_logits[2], rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ from helpers import (assert_one_line_error, latest_checkpoint, plateau_state,
 from digits_jax import checkpoint
 from digits_jax import config_checks
 from digits_jax import evaluation
+from digits_jax import members as members_lib
 from digits_jax import models
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
@@ -193,7 +194,8 @@ def test_eval_writes_the_three_report_pictures_from_the_runs_metrics(
 @pytest.mark.slow
 def test_checkpoint_round_trip_reproduces_the_eval_figures(trained_run):
   config, workdir, report = trained_run
-  again = evaluation.evaluate_checkpoint(config, workdir, PLATFORM)
+  again = evaluation.evaluate_checkpoint(*members_lib.resolve(config), workdir,
+                                         PLATFORM)
   for key in ('accuracy', 'loss', 'confusion_matrix', 'checkpoint_step'):
     assert again[key] == report[key]
 
@@ -206,9 +208,9 @@ def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
   config = config.copy_and_resolve_references()
   resumed_dir = str(tmp_path)
   config.num_epochs = 1
-  train.train_and_evaluate(config, resumed_dir, PLATFORM)
+  train.train_and_evaluate(*members_lib.resolve(config), resumed_dir, PLATFORM)
   config.num_epochs = 2
-  train.train_and_evaluate(config, resumed_dir, PLATFORM)
+  train.train_and_evaluate(*members_lib.resolve(config), resumed_dir, PLATFORM)
 
   def final_state(directory):
     manager = checkpoint.create_manager(
@@ -235,9 +237,10 @@ def test_checkpoint_of_another_model_is_refused(trained_run):
   config.model = 'lenet5'
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   with pytest.raises(UserError, match="model='improved_lenet'"):
-    train.train_and_evaluate(config, workdir, PLATFORM)
+    train.train_and_evaluate(*members_lib.resolve(config), workdir, PLATFORM)
   with pytest.raises(UserError, match='model'):
-    evaluation.evaluate_checkpoint(config, workdir, PLATFORM)
+    evaluation.evaluate_checkpoint(*members_lib.resolve(config), workdir,
+                                   PLATFORM)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
 
 
@@ -286,12 +289,13 @@ def test_a_partial_checkpoint_is_ignored_and_cleaned_up(trained_run,
   with open(os.path.join(partial, 'state', 'half_written'), 'wb') as f:
     f.write(b'\0' * 100)
 
-  again = evaluation.evaluate_checkpoint(config, workdir_copy, PLATFORM)
+  again = evaluation.evaluate_checkpoint(*members_lib.resolve(config),
+                                         workdir_copy, PLATFORM)
   assert again['accuracy'] == report['accuracy']
 
   config = config.copy_and_resolve_references()
   config.num_epochs = 3
-  train.train_and_evaluate(config, workdir_copy, PLATFORM)
+  train.train_and_evaluate(*members_lib.resolve(config), workdir_copy, PLATFORM)
   checkpoints = os.listdir(os.path.join(workdir_copy, 'checkpoints'))
   assert not [c for c in checkpoints if 'tmp' in c], checkpoints
   assert '60' in checkpoints  # Resumed from step 40 and wrote epoch 3.

@@ -41,9 +41,9 @@ _DATA_DIR = flags.DEFINE_string(
 
 def error_sources(member_logits: np.ndarray, labels: np.ndarray) -> dict:
   """The ensemble's errors counted by how many members were right on them."""
-  from digits_jax import ensemble
+  from digits_jax import members as members_lib
   right = member_logits.argmax(-1) == labels  # [K, N]
-  wrong = ensemble.combine(member_logits).argmax(-1) != labels
+  wrong = members_lib.combine(member_logits).argmax(-1) != labels
   members_right = right.sum(0)
   return {
       'num_members': int(len(member_logits)),
@@ -59,17 +59,18 @@ def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.ERROR)
   from digits_jax import evaluation
-  from digits_jax import restore
   from digits_jax import input_pipeline
+  from digits_jax import members as members_lib
   from digits_jax import platform as platform_lib
+  from digits_jax import restore
 
   labels, pooled, runs = None, [], []
   for workdir in _WORKDIRS.value:
     config = trained_config(workdir)
     if _DATA_DIR.value is not None:
       config.data_dir = _DATA_DIR.value
-    restored = restore.restore_best(
-        config, workdir, platform_lib.current(config.conv_impl))
+    restored = restore.restore_best(*members_lib.resolve(config), workdir,
+                                    platform_lib.current(config.conv_impl))
     splits = input_pipeline.load_splits(config)
     member_logits = evaluation.restored_logits(restored, config,
                                                splits.test_images)

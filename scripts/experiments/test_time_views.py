@@ -67,7 +67,7 @@ def transformed(images: np.ndarray, view) -> np.ndarray:
 def main(argv):
   del argv
   absl_logging.set_verbosity(absl_logging.ERROR)
-  from digits_jax import ensemble
+  from digits_jax import members as members_lib
   from digits_jax import evaluation
   from digits_jax import input_pipeline
   from digits_jax import platform as platform_lib
@@ -76,8 +76,8 @@ def main(argv):
   config = trained_config(_WORKDIR.value)
   if _DATA_DIR.value is not None:
     config.data_dir = _DATA_DIR.value
-  restored = restore.restore_best(
-      config, _WORKDIR.value, platform_lib.current(config.conv_impl))
+  restored = restore.restore_best(*members_lib.resolve(config), _WORKDIR.value,
+                                  platform_lib.current(config.conv_impl))
   splits = input_pipeline.load_splits(config)
 
   accuracy = {}
@@ -90,7 +90,7 @@ def main(argv):
 
     def ensemble_accuracy(names):
       pooled = np.concatenate([logits[name] for name in names])
-      return float((ensemble.combine(pooled).argmax(-1) == labels).mean())
+      return float((members_lib.combine(pooled).argmax(-1) == labels).mean())
 
     accuracy[split] = {name: ensemble_accuracy(names)
                        for name, names in VIEW_SETS.items()}

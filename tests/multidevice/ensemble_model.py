@@ -13,11 +13,10 @@ import jax
 import numpy as np
 
 from digits_jax import config_checks
-from digits_jax import ensemble
+from digits_jax import members as members_lib
 from digits_jax import parallel
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
-from digits_jax import sweep
 from digits_jax import train
 from helpers import float_drift, max_difference
 
@@ -26,26 +25,25 @@ from helpers import float_drift, max_difference
 NUM_MODELS, STEPS, BATCH = 4, 2, 8
 
 
-def run(devices: parallel.DataParallel, members: ensemble.Members, images,
-        labels):
+def run(devices: parallel.DataParallel, vmapped: bool, images, labels):
   config = config_checks.load_config('tiny')
   config.input_size = 28
   config.sweep = ('learning_rate=1e-3,2e-3,3e-3,4e-3 '
                   'ema_decay=0,0,0.9,0.5 seed=0,1,2,3')
   config.sweep_mode = 'zip'
-  config = sweep.apply(config)
-  assert config.num_models == NUM_MODELS
+  config, members = members_lib.resolve(config)
+  assert members.num_models == NUM_MODELS
   stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
   # Compiled as the trainer compiles for this platform: on the CPU, Eigen's
   # convolutions. (XLA's default CPU convolutions, conv_impl='xla', gave
   # member 3 of the 1x8 layout a loss 5e-3 off after 2 steps on an Intel
   # Xeon with AVX-512, where Eigen's agree to 4e-6: docs/testing.md.)
-  platform = platform_lib.current(config.conv_impl)
-  model, tx = recipe.build(config, platform)
+  platform = dataclasses.replace(platform_lib.current(config.conv_impl),
+                                member_vmap=vmapped)
+  model, tx = recipe.build(config, platform,
+                           traced_keys=members.traced_keys)
   preprocess = recipe.preprocessing(config, stats)
-  members = dataclasses.replace(recipe.members(config, platform),
-                                vmapped=members.vmapped)
-  init_key, shuffle_key, train_key = members.keys(0)
+  init_key, shuffle_key, train_key = members.keys()
   state = members.create_train_state(model, tx, init_key, 28)
   chunk = train.train_program(config, model, tx, preprocess, members, devices,
                               platform)
@@ -65,15 +63,14 @@ def report() -> dict:
   labels = rng.integers(0, 10, 256, dtype=np.int32)
   one_device = parallel.DataParallel('mesh', tuple(jax.devices()[:1]),
                                      member_devices=1)
-  one, one_metrics, _ = run(one_device, ensemble.Members(NUM_MODELS, False),
-                            images, labels)
+  one, one_metrics, _ = run(one_device, False, images, labels)
   results = {}
   for vmapped in (False, True):
     for member_devices in (4, 2, 1):
       devices = parallel.DataParallel('mesh', tuple(jax.devices()),
                                       member_devices=member_devices)
       state, metrics, hlo = run(
-          devices, ensemble.Members(NUM_MODELS, vmapped), images, labels)
+          devices, vmapped, images, labels)
       results[f'{"vmap" if vmapped else "side_by_side"}_{member_devices}'] = {
           'params': float_drift(state.params, one.params),
           'batch_stats': float_drift(state.batch_stats, one.batch_stats),

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from digits_jax import config_checks
+from digits_jax import members as members_lib
 from digits_jax import parallel
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
@@ -27,7 +28,7 @@ def run(devices: parallel.DataParallel, images, labels, batches):
   platform = platform_lib.current(config.conv_impl)
   model, tx = recipe.build(config, platform, devices.axis_name)
   preprocess = recipe.preprocessing(config, stats)
-  members = recipe.members(config, platform)
+  members = members_lib.Members()
   state = members.create_train_state(model, tx, jax.random.key(0), 28)
   chunk = train.train_program(config, model, tx, preprocess, members, devices,
                               platform)

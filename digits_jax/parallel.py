@@ -1,7 +1,9 @@
 """Data parallelism over all devices: jit over a device mesh, or pmap.
 
-Both wrap the same pure `steps.scan_train_steps` and give the same model as
-one device would (tests/test_parallel.py):
+Where the train state, the dataset and the batch indices live, and the
+shardings train.py's `jax.jit` takes; both forms run the same pure
+`steps.scan_train_steps` and give the same model as one device would
+(tests/test_parallel.py):
 
 * 'mesh' (default, what JAX recommends now): the state and the dataset are
   replicated over a 1-D mesh, the batch indices are split on its 'data' axis,
@@ -17,11 +19,16 @@ An ensemble (`config.num_models` K > 1, members.py) trains on a 2-D mesh,
 first, each batch over the second. By default as many devices as divide both
 K and the device count go to the members, whose steps need no communication
 at all; the rest split each member's batch as above.
+
+Several processes (hosts) run the same program as one: each places its own
+devices' copies of the dataset (MNIST is 47 MB of uint8) and its part of
+every global array from the values every process holds alike.
 """
 
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 from jax.sharding import NamedSharding
@@ -33,6 +40,17 @@ from digits_jax.errors import UserError
 AXIS = 'data'
 MEMBER_AXIS = 'members'
 MODES = ('mesh', 'pmap')
+
+
+class Shardings(NamedTuple):
+  """The train program's shardings on the mesh: `state` (the train state
+  and the per-member keys), `replicated` (the dataset, a single run's key),
+  `batch_indices` [K steps, (members,) B] and `metrics` [K steps,
+  (members)]."""
+  state: NamedSharding
+  replicated: NamedSharding
+  batch_indices: NamedSharding
+  metrics: NamedSharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +75,9 @@ class DataParallel:
     return self.num_devices // max(self.member_devices, 1)
 
   @property
-  def host_fed(self) -> bool:
-    """Several processes: each host assembles its devices' part of every
-    global batch (`assemble_batches`) instead of holding the dataset on its
-    devices."""
+  def multi_process(self) -> bool:
+    """Several processes: each places its own devices' part of every
+    global array (`_place`)."""
     return jax.process_count() > 1
 
   @property
@@ -82,26 +99,27 @@ class DataParallel:
         devices, names,
         axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
-  @property
-  def _state_spec(self) -> P:
-    """The train state and the per-member keys: split over the members'
-    leading axis, or replicated."""
-    return P(MEMBER_AXIS) if self.ensemble else P()
-
-  @property
-  def _batch_spec(self) -> P:
-    """[K steps, (members,) B, ...]: each batch split over the data axis."""
-    return P(None, MEMBER_AXIS, AXIS) if self.ensemble else P(None, AXIS)
+  @functools.cached_property
+  def shardings(self) -> Shardings:
+    """The train state split over the members' leading axis (or
+    replicated), each batch over the data axis."""
+    sharding = lambda *spec: NamedSharding(self.mesh, P(*spec))
+    if self.ensemble:
+      return Shardings(state=sharding(MEMBER_AXIS), replicated=sharding(),
+                       batch_indices=sharding(None, MEMBER_AXIS, AXIS),
+                       metrics=sharding(None, MEMBER_AXIS))
+    return Shardings(state=sharding(), replicated=sharding(),
+                     batch_indices=sharding(None, AXIS), metrics=sharding())
 
   def place_state(self, tree):
     """The train state (or per-member keys) on the devices: replicated, or
     member i on its row of the mesh."""
     if not self.ensemble:
       return self.replicate(tree)
-    return self._place(tree, NamedSharding(self.mesh, self._state_spec))
+    return self._place(tree, self.shardings.state)
 
   def _place(self, tree, sharding):
-    if self.host_fed:
+    if self.multi_process:
       # Every process holds the same values; each places its devices' part.
       def place(x):
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -122,43 +140,7 @@ class DataParallel:
                                         (self.num_devices, *np.shape(x)))
       return jax.device_put(jax.tree.map(stack, tree),
                             NamedSharding(self.mesh, P(AXIS)))
-    return self._place(tree, NamedSharding(self.mesh, P()))
-
-  def assemble_batches(self, images: np.ndarray, labels: np.ndarray,
-                       batch_indices) -> dict:
-    """Global batches [K, (members,) B, ...] split on B over all devices of
-    all hosts (and on the members, for an ensemble).
-
-    Every host knows the global indices (the permutation is seeded); each
-    reads only the examples of its own devices' shards.
-    """
-    batch_indices = np.asarray(batch_indices)
-    sharding = NamedSharding(self.mesh, self._batch_spec)
-    index_dims = batch_indices.ndim
-
-    def global_array(source):
-      shape = (*batch_indices.shape, *source.shape[1:])
-      return jax.make_array_from_callback(
-          shape, sharding,
-          lambda index: source[batch_indices[index[:index_dims]]])
-
-    return {'image': global_array(images), 'label': global_array(labels)}
-
-  def compile_host_fed(self, scan_fn, compiler_options=None):
-    """Wraps `scan_fn(state, batches, key)` for host-assembled batches."""
-    state = NamedSharding(self.mesh, self._state_spec)
-    return jax.jit(scan_fn,
-                   in_shardings=(state,
-                                 NamedSharding(self.mesh, self._batch_spec),
-                                 state),
-                   out_shardings=(state, self._metrics_sharding),
-                   donate_argnums=(0,), compiler_options=compiler_options)
-
-  @property
-  def _metrics_sharding(self) -> NamedSharding:
-    """Metrics [K steps, (members)]."""
-    return NamedSharding(self.mesh,
-                         P(None, MEMBER_AXIS) if self.ensemble else P())
+    return self._place(tree, self.shardings.replicated)
 
   def unreplicate(self, tree):
     """One copy of replicated values (what checkpoints and eval take).
@@ -177,31 +159,15 @@ class DataParallel:
       per_device = np.asarray(batch_indices).reshape(
           k, self.num_devices, b // self.num_devices).transpose(1, 0, 2)
       return jax.device_put(per_device, NamedSharding(self.mesh, P(AXIS)))
-    return jax.device_put(batch_indices,
-                          NamedSharding(self.mesh, self._batch_spec))
-
-  def compile(self, scan_fn, compiler_options=None):
-    """Wraps `scan_fn(state, images, labels, batch_indices, key)`.
-
-    `compiler_options` (see xla_options.py) apply under jit; `jax.pmap`
-    takes none, so pmap programs compile with XLA's defaults.
-    """
-    if self.mode == 'pmap':
-      return jax.pmap(scan_fn, axis_name=AXIS,
-                      in_axes=(0, 0, 0, 0, None), donate_argnums=(0,))
-    replicated = NamedSharding(self.mesh, P())
-    state = NamedSharding(self.mesh, self._state_spec)
-    return jax.jit(
-        scan_fn,
-        in_shardings=(state, replicated, replicated,
-                      NamedSharding(self.mesh, self._batch_spec), state),
-        out_shardings=(state, self._metrics_sharding),
-        donate_argnums=(0,), compiler_options=compiler_options)
+    if self.multi_process:
+      return self._place(np.asarray(batch_indices),
+                         self.shardings.batch_indices)
+    return jax.device_put(batch_indices, self.shardings.batch_indices)
 
   def to_host(self, tree):
     """Host copies of values on the devices (train state, metrics), whole:
     an ensemble's members spread over several hosts are gathered."""
-    if self.host_fed and self.ensemble:
+    if self.multi_process and self.ensemble:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_get(self.unreplicate(tree))
@@ -226,17 +192,16 @@ def initialize_distributed(coordinator_address: str = '',
     jax.distributed.initialize()
 
 
-def create(config, devices=None) -> DataParallel:
-  """The data parallelism the config asks for, over `devices` (default:
-  every device of the run, or this host's for pmap), or a UserError saying
-  why the config cannot train on them."""
+def create(config, num_models: int = 1, devices=None) -> DataParallel:
+  """The data parallelism the config asks for, for `num_models` members,
+  over `devices` (default: every device of the run, or this host's for
+  pmap), or a UserError saying why the config cannot train on them."""
   mode = config.get('parallelism', 'mesh')
   if mode not in MODES:
     raise UserError(f'config.parallelism={mode!r} must be one of {MODES}')
   if mode == 'pmap' and jax.process_count() > 1:
     raise UserError('config.parallelism=pmap runs on one host; use mesh for '
                     f'{jax.process_count()} processes')
-  num_models = config.get('num_models', 1)
   if num_models > 1 and mode == 'pmap':
     raise UserError(f'config.num_models={num_models} trains on a device '
                     'mesh; use config.parallelism=mesh')

@@ -182,13 +182,6 @@ def scan_train_steps(step_fn: Callable, state: TrainState, images: jax.Array,
   return _scan(body, state, batch_indices, unroll)
 
 
-def scan_train_batches(step_fn: Callable, state: TrainState, batches: dict,
-                       key: jax.Array, *, unroll: bool = False):
-  """Like `scan_train_steps`, over batches assembled by the hosts: a dict of
-  'image' [K, B, 28, 28] and 'label' [K, B] (the multi-host path)."""
-  return _scan(lambda s, b: step_fn(s, b, key), state, batches, unroll)
-
-
 def _scan(body, state, xs, unroll: bool):
   """`lax.scan`, and for `unroll` with a single step, the step itself:
   `unroll=True` over one step leaves JAX's while loop in place (unroll 1),

@@ -1,12 +1,17 @@
 """The training loop: epochs of compiled dispatches, validation, checkpoints.
 
-Each dispatch runs `steps_per_dispatch` train steps (steps.py) over the
-dataset held on the device and hands metrics back once; each epoch ends with
-validation, the plateau rule's update, a metrics line and a checkpoint. A
-signal stops it cleanly (interruption.py); rerunning resumes bit for bit.
+`train_program` is the compiled program: the pure train step (steps.py,
+bound by recipe.py) over the run's members (members.py), scanned over a
+dispatch's steps, jitted over the device mesh with its shardings and the
+state donated (or pmapped). Each dispatch runs `steps_per_dispatch` steps
+over the dataset held on the devices and hands metrics back once; each
+epoch ends with validation, the plateau rule's update, a metrics line and a
+checkpoint. A signal stops it cleanly (interruption.py); rerunning resumes
+bit for bit.
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -14,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Any, Callable, NamedTuple
 
 from etils import epath
 import jax
@@ -85,40 +91,72 @@ class MetricsWriter:
       shutil.rmtree(self._local_tb, ignore_errors=True)
 
 
-class TrainingDiverged(Exception):
-  """The loss became NaN or infinite."""
-
-
 def train_program(config, model, tx, preprocess: steps.Preprocess,
                   members: members_lib.Members,
                   devices: parallel_lib.DataParallel,
                   platform: platform_lib.Platform, total_steps: int = 0):
-  """The compiled training dispatch, built in this one place.
+  """The compiled training dispatch, one program on one host or many:
 
-  `steps.train_step` bound to the model, optimizer and preprocessing
-  (recipe.train_step_fn), over the ensemble's member axis (`members`),
-  scanned over a dispatch's steps (unrolled where the platform says), then
-  jitted over `devices`' mesh with their shardings, the state donated and
-  the platform's compiler options (or pmapped: parallel.py). Called as
+    program(state, images, labels, batch_indices, key) -> (state, metrics)
 
-    program(state, images, labels, batch_indices, key)  # the dataset on
-                                                        # the devices
-    program(state, batches, key)                        # host-fed batches
-
-  and returns (state, metrics), the metrics [steps] or [steps, members].
-  A sweep's values are in the state (one program for all of them);
-  `total_steps` is the one-cycle schedule's length, as the optimizer's.
+  the dataset held on the devices, `batch_indices` [K steps, (members,) B],
+  the metrics [K] or [K, members]. The step is `steps.train_step` bound to
+  the model, optimizer and preprocessing (recipe.train_step_fn), over the
+  members (vmapped or side by side, as the platform says), scanned over the
+  K steps (unrolled where the platform says). A sweep's values are in the
+  state (one program for all of them); `total_steps` is the one-cycle
+  schedule's length, as the optimizer's.
   """
   step = members.train_step(
       recipe.train_step_fn(config, model, tx, preprocess, devices.axis_name,
                            total_steps, members.traced_keys),
       platform.vmap_members)
-  unroll = platform.unroll_scan
-  if devices.host_fed:
-    scan = functools.partial(steps.scan_train_batches, step, unroll=unroll)
-    return devices.compile_host_fed(scan, platform.compiler_options)
-  scan = functools.partial(steps.scan_train_steps, step, unroll=unroll)
-  return devices.compile(scan, platform.compiler_options)
+  train_steps = functools.partial(steps.scan_train_steps, step,
+                                  unroll=platform.unroll_scan)
+  if devices.mode == 'pmap':
+    # One program per device, each argument with a leading device axis but
+    # the key; `jax.pmap` takes no compiler options (XLA's defaults).
+    return jax.pmap(train_steps, axis_name=devices.axis_name,
+                    in_axes=(0, 0, 0, 0, None), donate_argnums=(0,))
+  shardings = devices.shardings
+  return jax.jit(
+      train_steps,
+      in_shardings=(shardings.state, shardings.replicated,
+                    shardings.replicated, shardings.batch_indices,
+                    shardings.state),
+      out_shardings=(shardings.state, shardings.metrics),
+      donate_argnums=(0,), compiler_options=platform.compiler_options)
+
+
+class Schedule(NamedTuple):
+  """How a run's steps fall into epochs and dispatches."""
+  bag_size: int  # The training images each member trains on.
+  steps_per_epoch: int
+  total_steps: int
+  steps_per_dispatch: int
+
+  def epoch_end(self, epoch: int) -> int:
+    """The step after the epoch's last (the run's end for a short one)."""
+    return min((epoch + 1) * self.steps_per_epoch, self.total_steps)
+
+
+def make_schedule(config, members: members_lib.Members,
+                  platform: platform_lib.Platform,
+                  num_train: int) -> Schedule:
+  # Each run (each ensemble member) trains on its own bag of the training
+  # split; all of it by default.
+  bag_size = round(config.bag_fraction * num_train)
+  steps_per_epoch = bag_size // config.batch_size
+  if steps_per_epoch == 0:
+    raise UserError(f'config.batch_size={config.batch_size} is larger than '
+                    f'the {bag_size} training images of each run; lower it')
+  total_steps = steps_per_epoch * config.num_epochs
+  if config.num_train_steps > 0:
+    total_steps = min(total_steps, config.num_train_steps)
+  return Schedule(bag_size, steps_per_epoch, total_steps,
+                  platform.steps_per_dispatch(config.steps_per_dispatch,
+                                              steps_per_epoch,
+                                              members.num_models))
 
 
 def train_and_evaluate(
@@ -127,9 +165,8 @@ def train_and_evaluate(
     stop_signal: interruption.StopSignal | None = None) -> dict:
   """Trains as the config says, resuming from `workdir`; returns the test
   report of the best checkpoint. `members`: the run's (members.resolve).
-  `platform` makes the platform's choices,
-  for training and the evaluations alike (main.py decides it; tests pass
-  another to run its path here).
+  `platform` makes the platform's choices, for training and the evaluations
+  alike (main.py decides it; tests pass another to run its path here).
   `stop_signal`: the handler `main` put in place at its start (default: one
   from here on)."""
   own_stop_signal = stop_signal is None
@@ -147,27 +184,94 @@ def train_and_evaluate(
       stop_signal.restore()
 
 
-def _train_and_evaluate(config, members, workdir, platform, stop_signal):
-  devices = parallel_lib.create(config)
-  splits = input_pipeline.load_splits(config)
-  data_stats = {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std}
-  num_train = len(splits.train_images)
-  # Each run (each ensemble member) trains on its own bag of the training
-  # split; all of it by default.
-  bag_size = round(config.bag_fraction * num_train)
-  steps_per_epoch = bag_size // config.batch_size
-  if steps_per_epoch == 0:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than '
-                    f'the {bag_size} training images of each run; lower it')
-  total_steps = steps_per_epoch * config.num_epochs
-  if config.num_train_steps > 0:
-    total_steps = min(total_steps, config.num_train_steps)
-  model, tx = recipe.build(config, platform, devices.axis_name, total_steps,
-                           members.traced_keys)
-  preprocess = recipe.preprocessing(config, data_stats)
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What a training run holds fixed from its first dispatch to its last."""
+  config: Any
+  members: members_lib.Members
+  devices: parallel_lib.DataParallel
+  schedule: Schedule
+  splits: Any
+  preprocess: steps.Preprocess
+  program: Callable
+  evaluator: evaluation.Evaluator
+  train_data: tuple  # (images, labels) on the devices.
+  shuffle_key: Any
+  train_key: Any
+  manager: Any
+  writer: MetricsWriter | None
+  stop_signal: interruption.StopSignal
 
+
+class TrainingDiverged(Exception):
+  """The loss became NaN or infinite."""
+
+
+def _train_and_evaluate(config, members, workdir, platform, stop_signal):
+  run, state = _start(config, members, workdir, platform, stop_signal)
+  schedule = run.schedule
+  step = members.step(run.devices.to_host(state.step))
+  stop_signal.start_polling(step)
+  try:
+    while step < schedule.total_steps:
+      epoch = step // schedule.steps_per_epoch
+      state, step, train_metrics = _train_epoch(run, state, step, epoch)
+      if stop_signal.received and step < schedule.epoch_end(epoch):
+        return _stop_mid_epoch(run, state, step, epoch)
+      state = _end_epoch(run, state, step, epoch, train_metrics)
+      if stop_signal.received:
+        log.info('Stopped by %s after epoch %d; saved a checkpoint. Run '
+                 'the same command to resume.', stop_signal.received,
+                 epoch + 1)
+        return {'interrupted_at_step': step}
+  finally:
+    if run.writer:
+      run.writer.close()
+    stop_signal.stop_polling()
+  if members.is_sweep:
+    sweep.write_results(config, members.values, workdir,
+                        members_lib.rank_by_validation)
+  return evaluation.evaluate_checkpoint(config, members, workdir, platform,
+                                       splits=run.splits)
+
+
+def _start(config, members, workdir, platform, stop_signal):
+  """(run, state): the devices, data, schedule, model, compiled program and
+  checkpoints of a run, and its state restored or initialized, placed."""
+  devices = parallel_lib.create(config, members.num_models)
+  splits = input_pipeline.load_splits(config)
+  schedule = make_schedule(config, members, platform,
+                           len(splits.train_images))
+  model, tx = recipe.build(config, platform, devices.axis_name,
+                           schedule.total_steps, members.traced_keys)
+  preprocess = recipe.preprocessing(
+      config, {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std})
   init_key, shuffle_key, train_key = members.keys()
   state = members.create_train_state(model, tx, init_key, config.input_size)
+  _log_model(config, members, devices, state)
+  state, manager = _restore_or_init(config, workdir, devices, state)
+  run = _Run(
+      config=config, members=members, devices=devices, schedule=schedule,
+      splits=splits, preprocess=preprocess,
+      program=train_program(config, model, tx, preprocess, members, devices,
+                            platform, schedule.total_steps),
+      # Evaluation runs on one device of each host, outside pmap: the same
+      # model without the axis name.
+      evaluator=evaluation.Evaluator(
+          model.clone(axis_name=None), preprocess, config.eval_batch_size,
+          platform.compiler_options),
+      train_data=(devices.replicate(splits.train_images),
+                  devices.replicate(splits.train_labels)),
+      shuffle_key=shuffle_key,
+      train_key=(devices.place_state(train_key) if devices.ensemble
+                 else train_key),
+      manager=manager,
+      writer=MetricsWriter(workdir) if jax.process_index() == 0 else None,
+      stop_signal=stop_signal)
+  return run, devices.place_state(state)
+
+
+def _log_model(config, members, devices, state) -> None:
   counts = parameter_counts(state, members.num_models)
   log.info('Model %s%s: %d trainable parameters, %d BatchNorm statistics%s. '
            '%d %s device(s), parallelism %s%s.', config.model,
@@ -178,6 +282,11 @@ def _train_and_evaluate(config, members, workdir, platform, stop_signal):
            f', {devices.member_devices} on the members' if devices.ensemble
            else '')
 
+
+def _restore_or_init(config, workdir, devices, state):
+  """(state, checkpoint manager): the newest checkpoint in `workdir` that
+  restores, straight onto this run's devices whatever wrote it (damaged
+  ones set aside), or `state` where there is none."""
   checkpoints = workdir / 'checkpoints'
   aside = workdir / 'damaged_checkpoints'
   unreadable = checkpoint.steps_with_unreadable_metrics(checkpoints)
@@ -190,171 +299,164 @@ def _train_and_evaluate(config, members, workdir, platform, stop_signal):
     checkpoint.check_compatible(meta, config, workdir)
     checkpoint.check_same_recipe(meta, config, workdir)
 
-  # Restored straight onto this run's devices, whatever wrote it; the
-  # newest checkpoint that restores, passing over damaged ones.
   resumed = checkpoint.restore_first(
       manager, sorted(manager.all_steps(), reverse=True),
       state if devices.mode == 'pmap' else devices.place_state(state),
       checkpoints, check=resumable)
-  if resumed:
-    step, _, state, damaged = resumed
-    if damaged:
-      manager.close()
-      checkpoint.set_aside(checkpoints, aside, damaged, 'they do not restore')
-      manager = checkpoint.create_manager(checkpoints,
-                                          config.checkpoints_to_keep)
-    log.info('Resuming from the checkpoint at step %d in %s.', step,
-             workdir)
+  if not resumed:
+    return state, manager
+  step, _, state, damaged = resumed
+  if damaged:
+    manager.close()
+    checkpoint.set_aside(checkpoints, aside, damaged, 'they do not restore')
+    manager = checkpoint.create_manager(checkpoints,
+                                        config.checkpoints_to_keep)
+  log.info('Resuming from the checkpoint at step %d in %s.', step, workdir)
+  return state, manager
 
-  steps_per_dispatch = platform.steps_per_dispatch(
-      config.steps_per_dispatch, steps_per_epoch, members.num_models)
 
-  train_chunk = train_program(config, model, tx, preprocess, members,
-                              devices, platform, total_steps)
-  # Evaluation runs on one device of each host, outside pmap: the same
-  # model without the axis name.
-  evaluator = evaluation.Evaluator(model.clone(axis_name=None), preprocess,
-                                   config.eval_batch_size,
-                                   platform.compiler_options)
-  state = devices.place_state(state)
-  if devices.ensemble:
-    train_key = devices.place_state(train_key)
-  if not devices.host_fed:
-    train_images = devices.replicate(splits.train_images)
-    train_labels = devices.replicate(splits.train_labels)
+def _dispatch(run: _Run, state, batch_indices):
+  """One compiled dispatch over the rows of `batch_indices`."""
+  images, labels = run.train_data
+  return run.program(state, images, labels,
+                     run.devices.shard_batch_indices(batch_indices),
+                     run.train_key)
 
-  def run_steps(state, batch_indices):
-    if devices.host_fed:
-      return train_chunk(state, devices.assemble_batches(
-          splits.train_images, splits.train_labels, batch_indices), train_key)
-    return train_chunk(state, train_images, train_labels,
-                       devices.shard_batch_indices(batch_indices), train_key)
 
-  is_sweep = members.is_sweep
-  writer = MetricsWriter(workdir) if jax.process_index() == 0 else None
-  step = members.step(devices.to_host(state.step))
-  stop_signal.start_polling(step)
-  try:
-    while step < total_steps:
-      epoch = step // steps_per_epoch
-      epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
-      batches = members.epoch_batches(shuffle_key, epoch, num_train,
-                                      config.batch_size, bag_size)
-      train_metrics = []
-      start = time.perf_counter()
-      images_done = 0
-      progress = _progress_bar(epoch, config.num_epochs,
-                               epoch_end - epoch * steps_per_epoch,
-                               step - epoch * steps_per_epoch)
-      while step < epoch_end:
-        offset = step - epoch * steps_per_epoch
-        count = min(steps_per_dispatch, epoch_end - step)
-        state, metrics = run_steps(state, batches[offset:offset + count])
-        # One host sync per dispatch.
-        metrics = devices.to_host(metrics)
-        # Per step (an ensemble's metrics are [steps, members]).
-        finite = np.isfinite(metrics['loss']).reshape(count, -1).all(1)
-        if not finite.all():
-          bad = step + int(np.argmin(finite))
-          raise TrainingDiverged(
-              f'the training loss became non-finite at step {bad}; nothing '
-              f'was saved after it, the last good checkpoint is step '
-              f'{manager.latest_step()}; lower config.learning_rate and rerun')
-        train_metrics.append(metrics)
-        step += count
-        images_done += count * config.batch_size
-        progress.update(count)
-        progress.set_postfix(loss=f'{metrics["loss"].mean():.4f}')
-        every = config.log_every_steps
-        if every and step // every > (step - count) // every:
-          log.info('step %d: train loss %.4f', step,
-                   float(metrics['loss'].mean()))
-        if stop_signal.poll(step) and step < epoch_end:
-          break
-      progress.close()
-      if stop_signal.received and step < epoch_end:
-        # Mid-epoch: save where we are, without validation metrics (the
-        # epoch's evaluation and plateau update happen when it completes).
-        checkpoint.save(manager, step, devices.unreplicate(state),
-                        recipe.checkpoint_meta(config, preprocess, epoch), None)
-        log.info('Stopped by %s at step %d (epoch %d); saved a '
-                 'checkpoint. Run the same command to resume.',
-                 stop_signal.received, step, epoch + 1)
-        return {'interrupted_at_step': step}
-      elapsed = time.perf_counter() - start
+def _train_epoch(run: _Run, state, step: int, epoch: int):
+  """The epoch's dispatches from `step` to its end (or to a stop):
+  (state, step, each dispatch's metrics and timing)."""
+  config, schedule = run.config, run.schedule
+  first, epoch_end = epoch * schedule.steps_per_epoch, schedule.epoch_end(epoch)
+  batches = run.members.epoch_batches(
+      run.shuffle_key, epoch, len(run.splits.train_images), config.batch_size,
+      schedule.bag_size)
+  train_metrics = {'dispatches': [], 'images': 0,
+                   'start': time.perf_counter()}
+  progress = _progress_bar(epoch, config.num_epochs, epoch_end - first,
+                           step - first)
+  while step < epoch_end:
+    count = min(schedule.steps_per_dispatch, epoch_end - step)
+    state, metrics = _dispatch(run, state,
+                               batches[step - first:step - first + count])
+    # One host sync per dispatch.
+    metrics = run.devices.to_host(metrics)
+    _check_finite(metrics, step, count, run.manager)
+    train_metrics['dispatches'].append(metrics)
+    step += count
+    train_metrics['images'] += count * config.batch_size
+    progress.update(count)
+    progress.set_postfix(loss=f'{metrics["loss"].mean():.4f}')
+    every = config.log_every_steps
+    if every and step // every > (step - count) // every:
+      log.info('step %d: train loss %.4f', step,
+               float(metrics['loss'].mean()))
+    if run.stop_signal.poll(step) and step < epoch_end:
+      break
+  progress.close()
+  train_metrics['seconds'] = time.perf_counter() - train_metrics['start']
+  return state, step, train_metrics
 
-      host_state = devices.to_host(state)
-      val = evaluation.ensemble_report(
-          evaluator.member_logits(host_state, splits.val_images, members),
-          splits.val_labels)
-      member_val = val.get('members', [val])
-      # The rate each member ended this epoch with (the plateau's, before
-      # its update).
-      member_rates = members.current_learning_rates(
-          host_state.opt_state, step - 1, config, total_steps)
-      learning_rate = float(np.mean(member_rates))
-      losses = [m['loss'] for m in member_val]
-      state = state.replace(opt_state=members.report_epoch(
-          state.opt_state, losses, config))
-      summary = {
-          'epoch': epoch + 1,
-          'train_loss': float(np.concatenate(
-              [m['loss'] for m in train_metrics]).mean()),
-          'train_accuracy': float(np.concatenate(
-              [m['accuracy'] for m in train_metrics]).mean()),
-          'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
-          'learning_rate': learning_rate,
-          'images_per_sec': images_done / elapsed,
-          'epoch_seconds': elapsed,
-      }
-      if members.stacked or is_sweep:
-        # The ensemble's validation above; each member's here.
-        summary.update({
-            'member_val_accuracy': [m['accuracy'] for m in member_val],
-            'member_val_loss': losses,
-            'member_learning_rate': member_rates})
-      log.info(
-          'epoch %d/%d step %d: train loss %.4f acc %.4f | val loss %.4f acc '
-          '%.4f%s | lr %.2e | %.0f images/s%s', epoch + 1, config.num_epochs,
-          step, summary['train_loss'], summary['train_accuracy'],
-          summary['val_loss'], summary['val_accuracy'],
-          ' (averaged weights)' if members.ema else '', learning_rate,
-          summary['images_per_sec'] * members.num_models,
-          ' (all members)' if members.stacked else '')
-      if is_sweep:
-        best = members_lib.rank_by_validation(
-            [m['accuracy'] for m in member_val], losses)[0]
-        log.info('  best member %d (%s): val loss %.4f acc %.4f', best,
-                 members.describe(best),
-                 losses[best], member_val[best]['accuracy'])
-      if writer:
-        writer.write(step, summary)
-      # A sweep's checkpoint is as good as its best member (predict and
-      # export take that member); an ensemble's, the ensemble.
-      chosen = member_val[best] if is_sweep else val
-      record = {'val_accuracy': chosen['accuracy'], 'val_loss': chosen['loss']}
-      if members.stacked:
-        # Whence --member=best.
-        record.update({'member_val_accuracy': summary['member_val_accuracy'],
-                       'member_val_loss': losses})
-      checkpoint.save(manager, step, devices.unreplicate(state),
-                      recipe.checkpoint_meta(config, preprocess, epoch + 1),
-                      record)
-      if stop_signal.received:
-        log.info('Stopped by %s after epoch %d; saved a checkpoint. Run '
-                 'the same command to resume.', stop_signal.received,
-                 epoch + 1)
-        return {'interrupted_at_step': step}
-  finally:
-    if writer:
-      writer.close()
-    stop_signal.stop_polling()
 
-  if is_sweep:
-    sweep.write_results(config, members.values, workdir,
-                        members_lib.rank_by_validation)
-  return evaluation.evaluate_checkpoint(config, members, workdir, platform,
-                                       splits=splits)
+def _check_finite(metrics, step: int, count: int, manager) -> None:
+  # Per step (an ensemble's metrics are [steps, members]).
+  finite = np.isfinite(metrics['loss']).reshape(count, -1).all(1)
+  if not finite.all():
+    bad = step + int(np.argmin(finite))
+    raise TrainingDiverged(
+        f'the training loss became non-finite at step {bad}; nothing '
+        f'was saved after it, the last good checkpoint is step '
+        f'{manager.latest_step()}; lower config.learning_rate and rerun')
+
+
+def _stop_mid_epoch(run: _Run, state, step: int, epoch: int) -> dict:
+  """Saves where a stopped run is, without validation metrics (the epoch's
+  evaluation and plateau update happen when it completes)."""
+  checkpoint.save(run.manager, step, run.devices.unreplicate(state),
+                  recipe.checkpoint_meta(run.config, run.preprocess, epoch),
+                  None)
+  log.info('Stopped by %s at step %d (epoch %d); saved a checkpoint. Run '
+           'the same command to resume.', run.stop_signal.received, step,
+           epoch + 1)
+  return {'interrupted_at_step': step}
+
+
+def _end_epoch(run: _Run, state, step: int, epoch: int, train_metrics):
+  """Validation, each member's plateau, the metrics line and record, and
+  the epoch's checkpoint; returns the state with the plateau updated."""
+  config, members = run.config, run.members
+  host_state = run.devices.to_host(state)
+  val = evaluation.ensemble_report(
+      run.evaluator.member_logits(host_state, run.splits.val_images, members),
+      run.splits.val_labels)
+  member_val = val.get('members', [val])
+  losses = [m['loss'] for m in member_val]
+  # The rate each member ended this epoch with (the plateau's, before its
+  # update).
+  member_rates = members.current_learning_rates(
+      host_state.opt_state, step - 1, config, run.schedule.total_steps)
+  state = state.replace(opt_state=members.report_epoch(
+      state.opt_state, losses, config))
+  summary = _epoch_summary(run, epoch, train_metrics, val, member_val,
+                           member_rates)
+  _log_epoch(run, step, summary)
+  # A sweep's checkpoint is as good as its best member (predict and export
+  # take that member); an ensemble's, the ensemble.
+  chosen = val
+  if members.is_sweep:
+    best = members_lib.rank_by_validation(
+        [m['accuracy'] for m in member_val], losses)[0]
+    log.info('  best member %d (%s): val loss %.4f acc %.4f', best,
+             members.describe(best), losses[best],
+             member_val[best]['accuracy'])
+    chosen = member_val[best]
+  if run.writer:
+    run.writer.write(step, summary)
+  record = {'val_accuracy': chosen['accuracy'], 'val_loss': chosen['loss']}
+  if members.stacked:
+    # Whence --member=best.
+    record.update({'member_val_accuracy': summary['member_val_accuracy'],
+                   'member_val_loss': losses})
+  checkpoint.save(run.manager, step, run.devices.unreplicate(state),
+                  recipe.checkpoint_meta(config, run.preprocess, epoch + 1),
+                  record)
+  return state
+
+
+def _epoch_summary(run: _Run, epoch: int, train_metrics, val, member_val,
+                   member_rates) -> dict:
+  """The epoch's line of metrics.jsonl."""
+  dispatches = train_metrics['dispatches']
+  summary = {
+      'epoch': epoch + 1,
+      'train_loss': float(np.concatenate(
+          [m['loss'] for m in dispatches]).mean()),
+      'train_accuracy': float(np.concatenate(
+          [m['accuracy'] for m in dispatches]).mean()),
+      'val_loss': val['loss'], 'val_accuracy': val['accuracy'],
+      'learning_rate': float(np.mean(member_rates)),
+      'images_per_sec': train_metrics['images'] / train_metrics['seconds'],
+      'epoch_seconds': train_metrics['seconds'],
+  }
+  if run.members.stacked or run.members.is_sweep:
+    # The ensemble's validation above; each member's here.
+    summary.update({
+        'member_val_accuracy': [m['accuracy'] for m in member_val],
+        'member_val_loss': [m['loss'] for m in member_val],
+        'member_learning_rate': member_rates})
+  return summary
+
+
+def _log_epoch(run: _Run, step: int, summary: dict) -> None:
+  members = run.members
+  log.info(
+      'epoch %d/%d step %d: train loss %.4f acc %.4f | val loss %.4f acc '
+      '%.4f%s | lr %.2e | %.0f images/s%s', summary['epoch'],
+      run.config.num_epochs, step, summary['train_loss'],
+      summary['train_accuracy'], summary['val_loss'], summary['val_accuracy'],
+      ' (averaged weights)' if members.ema else '', summary['learning_rate'],
+      summary['images_per_sec'] * members.num_models,
+      ' (all members)' if members.stacked else '')
 
 
 def _progress_bar(epoch, num_epochs, total, initial):

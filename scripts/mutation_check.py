@@ -255,23 +255,24 @@ MUTATIONS = (
     # The training loop's wiring: what it hands to the plateau and to the
     # choice of the best checkpoint.
     _m('plateau_fed_the_train_loss', 'digits_jax/train.py',
-       'losses if members.stacked else losses[0], config))',
-       'losses if members.stacked else float(np.concatenate(\n'
-       "          [m['loss'] for m in train_metrics]).mean()), config))",
+       '      state.opt_state, losses, config))',
+       '      state.opt_state, [float(np.concatenate(\n'
+       "          [m['loss'] for m in train_metrics['dispatches']]).mean())]"
+       ' * len(losses), config))',
        [LOOP], 'the LR cut when the training loss stalls, not validation'),
     _m('plateaus_fed_the_ensemble_loss', 'digits_jax/train.py',
-       'losses if members.stacked else losses[0], config))',
-       "[val['loss']] * len(losses) if members.stacked else losses[0], "
-       'config))', [ENSEMBLE_LOOP],
+       '      state.opt_state, losses, config))',
+       "      state.opt_state, [val['loss']] * len(losses), config))",
+       [ENSEMBLE_LOOP],
        "every member's LR cut on the ensemble's loss, not its own"),
     _m('best_checkpoint_by_train_accuracy', 'digits_jax/train.py',
        "record = {'val_accuracy': chosen['accuracy'],",
        "record = {'val_accuracy': float(np.concatenate(\n"
-       "    [m['accuracy'] for m in train_metrics]).mean()),",
+       "    [m['accuracy'] for m in train_metrics['dispatches']]).mean()),",
        [LOOP], 'the best checkpoint chosen on training accuracy'),
     _m('best_checkpoint_by_member_0', 'digits_jax/train.py',
-       'chosen = member_val[best] if is_sweep else val',
-       'chosen = member_val[best] if is_sweep else member_val[0]',
+       '  chosen = val\n  if members.is_sweep:',
+       '  chosen = member_val[0]\n  if members.is_sweep:',
        [ENSEMBLE_LOOP], "an ensemble's best checkpoint chosen on member 0"),
     # configs/improved.py, the article's recipe.
     _m('article_rotation', 'configs/improved.py',

@@ -225,7 +225,7 @@ def test_a_config_that_cannot_use_the_devices_is_refused(overrides, devices,
   config = config_checks.load_config('tiny')
   config.update(overrides)
   with pytest.raises(UserError, match=message.replace('(', r'\(')):
-    parallel.create(config, devices=[object()] * devices)
+    parallel.create(config, config.num_models, devices=[object()] * devices)
 
 
 @pytest.mark.slow

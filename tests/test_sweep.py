@@ -248,7 +248,7 @@ def test_one_compilation_serves_every_value(tiny_config):
                          'rotation_degrees=0,5,10', 'zip',
                          model='lenet5', dropout_rate=0.0, input_size=28)
   platform = platform_lib.current()
-  devices = train.parallel_lib.create(config)
+  devices = train.parallel_lib.create(config, config.num_models)
   members = members_lib.resolve(config)[1]
   model, tx = recipe.build(config, platform, total_steps=10,
                            traced_keys=members.traced_keys)

@@ -8,6 +8,7 @@ of what produced it: the model, the input size and the standardization
 constants, so evaluation and prediction need nothing else.
 """
 
+import contextlib
 import json
 import logging
 from typing import Any, Callable, Iterable
@@ -17,7 +18,9 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from digits_jax import paths
 from digits_jax.errors import UserError
+from digits_jax.errors import WriteFailed
 from digits_jax.errors import in_one_line
 
 BEST_METRIC = 'val_accuracy'
@@ -113,14 +116,76 @@ def set_aside(directory: epath.PathLike, aside: epath.PathLike, steps,
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          meta: dict, metrics: dict | None) -> None:
   """Writes a checkpoint; `metrics` None (a mid-epoch save) keeps it out of
-  the choice of the best one."""
-  manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              meta=ocp.args.JsonSave(meta)),
-      metrics=metrics,
-      force=True)
-  manager.wait_until_finished()
+  the choice of the best one. A write the machine refuses (a full disk, a
+  read-only folder) is a WriteFailed; the partial checkpoint is removed,
+  the earlier ones are as they were."""
+  what = f'the checkpoint of step {step}'
+
+  def write():
+    with paths.writing(what, manager.directory), _quiet_write_faults():
+      manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta)),
+          metrics=metrics,
+          force=True)
+      manager.wait_until_finished()
+
+  try:
+    if paths.is_remote(manager.directory):
+      # A bucket that stops answering: one line within the deadline.
+      paths.write_remote(what, manager.directory, write)
+    else:
+      write()
+  except WriteFailed as e:
+    remove_partial(manager.directory, step)
+    e.fault = paths.with_free_space(e.fault, manager.directory)
+    raise
+
+
+def complete_steps(directory: epath.PathLike) -> list[int]:
+  """The steps of the complete checkpoints in a local `directory` (orbax
+  renames a checkpoint to its step once every process has written it)."""
+  directory = epath.Path(directory)
+  if paths.is_remote(directory) or not directory.exists():
+    return []
+  return sorted(int(entry.name) for entry in directory.iterdir()
+                if entry.name.isdigit())
+
+
+def remove_partial(directory: epath.PathLike, step: int) -> None:
+  """Removes what an unfinished save of `step` left (orbax's temporary
+  folder), which holds space and is no checkpoint. Process 0 removes it,
+  on a local disk (a bucket that stopped answering cannot be asked; the
+  next run's manager removes it there)."""
+  directory = epath.Path(directory)
+  if (jax.process_index() != 0 or paths.is_remote(directory)
+      or not directory.exists()):
+    return
+  for entry in directory.iterdir():
+    if entry.name.startswith(f'{step}.orbax-checkpoint-tmp'):
+      entry.rmtree(missing_ok=True)
+
+
+class _WriteFaultFilter(logging.Filter):
+  """Drops orbax's own log lines (and their tracebacks) for a write the
+  machine refused: `save` says it in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return paths.write_fault_in_text(record.getMessage()) is None
+
+
+@contextlib.contextmanager
+def _quiet_write_faults():
+  """Orbax's threads log a refused write at ERROR with a traceback before
+  `save` sees it; the WriteFailed says it instead."""
+  logger = logging.getLogger('absl')
+  quiet = _WriteFaultFilter()
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:

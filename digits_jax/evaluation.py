@@ -18,6 +18,7 @@ from digits_jax import reports
 from digits_jax import restore
 from digits_jax import steps
 from digits_jax import sweep
+from digits_jax.errors import WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,11 @@ def ensemble_report(member_logits: np.ndarray, labels: np.ndarray) -> dict:
 
 def evaluate_checkpoint(config, members: members_lib.Members,
                         workdir: epath.PathLike, platform,
-                        splits=None) -> dict:
+                        splits=None, must_write: bool = True) -> dict:
   """Evaluates the best checkpoint in `workdir` on the official test set and
-  writes `eval_test.json` and the report pictures beside it."""
+  writes `eval_test.json` and the report pictures beside it. What the
+  machine refuses to write is a WriteFailed, or with `must_write` False
+  (--mode=eval: the figures are in the log) one warning line."""
   workdir = paths.resolve(os.fspath(workdir))
   restored = restore.restore_best(config, members, workdir, platform)
   if splits is None:
@@ -133,12 +136,18 @@ def evaluate_checkpoint(config, members: members_lib.Members,
   if restored.members.stacked:
     report['num_models'] = restored.members.num_models
   if jax.process_index() == 0:
-    paths.write_atomically(workdir / 'eval_test.json',
-                           json.dumps(report, indent=1))
-    probabilities = np.exp(members_lib.combine(member_logits))
-    written = reports.write_eval_reports(workdir, report, splits.test_images,
-                                         splits.test_labels, probabilities)
-    log.info('Wrote %s.', ', '.join(written))
+    try:
+      paths.write_atomically(workdir / 'eval_test.json',
+                             json.dumps(report, indent=1))
+      probabilities = np.exp(members_lib.combine(member_logits))
+      written = reports.write_eval_reports(
+          workdir, report, splits.test_images, splits.test_labels,
+          probabilities)
+      log.info('Wrote %s.', ', '.join(written))
+    except WriteFailed as e:
+      if must_write:
+        raise
+      log.warning('Warning: %s; the test figures below are not saved.', e)
   log.info('Test set (%d images), best checkpoint (step %d, epoch %s): '
            'accuracy %.4f, loss %.4f', report['num_examples'],
            restored.step, restored.meta.get('epoch'), report['accuracy'],

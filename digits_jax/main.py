@@ -23,7 +23,9 @@ from ml_collections import config_flags
 from digits_jax import config_checks
 from digits_jax import interruption
 from digits_jax import paths
+from digits_jax.errors import ProcessLost
 from digits_jax.errors import UserError
+from digits_jax.errors import WriteFailed
 
 DEFAULT_WORKDIR = 'runs/default'
 
@@ -200,7 +202,8 @@ def _main(argv, stop_signal):
       train.train_and_evaluate(config, members, workdir, platform,
                                stop_signal)
     elif _MODE.value == 'eval':
-      evaluation.evaluate_checkpoint(config, members, workdir, platform)
+      evaluation.evaluate_checkpoint(config, members, workdir, platform,
+                                     must_write=False)
     elif _MODE.value == 'serve':
       from digits_jax import serve  # pylint: disable=g-import-not-at-top
       serve.serve(config, members, workdir, platform, _HOST.value,
@@ -218,9 +221,17 @@ def _main(argv, stop_signal):
         sys.exit(1)  # Some inputs failed; each said why on its own line.
   except UserError as e:
     _fail(str(e))
-  except train.TrainingDiverged as e:
+  except (train.TrainingDiverged, WriteFailed) as e:
+    # The machine's or the numbers' fault, not the input's: exit code 1.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except ProcessLost as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.stderr.flush()
+    # Not through JAX's exit handler: its shutdown barrier would wait for
+    # the lost process's heartbeat to time out, then abort with a trace.
+    # The lock and the metrics were released by the loop's `finally`.
+    os._exit(1)  # pylint: disable=protected-access
 
 
 def _config_file_error(error: BaseException, argv) -> str | None:

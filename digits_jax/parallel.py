@@ -28,6 +28,7 @@ every global array from the values every process holds alike.
 import dataclasses
 import functools
 import math
+import re
 from typing import NamedTuple
 
 import jax
@@ -171,6 +172,33 @@ class DataParallel:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_get(self.unreplicate(tree))
+
+
+# What a collective raises on a process whose peer is gone: gloo's TCP pairs
+# (CPU hosts) and the coordination service's RPCs.
+_LOST_PEER = ('Connection closed by peer', 'Connection reset by peer',
+              'heartbeat timeout', 'Socket closed')
+
+
+def lost_process(error: BaseException) -> str | None:
+  """Which process a multi-process run lost, if `error` (or what it wraps)
+  is a collective failing because a peer is gone; None otherwise."""
+  if jax.process_count() < 2:
+    return None
+  texts = []
+  while error is not None and len(texts) < 8:
+    texts.append(str(error))
+    error = error.__cause__ or error.__context__
+  text = ' '.join(texts)
+  if not any(words in text for words in _LOST_PEER):
+    return None
+  me, count = jax.process_index(), jax.process_count()
+  who = (f'process {1 - me}' if count == 2
+         else f'one of the other {count - 1} processes')
+  peer = re.search(r'peer \[([^\]]+)\]', text)
+  return (f'process {me} lost {who} of this run'
+          + (f' (at {peer.group(1)})' if peer else '')
+          + ' in the middle of a collective')
 
 
 def initialize_distributed(coordinator_address: str = '',

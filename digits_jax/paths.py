@@ -7,14 +7,18 @@ TensorFlow's gfile where TensorFlow is installed), and orbax writes the
 checkpoint arrays through TensorStore, which reads the same URIs.
 """
 
+import contextlib
+import errno
 import logging
 import os
+import shutil
 import threading
 import uuid
 
 from etils import epath
 
 from digits_jax.errors import UserError
+from digits_jax.errors import WriteFailed
 
 # How long the first look at a remote workdir may take before the run gives
 # up with one line: client libraries retry a dead network or a refused
@@ -49,17 +53,101 @@ def resolve(path: str) -> epath.Path:
   return epath.Path(os.path.abspath(os.path.expanduser(path)))
 
 
-def write_atomically(path: epath.Path, data: str | bytes) -> None:
+# A write the machine refused, by errno and by the words libraries that
+# wrap it use (TensorStore's RESOURCE_EXHAUSTED for orbax's arrays).
+_FULL = 'the disk is full'
+_FAULTS_BY_ERRNO = {errno.ENOSPC: _FULL,
+                    errno.EDQUOT: 'the disk quota is used up',
+                    errno.EROFS: 'the file system is read-only',
+                    errno.EACCES: 'permission denied',
+                    errno.EPERM: 'permission denied'}
+_FAULTS_BY_TEXT = (('No space left on device', _FULL),
+                   ('RESOURCE_EXHAUSTED', _FULL),
+                   ('Disk quota exceeded', 'the disk quota is used up'),
+                   ('Read-only file system', 'the file system is read-only'),
+                   ('Permission denied', 'permission denied'))
+
+
+def write_fault(error: BaseException) -> str | None:
+  """Why the machine refused a write, as a user reads it, if `error` (or an
+  error it wraps) is such a refusal; None for anything else."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _FAULTS_BY_ERRNO:
+      return _FAULTS_BY_ERRNO[error.errno]
+    fault = write_fault_in_text(str(error))
+    if fault:
+      return fault
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def write_fault_in_text(text: str) -> str | None:
+  """`write_fault` for a message alone (a library's log line)."""
+  for words, fault in _FAULTS_BY_TEXT:
+    if words in text:
+      return fault
+  return None
+
+
+def with_free_space(fault: str, path) -> str:
+  """`fault`, and for a full local disk the space free there now."""
+  fault = fault.split(' (')[0]
+  return fault + free_space(path) if fault == _FULL else fault
+
+
+def free_space(path) -> str:
+  """' (N MB free there)' for a local path, '' for a URI."""
+  if is_remote(path):
+    return ''
+  folder = os.fspath(path)
+  while folder and not os.path.exists(folder):
+    folder = os.path.dirname(folder)
+  try:
+    free = shutil.disk_usage(folder or '/').free
+  except OSError:
+    return ''
+  return f' ({free / 2**20:.1f} MB free there)'
+
+
+@contextlib.contextmanager
+def writing(what: str, path):
+  """Turns the machine's refusal of a write inside the block (a full disk,
+  a read-only folder, no permission) into a WriteFailed naming `what`,
+  `path` and why, with the free space for a full local disk. Every file the
+  trainer writes goes through here (`write_atomically`, checkpoint.save,
+  the TensorBoard events)."""
+  try:
+    yield
+  except WriteFailed:
+    raise
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    fault = write_fault(e)
+    if fault is None:
+      raise
+    raise WriteFailed(what, path, with_free_space(fault, path)) from None
+
+
+def write_atomically(path: epath.Path, data: str | bytes,
+                     what: str | None = None) -> None:
   """Writes the whole file, so that a crash leaves the previous version: a
   temporary file beside it, renamed into place (on object stores one
-  upload is already all or nothing)."""
+  upload is already all or nothing). A refused write is a WriteFailed
+  naming `what` (default: the file's name) and leaves no temporary file."""
+  write = lambda p: (p.write_bytes if isinstance(data, bytes) else
+                     p.write_text)(data)
   if is_remote(path):
-    (path.write_bytes if isinstance(data, bytes) else path.write_text)(data)
+    write_remote(what or path.name, path, lambda: write(path))
     return
-  temporary = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
-  (temporary.write_bytes if isinstance(data, bytes) else
-   temporary.write_text)(data)
-  temporary.replace(path)
+  with writing(what or path.name, path):
+    temporary = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
+    try:
+      write(temporary)
+      temporary.replace(path)
+    finally:
+      if temporary.exists():
+        temporary.unlink()
 
 
 def _first_line(error: BaseException) -> str:
@@ -72,17 +160,17 @@ def _first_line(error: BaseException) -> str:
 _RETRYING_LOGGERS = ('gcsfs', 'fsspec', 's3fs', 'google')
 
 
-def call_with_deadline(function, description: str,
-                       deadline_s: float | None = None):
-  """`function()`, or a UserError naming `description` if it raises or has
-  not answered within `deadline_s` (default: `remote_deadline_s()`).
+class _NoAnswer(Exception):
+  """The call had not answered when the deadline passed."""
 
-  The call runs in a daemon thread, left to its retries when the deadline
-  passes: a process that has said its one line exits then, rather than
-  waiting for a client library to give up (a pool's worker thread would be
-  joined at exit)."""
-  if deadline_s is None:
-    deadline_s = remote_deadline_s()
+
+def _within_deadline(function, description: str, deadline_s: float):
+  """`function()` run in a daemon thread: its value, what it raised, or
+  _NoAnswer when `deadline_s` passes first.
+
+  Left to its retries when the deadline passes: a process that has said
+  its one line exits then, rather than waiting for a client library to give
+  up (a pool's worker thread would be joined at exit)."""
   loggers = [logging.getLogger(name) for name in _RETRYING_LOGGERS]
   levels = [logger.level for logger in loggers]
   for logger in loggers:
@@ -102,16 +190,9 @@ def call_with_deadline(function, description: str,
                    daemon=True).start()
   try:
     if not answered.wait(deadline_s):
-      raise UserError(
-          f'{description}: no answer in {deadline_s:.0f} s; check the bucket '
-          'name, the network and the credentials (gcloud auth '
-          'application-default login)')
-    error = outcome.get('error')
-    if isinstance(error, UserError):
-      raise error
-    if error is not None:
-      raise UserError(f'{description}: {_first_line(error)}; check the path '
-                      'and the credentials') from None
+      raise _NoAnswer()
+    if 'error' in outcome:
+      raise outcome['error']
     return outcome['value']
   finally:
     if answered.is_set():
@@ -119,6 +200,44 @@ def call_with_deadline(function, description: str,
       # or each retry would print its traceback under the one line.
       for logger, level in zip(loggers, levels):
         logger.setLevel(level)
+
+
+def call_with_deadline(function, description: str,
+                       deadline_s: float | None = None):
+  """`function()`, or a UserError naming `description` if it raises or has
+  not answered within `deadline_s` (default: `remote_deadline_s()`): the
+  first look at a remote path, where a wrong name or credential is the
+  user's to fix."""
+  if deadline_s is None:
+    deadline_s = remote_deadline_s()
+  try:
+    return _within_deadline(function, description, deadline_s)
+  except _NoAnswer:
+    raise UserError(
+        f'{description}: no answer in {deadline_s:.0f} s; check the bucket '
+        'name, the network and the credentials (gcloud auth '
+        'application-default login)') from None
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise UserError(f'{description}: {_first_line(e)}; check the path '
+                    'and the credentials') from None
+
+
+def write_remote(what: str, path, write) -> None:
+  """`write()` of `what` to a remote `path` within the remote deadline: a
+  bucket that stops answering mid-run (or refuses) is a WriteFailed."""
+  deadline_s = remote_deadline_s()
+  try:
+    _within_deadline(write, f'writing {what}', deadline_s)
+  except _NoAnswer:
+    raise WriteFailed(what, path, f'the bucket did not answer in '
+                      f'{deadline_s:.0f} s') from None
+  except WriteFailed:
+    raise
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise WriteFailed(what, path, f'the bucket refused it ({_first_line(e)})'
+                      ) from None
 
 
 def write_output(output: str, data: str | bytes, *,
@@ -137,6 +256,9 @@ def write_output(output: str, data: str | bytes, *,
   except OSError as e:
     raise UserError(f'{description} ({e.strerror or e}); choose a writable '
                     'path') from None
+  except WriteFailed as e:
+    raise UserError(f'{description} ({e.fault}); choose a writable path'
+                    ) from None
   return path
 
 

@@ -165,7 +165,8 @@ def write_results(config, values: list[dict], workdir, rank) -> list[dict]:
         {'sweep': config.sweep, 'sweep_mode': config.sweep_mode,
          'members': members}, indent=1))
     if members:
-      (workdir / SWEEP_PNG).write_bytes(plot(members, config.sweep_mode))
+      paths.write_atomically(workdir / SWEEP_PNG,
+                             plot(members, config.sweep_mode))
   return members
 
 

@@ -37,7 +37,9 @@ from digits_jax import recipe
 from digits_jax import run_lock
 from digits_jax import steps
 from digits_jax import sweep
+from digits_jax.errors import ProcessLost
 from digits_jax.errors import UserError
+from digits_jax.errors import WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +68,44 @@ class MetricsWriter:
     self._tb_dir = workdir / 'tensorboard'
     self._local_tb = (tempfile.mkdtemp(prefix='digits_jax_tb_')
                       if paths.is_remote(workdir) else None)
-    self._tb = SummaryWriter(self._local_tb or os.fspath(self._tb_dir))
+    with self._writing_events():
+      self._tb = SummaryWriter(self._local_tb or os.fspath(self._tb_dir))
+
+  def _writing_events(self):
+    return paths.writing('the TensorBoard events', self._tb_dir)
 
   def write(self, step: int, metrics: dict) -> None:
     self._lines.append(json.dumps({'step': step, **metrics}))
-    paths.write_atomically(self._jsonl, '\n'.join(self._lines) + '\n')
-    for name, value in metrics.items():
-      if isinstance(value, (int, float)):
-        self._tb.add_scalar(name, value, step)
-    self._tb.flush()
-    self._copy_events()
+    paths.write_atomically(self._jsonl, '\n'.join(self._lines) + '\n',
+                           what='the metrics')
+    with self._writing_events():
+      for name, value in metrics.items():
+        if isinstance(value, (int, float)):
+          self._tb.add_scalar(name, value, step)
+      self._tb.flush()
+      self._copy_events()
 
   def _copy_events(self) -> None:
     if self._local_tb:
       self._tb_dir.mkdir(parents=True, exist_ok=True)
       for name in os.listdir(self._local_tb):
         with open(os.path.join(self._local_tb, name), 'rb') as f:
-          (self._tb_dir / name).write_bytes(f.read())
+          paths.write_atomically(self._tb_dir / name, f.read(),
+                                 what='the TensorBoard events')
 
-  def close(self) -> None:
-    self._tb.close()
-    self._copy_events()
-    if self._local_tb:
-      shutil.rmtree(self._local_tb, ignore_errors=True)
+  def close(self, quietly: bool = False) -> None:
+    """`quietly`: a run already failing, whose one line is said; what the
+    events could not flush then is not another."""
+    try:
+      with self._writing_events():
+        self._tb.close()
+        self._copy_events()
+    except WriteFailed:
+      if not quietly:
+        raise
+    finally:
+      if self._local_tb:
+        shutil.rmtree(self._local_tb, ignore_errors=True)
 
 
 def train_program(config, model, tx, preprocess: steps.Preprocess,
@@ -199,8 +216,23 @@ class _Run:
   shuffle_key: Any
   train_key: Any
   manager: Any
+  # The steps of the complete checkpoints, appended to as the run saves:
+  # what a run that fails names (a bucket may not answer then).
+  saved_steps: list
   writer: MetricsWriter | None
   stop_signal: interruption.StopSignal
+
+  def last_saved(self) -> list:
+    """`saved_steps`, and on a local disk what is there: a save that
+    failed in its last barrier (a process lost) is complete on disk."""
+    return sorted(set(self.saved_steps) | set(
+        checkpoint.complete_steps(self.manager.directory)))
+
+  def save(self, step: int, state, epoch: int, record: dict | None) -> None:
+    checkpoint.save(self.manager, step, self.devices.unreplicate(state),
+                    recipe.checkpoint_meta(self.config, self.preprocess,
+                                           epoch), record)
+    self.saved_steps.append(step)
 
 
 class TrainingDiverged(Exception):
@@ -209,30 +241,77 @@ class TrainingDiverged(Exception):
 
 def _train_and_evaluate(config, members, workdir, platform, stop_signal):
   run, state = _start(config, members, workdir, platform, stop_signal)
-  schedule = run.schedule
-  step = members.step(run.devices.to_host(state.step))
-  stop_signal.start_polling(step)
+  failed = True
   try:
-    while step < schedule.total_steps:
-      epoch = step // schedule.steps_per_epoch
-      state, step, train_metrics = _train_epoch(run, state, step, epoch)
-      if stop_signal.received and step < schedule.epoch_end(epoch):
-        return _stop_mid_epoch(run, state, step, epoch)
-      state = _end_epoch(run, state, step, epoch, train_metrics)
-      if stop_signal.received:
-        log.info('Stopped by %s after epoch %d; saved a checkpoint. Run '
-                 'the same command to resume.', stop_signal.received,
-                 epoch + 1)
-        return {'interrupted_at_step': step}
+    stopped = _train(run, state)
+    failed = False
+  except WriteFailed as e:
+    e.advice = _resume_advice(e, run.last_saved())
+    raise
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    lost = parallel_lib.lost_process(e)
+    if lost is None:
+      raise
+    raise ProcessLost(f'{lost}; ' + _rerun_advice(
+        run.last_saved(), 'restart every process with the same command'
+    )) from None
   finally:
     if run.writer:
-      run.writer.close()
+      run.writer.close(quietly=failed)
     stop_signal.stop_polling()
-  if members.is_sweep:
-    sweep.write_results(config, members.values, workdir,
-                        members_lib.rank_by_validation)
-  return evaluation.evaluate_checkpoint(config, members, workdir, platform,
-                                       splits=run.splits)
+  if stopped:
+    return stopped
+  try:
+    if members.is_sweep:
+      sweep.write_results(config, members.values, workdir,
+                          members_lib.rank_by_validation)
+    return evaluation.evaluate_checkpoint(config, members, workdir, platform,
+                                         splits=run.splits)
+  except WriteFailed as e:
+    e.advice = ('training is done and its checkpoints are saved; '
+                f'{_what_to_do(e)} and run the same command with --mode=eval')
+    raise
+
+
+def _train(run: _Run, state) -> dict | None:
+  """The epochs from the state's step to the end: None, or where a signal
+  stopped them ({'interrupted_at_step': step})."""
+  schedule, stop_signal = run.schedule, run.stop_signal
+  step = run.members.step(run.devices.to_host(state.step))
+  stop_signal.start_polling(step)
+  while step < schedule.total_steps:
+    epoch = step // schedule.steps_per_epoch
+    state, step, train_metrics = _train_epoch(run, state, step, epoch)
+    if stop_signal.received and step < schedule.epoch_end(epoch):
+      return _stop_mid_epoch(run, state, step, epoch)
+    state = _end_epoch(run, state, step, epoch, train_metrics)
+    if stop_signal.received:
+      log.info('Stopped by %s after epoch %d; saved a checkpoint. Run '
+               'the same command to resume.', stop_signal.received,
+               epoch + 1)
+      return {'interrupted_at_step': step}
+  return None
+
+
+def _what_to_do(error: WriteFailed) -> str:
+  if error.fault.startswith('the disk'):
+    return 'free space there'
+  if error.fault.startswith('the bucket'):
+    return 'check the bucket, the network and the credentials'
+  return 'make the folder writable'
+
+
+def _resume_advice(error: WriteFailed, saved_steps: list) -> str:
+  """What a run that could not write can do: where it can resume from."""
+  return _rerun_advice(saved_steps,
+                       f'{_what_to_do(error)} and rerun the same command')
+
+
+def _rerun_advice(saved_steps: list, rerun: str) -> str:
+  if not saved_steps:
+    return f'no checkpoint was saved; {rerun}, which starts afresh'
+  return (f'the last complete checkpoint is step {max(saved_steps)}; '
+          f'{rerun}, which resumes from it')
 
 
 def _start(config, members, workdir, platform, stop_signal):
@@ -265,7 +344,7 @@ def _start(config, members, workdir, platform, stop_signal):
       shuffle_key=shuffle_key,
       train_key=(devices.place_state(train_key) if devices.ensemble
                  else train_key),
-      manager=manager,
+      manager=manager, saved_steps=list(manager.all_steps()),
       writer=MetricsWriter(workdir) if jax.process_index() == 0 else None,
       stop_signal=stop_signal)
   return run, devices.place_state(state)
@@ -372,9 +451,7 @@ def _check_finite(metrics, step: int, count: int, manager) -> None:
 def _stop_mid_epoch(run: _Run, state, step: int, epoch: int) -> dict:
   """Saves where a stopped run is, without validation metrics (the epoch's
   evaluation and plateau update happen when it completes)."""
-  checkpoint.save(run.manager, step, run.devices.unreplicate(state),
-                  recipe.checkpoint_meta(run.config, run.preprocess, epoch),
-                  None)
+  run.save(step, state, epoch, None)
   log.info('Stopped by %s at step %d (epoch %d); saved a checkpoint. Run '
            'the same command to resume.', run.stop_signal.received, step,
            epoch + 1)
@@ -417,9 +494,7 @@ def _end_epoch(run: _Run, state, step: int, epoch: int, train_metrics):
     # Whence --member=best.
     record.update({'member_val_accuracy': summary['member_val_accuracy'],
                    'member_val_loss': losses})
-  checkpoint.save(run.manager, step, run.devices.unreplicate(state),
-                  recipe.checkpoint_meta(config, run.preprocess, epoch + 1),
-                  record)
+  run.save(step, state, epoch + 1, record)
   return state
 
 

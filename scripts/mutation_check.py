@@ -88,6 +88,9 @@ PLATFORM = ('tests/test_platform.py::'
 EXPORT = ('tests/test_export.py::'
           'test_a_plain_jax_process_predicts_what_eval_computes')
 LOOP = TRAIN + 'test_the_loop_hands_each_epochs_validation_figures_on'
+FAULTS = 'tests/test_machine_faults.py::'
+HOST_KILLED = ('tests/test_parallel.py::test_a_host_killed_mid_run_ends_the_'
+               'other_in_one_line_and_it_resumes')
 CHOSEN_ON_VALIDATION = ('tests/test_ensemble.py::test_the_chosen_ensemble_is_'
                         'chosen_on_validation_alone')
 RATE_FLOOR = ('tests/test_ensemble.py::test_each_members_plateau_floor_is_its_'
@@ -389,6 +392,39 @@ MUTATIONS = (
        'keys = jnp.stack([of(s) for s in self.seeds])',
        'keys = jnp.stack([of(self.seeds[0]) for s in self.seeds])',
        [SWEEP_MEMBER], 'swept seeds ignored'),
+    # Faults of the machine: one line, nothing partial left, resumable.
+    _m('partial_checkpoint_left_behind', 'digits_jax/checkpoint.py',
+       '    remove_partial(manager.directory, step)\n', '    pass\n',
+       [FAULTS + 'test_a_full_disk_at_the_first_checkpoint_leaves_nothing_'
+        'behind'],
+       "a checkpoint that did not fit leaves its partial folder holding "
+       "the space"),
+    _m('write_fault_not_recognized', 'digits_jax/paths.py',
+       '    fault = write_fault(e)\n', '    fault = None\n',
+       [FAULTS + 'test_a_full_disk_at_a_later_checkpoint_then_the_rerun_'
+        'resumes_bit_for_bit'],
+       'a full disk ends in library tracebacks, not one line'),
+    _m('lost_process_not_recognized', 'digits_jax/parallel.py',
+       '  if not any(words in text for words in _LOST_PEER):\n    return None',
+       '  if True:\n    return None',
+       [HOST_KILLED], 'a host killed mid-run ends the others in tracebacks'),
+    _m('lost_process_waits_for_the_heartbeat', 'digits_jax/main.py',
+       '    os._exit(1)  # pylint: disable=protected-access',
+       '    sys.exit(1)',
+       [HOST_KILLED], 'the others wait for the heartbeat timeout, then abort '
+       'with a C++ trace'),
+    _m('read_only_eval_fails', 'digits_jax/evaluation.py',
+       '      if must_write:\n        raise',
+       '      if True:\n        raise',
+       [FAULTS + 'test_eval_and_predict_on_a_read_only_run_do_their_job'],
+       '--mode=eval on a read-only run fails instead of printing its '
+       'figures'),
+    _m('remote_checkpoint_without_deadline', 'digits_jax/checkpoint.py',
+       '    if paths.is_remote(manager.directory):\n      # A bucket',
+       '    if False:\n      # A bucket',
+       ['tests/test_cloud_storage.py::test_a_bucket_that_stops_answering_mid_'
+        'run_is_one_line_and_resumes'],
+       'a bucket that stops answering hangs the run in its retries'),
     # The member axis: choices made on validation, each member's own rate.
     _m('chosen_ensemble_looks_at_the_test_set', 'digits_jax/evaluation.py',
        'chosen = members_lib.choose_by_validation(val_logits, val_labels)',

@@ -216,3 +216,60 @@ def test_a_missing_run_in_the_bucket_is_one_line(emulator, tmp_path):
   assert result.returncode == 2, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert 'gs://digits/no_such_run does not exist' in result.stderr
+
+
+def test_a_bucket_that_stops_answering_mid_run_is_one_line_and_resumes(
+    mnist_data_dir, tmp_path):
+  """The emulator stopped (SIGSTOP: connections open, no answers) once a
+  checkpoint is in the bucket: one line within the remote deadline naming
+  the write, the bucket and the last complete checkpoint, exit code 1; once
+  it answers again (SIGCONT), the same command resumes from that step."""
+  server = fake_gcs.FakeGCSServer()
+  server.start()
+  threading.Thread(target=server._process.stderr.read, daemon=True).start()  # pylint: disable=protected-access
+  try:
+    urllib.request.urlopen(urllib.request.Request(
+        f'{server.url}/storage/v1/b', method='POST',
+        data=json.dumps({'name': BUCKET}).encode(),
+        headers={'Content-Type': 'application/json'})).close()
+    env = dict(_env(server.url, tmp_path / 'home'),
+               DIGITS_JAX_REMOTE_DEADLINE_S=str(DEADLINE_S))
+    args = [sys.executable, '-m', 'digits_jax.main', f'--config={TINY}',
+            f'--workdir=gs://{BUCKET}/run',
+            f'--config.data_dir={mnist_data_dir}', '--config.num_epochs=3']
+    process = subprocess.Popen(args, cwd=tmp_path, env=env,
+                               stderr=subprocess.PIPE, text=True)
+    log = []
+    for line in process.stderr:
+      log.append(line)
+      if 'epoch 2/3' in line:  # Step 20's checkpoint is in the bucket.
+        os.kill(server._process.pid, signal.SIGSTOP)  # pylint: disable=protected-access
+        stopped = time.monotonic()
+        break
+    log.extend(process.stderr)
+    returncode = process.wait(timeout=300)
+    waited = time.monotonic() - stopped
+    os.kill(server._process.pid, signal.SIGCONT)  # pylint: disable=protected-access
+    log = ''.join(log)
+    assert returncode == 1, log[-3000:]
+    assert 'Traceback' not in log, log[-3000:]
+    errors = [l for l in log.splitlines() if l.startswith('error: ')]
+    print(errors, f'{waited:.1f} s')  # As a user sees it, in the test's log.
+    assert len(errors) == 1 and log.rstrip().endswith(errors[0]), log[-3000:]
+    assert f'gs://{BUCKET}/run' in errors[0], errors[0]
+    assert f'the bucket did not answer in {DEADLINE_S} s' in errors[0]
+    assert 'rerun the same command, which resumes from it' in errors[0]
+    last = int(errors[0].split('the last complete checkpoint is step ')[1]
+               .split(';')[0])
+    assert last in (20, 40), errors[0]
+    # The deadline, and the interpreter's exit: not the client's retries.
+    assert waited < DEADLINE_S + 30, waited
+
+    resumed = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f'Resuming from the checkpoint at step {last}'
+            in resumed.stderr), resumed.stderr[-3000:]
+  finally:
+    os.kill(server._process.pid, signal.SIGCONT)  # pylint: disable=protected-access
+    server.stop()

@@ -155,3 +155,43 @@ def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_a_host_killed_mid_run_ends_the_other_in_one_line_and_it_resumes(
+    tmp_path, mnist_data_dir):
+  """`kill -9` of process 1 once step 20's checkpoint is written: process 0,
+  in the next dispatch's collective, ends within seconds (not the
+  coordination service's heartbeat timeout) with one line naming process 1
+  and that checkpoint, exit code 1; the checkpoint restores and the same
+  command resumes from it (here on one process)."""
+  workdir = tmp_path / 'run'
+  args = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
+          f'--workdir={workdir}', '--config.steps_per_dispatch=4']
+  processes = launch_two_hosts(args)
+  written = workdir / 'checkpoints' / '20'
+  log1 = []
+  threading.Thread(target=lambda: log1.extend(processes[1].stderr),
+                   daemon=True).start()
+  deadline = time.monotonic() + 600
+  while not written.exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+  processes[1].kill()
+  killed = time.monotonic()
+  log0 = processes[0].communicate(timeout=300)[1]
+  waited = time.monotonic() - killed
+  assert processes[0].returncode == 1, log0[-3000:]
+  assert 'Traceback' not in log0, log0[-3000:]
+  errors = [l for l in log0.splitlines() if l.startswith('error: ')]
+  print(errors, f'{waited:.1f} s')  # As a user sees it, in the test's log.
+  assert len(errors) == 1 and log0.rstrip().endswith(errors[0]), log0[-3000:]
+  assert errors[0].startswith('error: process 0 lost process 1 of this run')
+  assert ('the last complete checkpoint is step 20; restart every process '
+          'with the same command, which resumes from it') in errors[0]
+  # Within a bound of its own, far below the 100 s heartbeat timeout.
+  assert waited < 30, waited
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['20']
+  resumed = run_main(*args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resuming from the checkpoint at step 20' in resumed.stderr
+  step, _ = tiny_final_state(workdir, {'steps_per_dispatch': 4})
+  assert step == 40

@@ -37,8 +37,8 @@ BUCKET = 'digits'
 DEADLINE_S = 5
 
 
-@pytest.fixture(scope='module')
-def emulator():
+def _start_emulator():
+  """A started fake-gcs-server holding an empty BUCKET."""
   server = fake_gcs.FakeGCSServer()
   server.start()
   # The wrapper pipes the server's request log and never reads it: once the
@@ -50,6 +50,12 @@ def emulator():
       data=json.dumps({'name': BUCKET}).encode(),
       headers={'Content-Type': 'application/json'})
   urllib.request.urlopen(request).close()
+  return server
+
+
+@pytest.fixture(scope='module')
+def emulator():
+  server = _start_emulator()
   yield server.url
   server.stop()
 
@@ -224,14 +230,8 @@ def test_a_bucket_that_stops_answering_mid_run_is_one_line_and_resumes(
   checkpoint is in the bucket: one line within the remote deadline naming
   the write, the bucket and the last complete checkpoint, exit code 1; once
   it answers again (SIGCONT), the same command resumes from that step."""
-  server = fake_gcs.FakeGCSServer()
-  server.start()
-  threading.Thread(target=server._process.stderr.read, daemon=True).start()  # pylint: disable=protected-access
+  server = _start_emulator()
   try:
-    urllib.request.urlopen(urllib.request.Request(
-        f'{server.url}/storage/v1/b', method='POST',
-        data=json.dumps({'name': BUCKET}).encode(),
-        headers={'Content-Type': 'application/json'})).close()
     env = dict(_env(server.url, tmp_path / 'home'),
                DIGITS_JAX_REMOTE_DEADLINE_S=str(DEADLINE_S))
     args = [sys.executable, '-m', 'digits_jax.main', f'--config={TINY}',

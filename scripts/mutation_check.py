@@ -416,7 +416,7 @@ MUTATIONS = (
     _m('read_only_eval_fails', 'digits_jax/evaluation.py',
        '      if must_write:\n        raise',
        '      if True:\n        raise',
-       [FAULTS + 'test_eval_and_predict_on_a_read_only_run_do_their_job'],
+       [FAULTS + 'test_eval_predict_and_serve_on_a_read_only_run_do_their_job'],
        '--mode=eval on a read-only run fails instead of printing its '
        'figures'),
     _m('remote_checkpoint_without_deadline', 'digits_jax/checkpoint.py',

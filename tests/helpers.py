@@ -10,6 +10,7 @@ import pkgutil
 import socket
 import subprocess
 import sys
+import threading
 from unittest import mock
 
 import jax
@@ -197,16 +198,29 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+# How long a two-host run may take before the test that started it kills
+# it: a deadlock in a collective (as JAX 0.12.1's, docs/testing.md) then
+# fails that test instead of holding the whole suite until CI's limit.
+TWO_HOSTS_DEADLINE_S = 600
+
+
 def launch_two_hosts(args, env=None):
   """Two `digits_jax.main` processes of one CPU device each, joined as the
-  two hosts of one run through a coordinator on this machine."""
+  two hosts of one run through a coordinator on this machine; both killed
+  if still running after TWO_HOSTS_DEADLINE_S (their logs then end, and a
+  test reading them fails)."""
   port = free_port()
-  return [subprocess.Popen(
+  processes = [subprocess.Popen(
       [sys.executable, '-m', 'digits_jax.main', *args,
        '--distributed', f'--coordinator_address=127.0.0.1:{port}',
        '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=env or cli_env(), stderr=subprocess.PIPE, text=True)
-          for i in (0, 1)]
+               for i in (0, 1)]
+  timer = threading.Timer(TWO_HOSTS_DEADLINE_S,
+                          lambda: [p.kill() for p in processes])
+  timer.daemon = True
+  timer.start()
+  return processes
 
 
 # A sitecustomize.py that hides TensorFlow from the process the way an

@@ -134,10 +134,11 @@ def test_a_full_disk_at_another_write_is_one_line(
   assert not [f for f in os.listdir(workdir) if f.endswith('.tmp')]
 
 
-def test_eval_and_predict_on_a_read_only_run_do_their_job(
+def test_eval_predict_and_serve_on_a_read_only_run_do_their_job(
     tmp_path, mnist_data_dir, trained_run):
   """--mode=eval prints its figures and says in one warning line what it
-  could not write; predict predicts. Exit code 0 both."""
+  could not write; predict predicts (exit code 0 both); serve's predictor
+  loads the run and answers."""
   config, workdir, report = trained_run
   with small_disk(tmp_path, 64) as disk:
     shutil.copytree(workdir, disk / 'run', ignore=shutil.ignore_patterns(
@@ -160,3 +161,9 @@ def test_eval_and_predict_on_a_read_only_run_do_their_job(
     predicted = run_main(*common, '--mode=predict', f'--images={digits}')
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert predicted.stdout.count('digits.npy') == 3, predicted.stdout
+    from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
+    from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+    from digits_jax import serve  # pylint: disable=g-import-not-at-top
+    predictor = serve.Predictor(*members_lib.resolve(config), disk / 'run',
+                                platform_lib.current())
+    assert len(predictor(np.load(digits)[0])['probabilities']) == 10

@@ -11,6 +11,7 @@ constants, so evaluation and prediction need nothing else.
 import contextlib
 import json
 import logging
+import sys
 from typing import Any, Callable, Iterable
 
 from etils import epath
@@ -169,23 +170,39 @@ def remove_partial(directory: epath.PathLike, step: int) -> None:
 
 class _WriteFaultFilter(logging.Filter):
   """Drops orbax's own log lines (and their tracebacks) for a write the
-  machine refused: `save` says it in one line."""
+  machine refused, and asyncio's for the futures that write left: `save`
+  says it in one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return paths.write_fault_in_text(record.getMessage()) is None
 
 
+def _into_a_closed_loop(unraisable) -> bool:
+  """TensorStore's callbacks for a failed write, arriving after orbax
+  closed the event loop they were to report to."""
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and 'Event loop is closed' in str(unraisable.exc_value))
+
+
 @contextlib.contextmanager
 def _quiet_write_faults():
   """Orbax's threads log a refused write at ERROR with a traceback before
-  `save` sees it; the WriteFailed says it instead."""
-  logger = logging.getLogger('absl')
+  `save` sees it, and TensorStore's callbacks keep reporting it into
+  orbax's closed event loops (each an ignored exception with a traceback):
+  the WriteFailed says it instead. After a failed save they stay quiet to
+  the end of the process, which that failure ends."""
+  loggers = [logging.getLogger('absl'), logging.getLogger('asyncio')]
   quiet = _WriteFaultFilter()
-  logger.addFilter(quiet)
-  try:
-    yield
-  finally:
+  for logger in loggers:
+    logger.addFilter(quiet)
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: (
+      None if _into_a_closed_loop(unraisable) else previous_hook(unraisable))
+  yield
+  # Reached only when the save succeeded.
+  for logger in loggers:
     logger.removeFilter(quiet)
+  sys.unraisablehook = previous_hook
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:

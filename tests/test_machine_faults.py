@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import run_main, tiny_final_state
+from helpers import run_cli, run_main, tiny_final_state
 
 pytestmark = pytest.mark.slow  # Each test trains or evaluates a run.
 
@@ -68,13 +68,15 @@ def _tiny(data_dir, workdir, *more):
 def test_a_full_disk_at_a_later_checkpoint_then_the_rerun_resumes_bit_for_bit(
     tmp_path, mnist_data_dir, trained_run):
   """The tiny config's first checkpoint (about 4.3 MB) fits in 7 MB, its
-  second does not: one line naming step 40, the disk and step 20; the
-  partial folder removed; after space is freed the same command resumes
-  from step 20 and ends where the uninterrupted run ends, bit for bit."""
+  second does not: one line naming step 40, the disk and step 20, and
+  nothing after it (a process of its own: orbax's and TensorStore's
+  threads print to the real stderr); the partial folder removed; after
+  space is freed the same command resumes from step 20 and ends where the
+  uninterrupted run ends, bit for bit."""
   _, straight, _ = trained_run
   with small_disk(tmp_path, 7) as disk:
     workdir = disk / 'run'
-    result = run_main(*_tiny(mnist_data_dir, workdir))
+    result = run_cli(*_tiny(mnist_data_dir, workdir))
     assert_one_line_fault(
         result, 'cannot write the checkpoint of step 40',
         f'to {workdir}/checkpoints: the disk is full (',

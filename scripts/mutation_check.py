@@ -422,9 +422,17 @@ MUTATIONS = (
     _m('remote_checkpoint_without_deadline', 'digits_jax/checkpoint.py',
        '    if paths.is_remote(manager.directory):\n      # A bucket',
        '    if False:\n      # A bucket',
+       [FAULTS + 'test_a_checkpoint_to_a_bucket_that_does_not_answer_fails_'
+        'in_the_deadline'],
+       "a bucket that stops answering during a checkpoint hangs the run in "
+       "the client's retries"),
+    _m('remote_write_without_deadline', 'digits_jax/paths.py',
+       '    write_remote(what or path.name, path, lambda: write(path))\n',
+       '    write(path)\n',
        ['tests/test_cloud_storage.py::test_a_bucket_that_stops_answering_mid_'
         'run_is_one_line_and_resumes'],
-       'a bucket that stops answering hangs the run in its retries'),
+       "a bucket that stops answering during the metrics' write hangs the "
+       "run in the client's retries"),
     # The member axis: choices made on validation, each member's own rate.
     _m('chosen_ensemble_looks_at_the_test_set', 'digits_jax/evaluation.py',
        'chosen = members_lib.choose_by_validation(val_logits, val_labels)',

@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 import uuid
 
 from etils import epath
@@ -169,3 +170,33 @@ def test_eval_predict_and_serve_on_a_read_only_run_do_their_job(
     predictor = serve.Predictor(*members_lib.resolve(config), disk / 'run',
                                 platform_lib.current())
     assert len(predictor(np.load(digits)[0])['probabilities']) == 10
+
+
+class _UnansweredManager:
+  """An orbax manager whose bucket never answers a save."""
+  directory = epath.Path('gs://digits/run/checkpoints')
+
+  def save(self, *args, **kwargs):
+    del args, kwargs
+    time.sleep(60)
+
+  def wait_until_finished(self):
+    pass
+
+
+def test_a_checkpoint_to_a_bucket_that_does_not_answer_fails_in_the_deadline(
+    monkeypatch):
+  """checkpoint.save on a remote run folder gives up at the remote deadline
+  with a WriteFailed naming the step and the bucket, whatever the client's
+  retries (the stopped emulator of test_cloud_storage usually stops the
+  metrics' write first, which `write_atomically` bounds the same way)."""
+  from digits_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from digits_jax.errors import WriteFailed  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('DIGITS_JAX_REMOTE_DEADLINE_S', '1')
+  start = time.monotonic()
+  with pytest.raises(WriteFailed) as failed:
+    checkpoint.save(_UnansweredManager(), 7, {}, {}, None)
+  assert time.monotonic() - start < 10
+  assert str(failed.value) == (
+      'cannot write the checkpoint of step 7 to gs://digits/run/checkpoints: '
+      'the bucket did not answer in 1 s')

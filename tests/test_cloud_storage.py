@@ -246,8 +246,12 @@ def test_a_bucket_that_stops_answering_mid_run_is_one_line_and_resumes(
         os.kill(server._process.pid, signal.SIGSTOP)  # pylint: disable=protected-access
         stopped = time.monotonic()
         break
-    log.extend(process.stderr)
-    returncode = process.wait(timeout=300)
+    try:  # A run that hangs in the client's retries fails here.
+      log.append(process.communicate(timeout=DEADLINE_S + 60)[1])
+    except subprocess.TimeoutExpired:
+      process.kill()
+      raise
+    returncode = process.returncode
     waited = time.monotonic() - stopped
     os.kill(server._process.pid, signal.SIGCONT)  # pylint: disable=protected-access
     log = ''.join(log)

@@ -78,6 +78,10 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', 0, 'With --coordinator_address: this process\'s index, '
     'in [0, --num_processes).', lower_bound=0)
+_HEARTBEAT_TIMEOUT_S = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 30, 'With --distributed: how long a process may '
+    'be silent before the others count it lost and end with one line '
+    '(JAX\'s default is 100).', lower_bound=1)
 flags.register_multi_flags_validator(
     ['num_processes', 'process_id'],
     lambda values: values['process_id'] < values['num_processes'],
@@ -187,8 +191,9 @@ def _main(argv, stop_signal):
     # its combinations (num_models set), each member's values checked.
     config, members = members_lib.resolve(config)
     if _DISTRIBUTED.value:
-      parallel.initialize_distributed(_COORDINATOR_ADDRESS.value,
-                                      _NUM_PROCESSES.value, _PROCESS_ID.value)
+      parallel.initialize_distributed(
+          _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+          _HEARTBEAT_TIMEOUT_S.value)
     if jax.process_index() != 0:  # Process 0 reports.
       absl_logging.set_verbosity(absl_logging.WARNING)
       logging.getLogger('digits_jax').setLevel(logging.WARNING)

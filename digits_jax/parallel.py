@@ -202,22 +202,25 @@ def lost_process(error: BaseException) -> str | None:
 
 
 def initialize_distributed(coordinator_address: str = '',
-                           num_processes: int = 1,
-                           process_id: int = 0) -> None:
+                           num_processes: int = 1, process_id: int = 0,
+                           heartbeat_timeout_s: int = 30) -> None:
   """Joins a multi-process run (main.py's `--distributed`).
 
   With no coordinator, `jax.distributed.initialize()` finds the cluster
   itself (Cloud TPU, SLURM, ...); with `coordinator_address`, the processes
   are named explicitly (several CPU or GPU hosts, or processes on one
   machine). CPU processes reduce across processes with gloo, JAX's default
-  since before our lower bound (0.10.2).
+  since before our lower bound (0.10.2). `heartbeat_timeout_s`: how long a
+  process may be silent before the others count it lost (JAX's default is
+  100 s): what bounds a wait for a dead process in a barrier.
   """
   if coordinator_address:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
 
 
 def create(config, num_models: int = 1, devices=None) -> DataParallel:

@@ -159,15 +159,17 @@ def test_sigterm_on_one_of_two_hosts_stops_both_at_the_same_step(
 
 def test_a_host_killed_mid_run_ends_the_other_in_one_line_and_it_resumes(
     tmp_path, mnist_data_dir):
-  """`kill -9` of process 1 once step 20's checkpoint is written: process 0,
-  in the next dispatch's collective, ends within seconds (not the
-  coordination service's heartbeat timeout) with one line naming process 1
-  and that checkpoint, exit code 1; the checkpoint restores and the same
-  command resumes from it (here on one process)."""
+  """`kill -9` of process 1 once step 20's checkpoint is written: process 0
+  ends with one line naming process 1 and that checkpoint, exit code 1,
+  within the heartbeat timeout (10 s here) and a margin: at once in the
+  next dispatch's collective (0.2 s measured), or, still in the save's last
+  barrier, once the coordination service counts process 1 lost (80 s with
+  JAX's default of 100 s, measured under CI's load). The checkpoint
+  restores and the same command resumes from it (here on one process)."""
   workdir = tmp_path / 'run'
   args = ['--config=configs/tiny.py', f'--config.data_dir={mnist_data_dir}',
           f'--workdir={workdir}', '--config.steps_per_dispatch=4']
-  processes = launch_two_hosts(args)
+  processes = launch_two_hosts([*args, '--heartbeat_timeout_s=10'])
   written = workdir / 'checkpoints' / '20'
   log1 = []
   threading.Thread(target=lambda: log1.extend(processes[1].stderr),
@@ -187,8 +189,7 @@ def test_a_host_killed_mid_run_ends_the_other_in_one_line_and_it_resumes(
   assert errors[0].startswith('error: process 0 lost process 1 of this run')
   assert ('the last complete checkpoint is step 20; restart every process '
           'with the same command, which resumes from it') in errors[0]
-  # Within a bound of its own, far below the 100 s heartbeat timeout.
-  assert waited < 30, waited
+  assert waited < 10 + 20, waited
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['20']
   resumed = run_main(*args)
   assert resumed.returncode == 0, resumed.stderr[-3000:]

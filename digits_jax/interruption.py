@@ -55,6 +55,7 @@ class StopSignal:
     self._after_training = False
     self._multihost = False
     self._offered_step = 0
+    self._pending = None
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,7 +68,11 @@ class StopSignal:
       return  # JAX's preemption service stops every host (see above).
     self.restore()  # A second signal acts as usual.
     if not self._polling:
-      raise Interrupted(name, self._after_training)
+      # Kept too: raised where Python ignores exceptions (the signal can
+      # land in a gc callback of JAX's, which prints it and goes on), it is
+      # raised again when the loop starts.
+      self._pending = Interrupted(name, self._after_training)
+      raise self._pending
     self.received = name
     log.warning('%s received: stopping after the current steps.', name)
 
@@ -75,6 +80,8 @@ class StopSignal:
     """The training loop begins at training step `step`: from here a signal
     is recorded for `poll`."""
     import jax  # pylint: disable=g-import-not-at-top
+    if self._pending is not None:
+      raise self._pending
     self._offered_step = step
     self._multihost = jax.process_count() > 1
     if self._multihost:

@@ -83,6 +83,34 @@ def _channels(image) -> list[np.ndarray]:
   return [gray, rgb[..., 0], rgb[..., 1], rgb[..., 2]]
 
 
+# Pillow's modes of one channel wider than 8 bits: 16-bit integers (PNG,
+# TIFF), 32-bit integers, 32-bit floats (TIFF).
+_SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')
+
+
+def as_8bit(image):
+  """A 16-bit, 32-bit or float grayscale image as 8-bit 'L', scaled as its
+  mode says: 16-bit from 0-65535; 32-bit integers the same when a value
+  exceeds 255, else as 8-bit values; floats from [0, 1] when none exceeds
+  1, else as 8-bit values, or from 0 to their maximum when one exceeds 255.
+  Pillow's own conversion clips such values at 255, which turns a 16-bit
+  scan white (blank). Other modes are returned as they are."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if image.mode not in _SIXTEEN_BIT_MODES + ('I', 'F'):
+    return image
+  values = np.nan_to_num(np.asarray(image, np.float64), nan=0.0,
+                         posinf=0.0, neginf=0.0)
+  top = float(values.max(initial=0.0))
+  if image.mode in _SIXTEEN_BIT_MODES or (image.mode == 'I' and top > 255):
+    full_scale = max(65535.0, top)
+  elif image.mode == 'F' and top <= 1.0:
+    full_scale = 1.0
+  else:
+    full_scale = max(255.0, top)
+  scaled = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255)
+  return Image.fromarray(scaled.astype(np.uint8), 'L')
+
+
 def _working_image(image):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   scale = WORKING_SIZE / max(image.size)
@@ -120,7 +148,7 @@ def ink_map(image) -> tuple[np.ndarray, np.ndarray]:
   """The ink of a PIL image at its working size: (amount, mask), the amount
   from 0 (paper) to 1 (ink) keeping antialiased edges, the mask Otsu's."""
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
-  channels = _channels(_working_image(image))
+  channels = _channels(_working_image(as_8bit(image)))
   # The channel whose two classes lie furthest apart (Otsu's between-class
   # variance: separability times variance), so that orange ink on white
   # is read in blue, where it is dark, not in red, where it is not.

@@ -14,6 +14,7 @@ for without the hardware, so that one file serves on CPU, GPU and TPU.
 """
 
 import logging
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,10 @@ def export_checkpoint(config, members, workdir, output: str, platform,
   from digits_jax import restore  # pylint: disable=g-import-not-at-top
   if not output:
     raise UserError('--mode=export needs --output=PATH (e.g. digits.jax)')
+  if output == paths.STANDARD_OUTPUT and sys.stdout.isatty():
+    raise UserError('--output=- writes the binary artifact to standard '
+                    'output, which is a terminal here; redirect it '
+                    '(> digits.jax) or pipe it')
   restored = restore.restore_best(config, members, workdir, platform,
                                   member)
   serialized, platforms = export_inference(restored)

@@ -11,7 +11,9 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import shutil
+import sys
 import threading
 import uuid
 
@@ -240,15 +242,79 @@ def write_remote(what: str, path, write) -> None:
                       ) from None
 
 
+STANDARD_OUTPUT = '-'
+# Paths that name a stream this process already has open: written through
+# it, never reopened (which would truncate what was printed there before)
+# and never renamed over (which would replace the link itself).
+_OPEN_STREAMS = {'/dev/stdout': 1, '/dev/stderr': 2}
+_FD_PATH = re.compile(r'^/(?:dev/fd|proc/self/fd)/(\d+)$')
+
+
+def _open_descriptor(path: str) -> int | None:
+  if path in _OPEN_STREAMS:
+    return _OPEN_STREAMS[path]
+  match = _FD_PATH.match(path)
+  return int(match.group(1)) if match else None
+
+
+def _write_stream(fd: int | None, data: str | bytes, description: str
+                  ) -> None:
+  """Writes `data` whole to standard output (`fd` None: through Python's
+  sys.stdout, wherever it points) or to the open descriptor `fd`, after
+  what Python has buffered for it."""
+  try:
+    if fd is None:
+      if isinstance(data, bytes):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+      else:
+        sys.stdout.write(data)
+      sys.stdout.flush()
+      return
+    for stream in (sys.stdout, sys.stderr):
+      stream.flush()
+    view = memoryview(data.encode() if isinstance(data, str) else data)
+    while view:
+      view = view[os.write(fd, view):]
+  except OSError as e:
+    raise UserError(f'{description} ({e.strerror or e}); choose a writable '
+                    'path') from None
+
+
 def write_output(output: str, data: str | bytes, *,
-                 create_parents: bool = False) -> epath.Path:
+                 create_parents: bool = False) -> epath.Path | str:
   """Writes a file the user named with `--output` (a local path or a URI);
-  one UserError line if it cannot be written, within the remote deadline."""
+  one UserError line if it cannot be written, within the remote deadline.
+
+  '-' is standard output; a device, a pipe or /dev/stdout is written
+  directly, in place; a symbolic link to a file has its target replaced
+  atomically and stays a link. Returns where it went."""
+  if output == STANDARD_OUTPUT:
+    _write_stream(None, data, 'cannot write --output=- (standard output)')
+    return 'standard output'
   path = resolve(output)
   description = f'cannot write --output={path}'
   if is_remote(path):
     call_with_deadline(lambda: write_atomically(path, data), description)
     return path
+  fd = _open_descriptor(os.fspath(path))
+  if fd is not None:
+    _write_stream(fd, data, description)
+    return path
+  local = os.fspath(path)
+  if os.path.exists(local) and not os.path.isfile(local):
+    if os.path.isdir(local):
+      raise UserError(f'--output={path} is a directory; name a file in it')
+    # A device or a named pipe: written in place, as `> path` would.
+    try:
+      with open(local, 'wb') as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    except OSError as e:
+      raise UserError(f'{description} ({e.strerror or e}); choose a '
+                      'writable path') from None
+    return path
+  if os.path.islink(local):
+    path = epath.Path(os.path.realpath(local))  # The link stays a link.
   try:
     if create_parents:
       path.parent.mkdir(parents=True, exist_ok=True)

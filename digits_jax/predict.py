@@ -23,6 +23,7 @@ def read_image(source) -> np.ndarray:
   bodies) as one MNIST digit, uint8 [28, 28]; an ImageError saying why not.
   The pixel count is checked from the header, before decoding."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageOps  # pylint: disable=g-import-not-at-top
   from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(source) as image:
@@ -32,7 +33,9 @@ def read_image(source) -> np.ndarray:
             f'{width}x{height} is too large (more than {MAX_PIXELS:,} '
             'pixels); crop it to the digit')
       image.load()
-      return digit_image.to_mnist(image)
+      # Upright as it is shown: phones store a portrait shot sideways with
+      # an EXIF Orientation tag saying how to turn it.
+      return digit_image.to_mnist(ImageOps.exif_transpose(image))
   except UnidentifiedImageError:
     raise digit_image.ImageError('not an image PIL can read') from None
   except Image.DecompressionBombError:
@@ -47,6 +50,15 @@ def _read_npy(path: str) -> np.ndarray:
     array = np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as e:
     raise digit_image.ImageError(f'not a readable .npy file ({e})') from None
+  if isinstance(array, np.lib.npyio.NpzFile):
+    array.close()
+    raise digit_image.ImageError(
+        'is a .npz archive (np.savez), not a .npy array; save the digits '
+        'with np.save(path, digits)')
+  if not (np.issubdtype(array.dtype, np.integer)
+          or np.issubdtype(array.dtype, np.floating)):
+    raise digit_image.ImageError(
+        f'holds {array.dtype} values; expected uint8 digits or floats')
   if array.ndim == 2:
     array = array[None]
   if array.ndim != 3 or array.shape[1:] != (28, 28) or not len(array):
@@ -59,17 +71,45 @@ def _read_npy(path: str) -> np.ndarray:
   return array
 
 
+def _folder_contents(folder: str) -> tuple[list[str], str | None]:
+  """The files in `folder` that predict reads, sorted, and, when there is
+  none, why (what the folder holds instead)."""
+  try:
+    names = sorted(os.listdir(folder))
+  except OSError as e:
+    return [], f'cannot list it ({e.strerror or e})'
+  readable = [os.path.join(folder, name) for name in names
+              if name.lower().endswith(IMAGE_EXTENSIONS + ('.npy',))
+              and os.path.isfile(os.path.join(folder, name))]
+  if readable:
+    return readable, None
+  subfolders = sum(os.path.isdir(os.path.join(folder, n)) for n in names)
+  others = sorted({os.path.splitext(n)[1] or n for n in names
+                   if not os.path.isdir(os.path.join(folder, n))})
+  held = ([f'{len(names) - subfolders} other file(s) ({", ".join(others)})']
+          if others else []) + (
+              [f'{subfolders} subfolder(s), which are not searched']
+              if subfolders else [])
+  return [], ('no image or .npy file in it' +
+              (f' (it holds {" and ".join(held)})' if held else
+               ' (it is empty)') +
+              '; predict reads PNG, JPEG, BMP, GIF, WebP, TIFF and .npy')
+
+
 def load_images(specs: list[str]):
   """Reads every file, directory and .npy named; returns ([(name, digit)],
-  [(name, error message)])."""
-  paths = []
+  [(name, error message)]). A file that cannot be read, for whatever
+  reason, is an error of its own: the others are still read."""
+  paths, errors = [], []
   for spec in specs:
     if os.path.isdir(spec):
-      paths += sorted(os.path.join(spec, f) for f in os.listdir(spec)
-                      if f.lower().endswith(IMAGE_EXTENSIONS + ('.npy',)))
+      found, empty = _folder_contents(spec)
+      paths += found
+      if empty:
+        errors.append((spec, empty))
     else:
       paths.append(spec)
-  digits, errors = [], []
+  digits = []
   for path in paths:
     try:
       if not os.path.exists(path):
@@ -83,6 +123,11 @@ def load_images(specs: list[str]):
         digits.append((path, read_image(path)))
     except digit_image.ImageError as e:
       errors.append((path, str(e)))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # Whatever else a decoder raises on a strange file (Pillow's plugins,
+      # numpy): that file's line, not the end of everyone's results.
+      errors.append((path, f'cannot read it ({type(e).__name__}: '
+                           f'{str(e).splitlines()[0] if str(e) else ""})'))
   return digits, errors
 
 
@@ -101,7 +146,9 @@ def prediction(probabilities: np.ndarray, agreeing: int,
 def predict_files(config, members, workdir: str, specs: list[str],
                   output: str | None, platform, member: str = '') -> int:
   """Predicts every readable image; prints one line per image and per
-  failure. Returns the number of failures. `member`: as restore_best's."""
+  failure. Returns the number of failures. `member`: as restore_best's.
+  `output`: a path for the JSON as well, or '-' for the JSON alone on
+  standard output (the per-image lines then go to standard error)."""
   import json  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
@@ -109,6 +156,7 @@ def predict_files(config, members, workdir: str, specs: list[str],
   from digits_jax import restore  # pylint: disable=g-import-not-at-top
 
   digits, errors = load_images(specs)
+  lines = sys.stderr if output == '-' else sys.stdout
   results = []
   if digits:
     restored = restore.restore_best(config, members, workdir, platform,
@@ -125,7 +173,7 @@ def predict_files(config, members, workdir: str, specs: list[str],
       if num_models > 1:
         line += f', {agree} of {num_models} members agree'
       results.append(result)
-      print(line + ')')
+      print(line + ')', file=lines)
   for name, message in errors:
     print(f'error: {name}: {message}', file=sys.stderr)
   if output:

@@ -8,6 +8,7 @@
 
 import io
 import json
+import logging
 
 from etils import epath
 import numpy as np
@@ -26,17 +27,60 @@ def pyplot():
   return plt
 
 
+METRICS = 'metrics.jsonl'
+# Where training sets aside lines of metrics.jsonl it cannot read.
+DAMAGED_METRICS = 'metrics.jsonl.damaged'
+# What every epoch's record holds (train._epoch_summary), numbers all: the
+# curves and the sweep's table read them.
+EPOCH_KEYS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy',
+              'learning_rate')
+
+log = logging.getLogger(__name__)
+
+
+def parse_metrics(text: str) -> tuple[list[tuple[str, dict]], list[int]]:
+  """metrics.jsonl's lines as (line, record) in order, and the numbers of
+  those that are not an epoch's record (cut off by an interrupted copy or
+  sync, edited by hand): the trainer writes the file whole, so a damaged
+  line came from outside, and the checkpoints, not these lines, are what a
+  run resumes from."""
+  records, damaged = [], []
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if (isinstance(record, dict) and isinstance(record.get('epoch'), int)
+        and all(isinstance(record.get(k), (int, float)) for k in EPOCH_KEYS)):
+      records.append((line, record))
+    else:
+      damaged.append(number)
+  return records, damaged
+
+
+def damaged_lines_warning(path, damaged: list[int], what_happens: str) -> str:
+  shown = ', '.join(map(str, damaged[:5])) + (', ...' if len(damaged) > 5
+                                              else '')
+  return (f'{path}: {len(damaged)} damaged line(s) (line {shown}: cut off or '
+          f'not a JSON record); {what_happens}. The checkpoints hold the run; '
+          'these lines are only its per-epoch log.')
+
+
 def read_metrics(workdir: epath.PathLike) -> list[dict]:
   """The per-epoch records of metrics.jsonl; a resumed run's rewritten
-  epochs count once (the last record of each epoch wins)."""
-  path = epath.Path(workdir) / 'metrics.jsonl'
+  epochs count once (the last record of each epoch wins). Damaged lines
+  are left out with one warning."""
+  path = epath.Path(workdir) / METRICS
   if not path.exists():
     return []
+  records, damaged = parse_metrics(path.read_text())
+  if damaged:
+    log.warning(damaged_lines_warning(path, damaged, 'left out here'))
   by_epoch = {}
-  for line in path.read_text().splitlines():
-    if line.strip():
-      record = json.loads(line)
-      by_epoch[record['epoch']] = record
+  for _, record in records:
+    by_epoch[record['epoch']] = record
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 

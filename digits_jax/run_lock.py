@@ -4,10 +4,17 @@ Two runs writing one folder (a second terminal, a retried job) would
 interleave their checkpoints, metrics and events. A training run (process 0
 of several hosts) creates `<workdir>/training.lock` exclusively, holding its
 host, process id and start time, and removes it when it ends, however it
-ends short of SIGKILL. A lock whose holder is gone (this host, no such
-process: a run killed with -9, a machine that rebooted) is taken over with
-a warning; one held by a live process, or by another host, is refused in one
-line. On gs:// there is no lock: an object store offers no exclusive create
+ends short of SIGKILL. A lock whose holder is gone is taken over with a
+warning; one held by a live process, or by another host, is refused in one
+line.
+
+A process id alone does not say the holder is gone: after a reboot, or a
+container's restart (where the trainer is pid 1 again), the same number
+belongs to another process or to this one. So the lock also records the
+kernel's boot id and the holder's start time as the kernel counts it
+(/proc/PID/stat, clock ticks since boot): the holder runs only if this
+host booted the same boot, the pid is not this process's own, and the
+process with that pid started when the holder did. On gs:// there is no lock: an object store offers no exclusive create
 through the file API used here (README, "Reliability").
 """
 
@@ -36,6 +43,50 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def boot_id() -> str | None:
+  """The running kernel's boot id (Linux; unchanged by a container's
+  restart, new at each boot); None elsewhere."""
+  try:
+    with open('/proc/sys/kernel/random/boot_id') as f:
+      return f.read().strip()
+  except OSError:
+    return None
+
+
+def start_ticks(pid: int) -> int | None:
+  """When process `pid` started, in clock ticks since boot (Linux); None
+  where it cannot be read."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      stat = f.read()
+    # The fields after the command name, which may hold spaces and ')':
+    # the 22nd field of the line, starttime, is the 20th after it.
+    return int(stat[stat.rindex(')') + 2:].split()[19])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def holder_runs(holder: dict, me: dict) -> bool:
+  """Whether the run that wrote `holder` may still be running, seen from
+  `me` (the lock this process would write)."""
+  if holder['host'] != me['host']:
+    return True  # Another machine's process cannot be looked at.
+  if holder.get('boot_id') and me.get('boot_id') and (
+      holder['boot_id'] != me['boot_id']):
+    return False  # The machine rebooted since.
+  if holder['pid'] == me['pid']:
+    # This very process, or an earlier one that had its number (a
+    # container restarted: the trainer is pid 1 again).
+    return (holder.get('start_ticks') is not None
+            and holder.get('start_ticks') == me.get('start_ticks'))
+  if not _alive(holder['pid']):
+    return False
+  started = holder.get('start_ticks')
+  now = start_ticks(holder['pid'])
+  # Another process has the number now (a reboot, a restarted container).
+  return started is None or now is None or started == now
+
+
 def _read(path: str) -> dict | None:
   try:
     with open(path) as f:
@@ -52,8 +103,7 @@ def _acquire(path: str, me: dict) -> None:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
       holder = _read(path)
-      if holder is not None and (holder['host'] != me['host']
-                                 or _alive(holder['pid'])):
+      if holder is not None and holder_runs(holder, me):
         raise UserError(
             f'{directory} is in use by the training run of process '
             f'{holder["pid"]} on {holder["host"]} (started '
@@ -69,8 +119,8 @@ def _acquire(path: str, me: dict) -> None:
         continue
       os.remove(stale)
       log.warning('Took over the workdir lock of %s, which is no longer '
-                  'running.', f'process {holder["pid"]} (started '
-                  f'{holder["started"]})' if holder else 'a run')
+                  'running.', f'process {holder["pid"]} on {holder["host"]} '
+                  f'(started {holder["started"]})' if holder else 'a run')
       continue
     with os.fdopen(fd, 'w') as f:
       json.dump(me, f)
@@ -90,7 +140,8 @@ def held(workdir):
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, LOCK_NAME)
   me = {'host': socket.gethostname(), 'pid': os.getpid(),
-        'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+        'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+        'boot_id': boot_id(), 'start_ticks': start_ticks(os.getpid())}
   _acquire(path, me)
   try:
     yield

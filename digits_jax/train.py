@@ -34,6 +34,7 @@ from digits_jax import parallel as parallel_lib
 from digits_jax import paths
 from digits_jax import platform as platform_lib
 from digits_jax import recipe
+from digits_jax import reports
 from digits_jax import run_lock
 from digits_jax import steps
 from digits_jax import sweep
@@ -62,14 +63,29 @@ class MetricsWriter:
 
   def __init__(self, workdir: epath.Path):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._jsonl = workdir / 'metrics.jsonl'
-    self._lines = (self._jsonl.read_text().splitlines()
-                   if self._jsonl.exists() else [])
+    self._jsonl = workdir / reports.METRICS
+    self._lines = self._good_lines(workdir)
     self._tb_dir = workdir / 'tensorboard'
     self._local_tb = (tempfile.mkdtemp(prefix='digits_jax_tb_')
                       if paths.is_remote(workdir) else None)
     with self._writing_events():
       self._tb = SummaryWriter(self._local_tb or os.fspath(self._tb_dir))
+
+  def _good_lines(self, workdir: epath.Path) -> list[str]:
+    """The lines already there that are records; damaged ones (a copy cut
+    off mid-line) are moved to metrics.jsonl.damaged with one warning."""
+    if not self._jsonl.exists():
+      return []
+    lines = self._jsonl.read_text().splitlines()
+    records, damaged = reports.parse_metrics('\n'.join(lines))
+    if damaged:
+      aside = workdir / reports.DAMAGED_METRICS
+      kept = aside.read_text() if aside.exists() else ''
+      paths.write_atomically(aside, kept + ''.join(
+          lines[n - 1] + '\n' for n in damaged), what='the damaged metrics')
+      log.warning(reports.damaged_lines_warning(
+          self._jsonl, damaged, f'moved to {aside.name}'))
+    return [line for line, _ in records]
 
   def _writing_events(self):
     return paths.writing('the TensorBoard events', self._tb_dir)

@@ -36,7 +36,8 @@ def test_the_lock_is_held_for_the_run_and_removed_after(tmp_path):
 
 
 def test_a_live_holder_or_another_hosts_is_refused(tmp_path):
-  _write_lock(tmp_path)  # This process: alive.
+  _write_lock(tmp_path, boot_id=run_lock.boot_id(),  # This process: alive.
+              start_ticks=run_lock.start_ticks(os.getpid()))
   with pytest.raises(UserError, match='started 2026-12-01 10:00:00'):
     with run_lock.held(tmp_path):
       pass
@@ -57,3 +58,65 @@ def test_a_lock_whose_holder_is_gone_is_taken_over(tmp_path, content):
     holder = json.loads((tmp_path / run_lock.LOCK_NAME).read_text())
     assert holder['pid'] == os.getpid()
   assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def other_process():
+  process = subprocess.Popen(['sleep', '60'])
+  yield process.pid
+  process.kill()
+  process.wait()
+
+
+def _taken_over(workdir, caplog) -> bool:
+  try:
+    with run_lock.held(workdir):
+      pass
+  except UserError:
+    return False
+  assert 'Took over the workdir lock' in caplog.text
+  return True
+
+
+def test_a_lock_from_an_earlier_life_of_this_pid_is_taken_over(tmp_path,
+                                                               caplog):
+  """A restarted container: the trainer is pid 1 again, the lock left by
+  its previous life names pid 1, which is now this process."""
+  mine = run_lock.start_ticks(os.getpid())
+  _write_lock(tmp_path, boot_id=run_lock.boot_id(), start_ticks=mine - 100)
+  assert _taken_over(tmp_path, caplog)
+  _write_lock(tmp_path)  # A lock written before start times were kept.
+  assert _taken_over(tmp_path, caplog)
+
+
+def test_a_pid_another_process_has_now_is_not_the_holder(tmp_path, caplog,
+                                                         other_process):
+  started = run_lock.start_ticks(other_process)
+  _write_lock(tmp_path, pid=other_process, boot_id=run_lock.boot_id(),
+              start_ticks=started)
+  assert not _taken_over(tmp_path, caplog)  # The holder itself: it runs.
+  _write_lock(tmp_path, pid=other_process, boot_id=run_lock.boot_id(),
+              start_ticks=started - 1)
+  assert _taken_over(tmp_path, caplog)
+
+
+def test_a_lock_from_before_a_reboot_is_taken_over(tmp_path, caplog,
+                                                   other_process):
+  _write_lock(tmp_path, pid=other_process, boot_id='an-earlier-boot',
+              start_ticks=run_lock.start_ticks(other_process))
+  assert _taken_over(tmp_path, caplog)
+
+
+def test_start_ticks_reads_a_command_name_with_spaces_and_brackets(tmp_path):
+  script = tmp_path / 'a) b ('
+  script.write_text('#!/bin/sh\nsleep 30\n')
+  script.chmod(0o755)
+  process = subprocess.Popen([str(script)])
+  try:
+    with open('/proc/self/stat') as f:
+      mine = int(f.read().rsplit(')', 1)[1].split()[19])
+    assert run_lock.start_ticks(os.getpid()) == mine
+    assert run_lock.start_ticks(process.pid) >= mine
+  finally:
+    process.kill()
+    process.wait()

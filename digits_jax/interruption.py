@@ -1,8 +1,10 @@
-"""Stopping cleanly on SIGTERM or Ctrl-C, on one host or several, at any
-moment of a run."""
+"""Stopping cleanly on SIGTERM, Ctrl-C or a closed terminal (SIGHUP), on
+one host or several, at any moment of a run."""
 
 import logging
+import os
 import signal
+import sys
 import threading
 
 log = logging.getLogger(__name__)
@@ -21,9 +23,19 @@ class Interrupted(BaseException):
     self.after_training = after_training
 
 
+# What stops a run cleanly. SIGHUP: the terminal or the ssh session that
+# started the run closed (no nohup); it stops as SIGTERM does, after the
+# standard streams that were that terminal are pointed at /dev/null (a
+# write to a hung-up terminal fails, and would end the run mid-save).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# How long after a signal that landed where Python cannot raise it is
+# delivered again.
+REDELIVERY_S = 0.05
+
+
 class StopSignal:
-  """Turns SIGTERM (and, on one host, SIGINT) into a clean stop, from the
-  moment it is created (the start of `main`).
+  """Turns SIGTERM, SIGHUP (and, on one host, SIGINT) into a clean stop,
+  from the moment it is created (the start of `main`).
 
   Outside the training loop the handler raises `Interrupted` wherever the
   program is, which `main` turns into one line and exit code 0: nothing is
@@ -45,8 +57,14 @@ class StopSignal:
   turn: whenever the notice comes (mid-epoch, during validation or a save),
   all hosts stop after the same dispatch, the first to pass the sync point.
   SIGINT gets its default back in the loop (it usually reaches a single
-  host, which must not stop alone). A SIGTERM before the cluster is joined
-  stops that host alone, and the others' `initialize` times out.
+  host, which must not stop alone). SIGHUP there is sent on to this process
+  as SIGTERM, for JAX's service to share. A SIGTERM before the cluster is
+  joined stops that host alone, and the others' `initialize` times out.
+
+  A signal can land where Python cannot raise (a gc callback of JAX's, a
+  `__del__`): Python would print the exception and go on. There it is
+  delivered again a moment later (`sys.unraisablehook`), and if the loop
+  starts first, raised there.
   """
 
   def __init__(self):
@@ -57,13 +75,33 @@ class StopSignal:
     self._offered_step = 0
     self._pending = None
     self._previous = {}
+    self._previous_unraisable = None
+    self._terminals = set()
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
+      self._install(STOP_SIGNALS)
+      self._previous_unraisable = sys.unraisablehook
+      sys.unraisablehook = self._unraisable
+      for fd in (1, 2):
+        try:
+          if os.isatty(fd):
+            self._terminals.add(fd)
+        except OSError:
+          pass
+
+  def _install(self, signals) -> None:
+    for sig in signals:
+      previous = signal.signal(sig, self._handle)
+      self._previous.setdefault(sig, previous)
 
   def _handle(self, signum, frame):
     del frame
     name = signal.Signals(signum).name
+    if signum == signal.SIGHUP:
+      self._leave_the_terminal()
+      if self._polling and self._multihost:
+        # JAX's preemption service shares SIGTERM with every host.
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     if self._polling and self._multihost:
       return  # JAX's preemption service stops every host (see above).
     self.restore()  # A second signal acts as usual.
@@ -75,6 +113,31 @@ class StopSignal:
       raise self._pending
     self.received = name
     log.warning('%s received: stopping after the current steps.', name)
+
+  def _leave_the_terminal(self) -> None:
+    """Standard output and error that were a terminal now go to /dev/null:
+    after a hang-up every write to it fails (EIO)."""
+    if not self._terminals:
+      return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+      for fd in self._terminals:
+        os.dup2(null, fd)
+    finally:
+      os.close(null)
+    self._terminals = set()
+
+  def _unraisable(self, unraisable) -> None:
+    if isinstance(unraisable.exc_value, Interrupted):
+      # Raised where Python only prints it and goes on: delivered again
+      # outside, with this handler back in place.
+      signum = signal.Signals[unraisable.exc_value.signal_name]
+      self._install([signum])
+      timer = threading.Timer(REDELIVERY_S, os.kill, (os.getpid(), signum))
+      timer.daemon = True
+      timer.start()
+      return
+    (self._previous_unraisable or sys.__unraisablehook__)(unraisable)
 
   def start_polling(self, step: int) -> None:
     """The training loop begins at training step `step`: from here a signal
@@ -114,7 +177,17 @@ class StopSignal:
     return self.received is not None
 
   def restore(self) -> None:
-    """The handlers as they were before this one."""
+    """The handlers as they were before this one (the unraisable hook stays
+    until `close`: a signal raised where Python cannot raise is still this
+    one's to deliver again)."""
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous = {}
+
+  def close(self) -> None:
+    """Everything as it was before this one."""
+    self.restore()
+    if (self._previous_unraisable is not None
+        and sys.unraisablehook == self._unraisable):
+      sys.unraisablehook = self._previous_unraisable
+    self._previous_unraisable = None

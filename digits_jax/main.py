@@ -157,7 +157,7 @@ def main(argv):
           'on.', file=sys.stderr)
     sys.exit(0)
   finally:
-    stop_signal.restore()
+    stop_signal.close()
 
 
 def _main(argv, stop_signal):

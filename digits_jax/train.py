@@ -214,7 +214,7 @@ def train_and_evaluate(
                                  stop_signal)
   finally:
     if own_stop_signal:
-      stop_signal.restore()
+      stop_signal.close()
 
 
 @dataclasses.dataclass(frozen=True)

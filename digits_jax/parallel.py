@@ -175,9 +175,15 @@ class DataParallel:
 
 
 # What a collective raises on a process whose peer is gone: gloo's TCP pairs
-# (CPU hosts) and the coordination service's RPCs.
+# (CPU hosts), and the coordination service's words for a task that stopped
+# sending heartbeats (a barrier, such as a checkpoint's last, fails with
+# them): "Task ... heartbeat timeout" (JAX 0.12), "The following tasks are
+# unhealthy (stopped sending heartbeats)" (0.10), a task that disconnected
+# or restarted.
 _LOST_PEER = ('Connection closed by peer', 'Connection reset by peer',
-              'heartbeat timeout', 'Socket closed')
+              'heartbeat timeout', 'stopped sending heartbeats',
+              'has disconnected from coordination service',
+              'The task has restarted', 'Socket closed')
 
 
 def lost_process(error: BaseException) -> str | None:
@@ -193,8 +199,14 @@ def lost_process(error: BaseException) -> str | None:
   if not any(words in text for words in _LOST_PEER):
     return None
   me, count = jax.process_index(), jax.process_count()
-  who = (f'process {1 - me}' if count == 2
-         else f'one of the other {count - 1} processes')
+  # The coordination service names the task (the process index).
+  named = {int(t) for t in re.findall(r'/task:(\d+)', text)} - {me}
+  if len(named) == 1:
+    who = f'process {named.pop()}'
+  elif count == 2:
+    who = f'process {1 - me}'
+  else:
+    who = f'one of the other {count - 1} processes'
   peer = re.search(r'peer \[([^\]]+)\]', text)
   return (f'process {me} lost {who} of this run'
           + (f' (at {peer.group(1)})' if peer else '')
@@ -219,8 +231,20 @@ def initialize_distributed(coordinator_address: str = '',
                                num_processes=num_processes,
                                process_id=process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
-  else:
+    return
+  try:
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
+  except ValueError as e:
+    # JAX found no cluster manager to ask (Cloud TPU, SLURM, MPI, ...) and
+    # was told no coordinator: "coordinator_address should be defined".
+    if 'coordinator_address' not in str(e):
+      raise
+    raise UserError(
+        '--distributed found no cluster here (no Cloud TPU, SLURM or MPI '
+        'environment to ask); on other machines name the processes: '
+        '--coordinator_address=HOST:PORT of process 0, --num_processes=N and '
+        '--process_id=I on each, or drop --distributed to train on this '
+        'machine alone') from None
 
 
 def create(config, num_models: int = 1, devices=None) -> DataParallel:

@@ -278,3 +278,47 @@ def test_help_and_a_bad_value_import_no_jax(args, tmp_path):
 def test_the_configs_model_names_are_the_models():
   from digits_jax import config_checks, models  # pylint: disable=g-import-not-at-top,g-multiple-import
   assert sorted(config_checks.MODEL_NAMES) == sorted(models.MODELS)
+
+
+def test_distributed_without_a_cluster_is_one_line(tmp_path):
+  result = run_main('--config=configs/tiny.py', f'--workdir={tmp_path}',
+                    '--distributed')
+  assert_one_line_error(result, '--distributed found no cluster',
+                        '--coordinator_address=HOST:PORT')
+
+
+# What a barrier or a collective raises when a peer is gone, as each JAX
+# end words it (strings of jaxlib's coordination service).
+LOST_PEER_ERRORS = {
+    'heartbeat (0.12)': 'INTERNAL: Barrier failed because: UNAVAILABLE: Task '
+                        '/job:jax_worker/replica:0/task:2 heartbeat timeout. '
+                        'This indicates that the remote task has failed, got '
+                        'preempted, or crashed unexpectedly.',
+    'heartbeat (0.10)': 'UNAVAILABLE: The following tasks are unhealthy '
+                        '(stopped sending heartbeats):\n/job:jax_worker/'
+                        'replica:0/task:2\nThe tasks have crashed.',
+    'disconnected': 'Task /job:jax_worker/replica:0/task:2 has disconnected '
+                    'from coordination service.',
+    'gloo': 'Gloo all-reduce failed: Connection closed by peer '
+            '[10.0.0.2]:5000',
+}
+
+
+@pytest.mark.parametrize('text', list(LOST_PEER_ERRORS.values()),
+                         ids=list(LOST_PEER_ERRORS))
+def test_each_wording_of_a_lost_peer_names_it(monkeypatch, text):
+  monkeypatch.setattr(parallel.jax, 'process_count', lambda: 4)
+  monkeypatch.setattr(parallel.jax, 'process_index', lambda: 0)
+  try:
+    raise RuntimeError('checkpoint save failed') from RuntimeError(text)
+  except RuntimeError as e:
+    lost = parallel.lost_process(e)
+  assert lost is not None and lost.startswith('process 0 lost ')
+  if 'task:2' in text:
+    assert 'lost process 2 of this run' in lost
+  else:
+    assert 'one of the other 3 processes' in lost and '10.0.0.2' in lost
+  monkeypatch.setattr(parallel.jax, 'process_count', lambda: 1)
+  assert parallel.lost_process(RuntimeError(text)) is None
+  monkeypatch.setattr(parallel.jax, 'process_count', lambda: 4)
+  assert parallel.lost_process(RuntimeError('out of memory')) is None

@@ -155,6 +155,26 @@ def test_the_chosen_ensemble_is_chosen_on_validation_alone():
   assert chosen[0]['val_accuracy_by_k'] == by_k
 
 
+def test_members_tied_on_validation_accuracy_rank_by_the_lower_loss():
+  """The one ranking (the epoch's best member, --member=best, the sweep's
+  table, eval's chosen ensemble): accuracy, then the lower loss, then the
+  lower number. Ties are common on a small validation split."""
+  accuracies, losses = [0.765, 0.70, 0.765, 0.765], [1.688, 0.5, 0.727, 0.727]
+  assert members_lib.rank_by_validation(accuracies, losses) == [2, 3, 0, 1]
+  metrics = {'member_val_accuracy': accuracies, 'member_val_loss': losses}
+  assert restore._member_index('best', 4, metrics) == 2  # pylint: disable=protected-access
+  # eval's chosen ensemble starts from the same member: two members right
+  # on the same 8 of 10, member 1 less sure of its 2 mistakes (lower loss).
+  val_labels = np.arange(10)
+  predictions = np.where(val_labels < 8, val_labels, (val_labels + 1) % 10)
+  sure = _one_hot_logits(predictions)
+  less_sure_when_wrong = sure.copy()
+  less_sure_when_wrong[8:] /= 4
+  logits = np.stack([sure, less_sure_when_wrong])
+  chosen = members_lib.choose_by_validation(logits, val_labels)
+  assert chosen['members'][0] == 1
+
+
 @pytest.mark.slow
 def test_each_member_trains_on_the_bag_its_single_run_trains_on(
     tiny_config, tmp_path):

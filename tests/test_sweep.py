@@ -102,6 +102,12 @@ def test_configs_sweep_holds_fast_py_and_its_variations():
      ("sweep_mode='random' must be one of",)),
     ({'sweep': 'l2=0,1e-3', 'num_models': 3},
      ('num_models=3 with config.sweep', 'sweep seed=0,1')),
+    # A floor above the peak: the config's own, and a swept rate's.
+    ({'learning_rate': 1e-5, 'min_learning_rate': 1e-4},
+     ('min_learning_rate=0.0001', 'at most learning_rate=1e-05')),
+    ({'sweep': 'learning_rate=1e-3,1e-5', 'min_learning_rate': 1e-4},
+     ('member 1 (learning_rate=1e-05)', 'min_learning_rate=0.0001',
+      'at most learning_rate=1e-05')),
 ])
 def test_a_bad_sweep_is_one_line_and_exit_code_2(overrides, fragments):
   args = [f'--config.{k}={v}' for k, v in overrides.items()]
@@ -355,7 +361,10 @@ def test_predict_and_export_take_the_best_member_or_a_named_one(sweep_run,
                                   platform)
   metrics = checkpoint.read_metrics(
       os.path.join(workdir, 'checkpoints'), everyone.step)
-  best = int(np.argmax(metrics['member_val_accuracy']))
+  # The ranking's own rule (members tied on accuracy: the lower loss), not
+  # argmax, which takes the first of a tie.
+  best = members_lib.rank_by_validation(metrics['member_val_accuracy'],
+                                        metrics['member_val_loss'])[0]
   digits = np.random.default_rng(1).integers(0, 256, (3, 28, 28), np.uint8)
   all_logits = evaluation.restored_logits(everyone, config, digits)
   chosen = restore.restore_best(*members_lib.resolve(config), workdir, platform,

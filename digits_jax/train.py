@@ -235,6 +235,8 @@ class _Run:
   # The steps of the complete checkpoints, appended to as the run saves:
   # what a run that fails names (a bucket may not answer then).
   saved_steps: list
+  # The members whose training diverged (a sweep trains on without them).
+  diverged: set
   writer: MetricsWriter | None
   stop_signal: interruption.StopSignal
 
@@ -252,7 +254,7 @@ class _Run:
 
 
 class TrainingDiverged(Exception):
-  """The loss became NaN or infinite."""
+  """The loss became NaN or infinite, or far worse than a guess's."""
 
 
 def _train_and_evaluate(config, members, workdir, platform, stop_signal):
@@ -360,7 +362,7 @@ def _start(config, members, workdir, platform, stop_signal):
       shuffle_key=shuffle_key,
       train_key=(devices.place_state(train_key) if devices.ensemble
                  else train_key),
-      manager=manager, saved_steps=list(manager.all_steps()),
+      manager=manager, saved_steps=list(manager.all_steps()), diverged=set(),
       writer=MetricsWriter(workdir) if jax.process_index() == 0 else None,
       stop_signal=stop_signal)
   return run, devices.place_state(state)
@@ -436,7 +438,8 @@ def _train_epoch(run: _Run, state, step: int, epoch: int):
                                batches[step - first:step - first + count])
     # One host sync per dispatch.
     metrics = run.devices.to_host(metrics)
-    _check_finite(metrics, step, count, run.manager)
+    check_diverged(metrics['loss'], step, run.members, run.diverged,
+                   run.last_saved)
     train_metrics['dispatches'].append(metrics)
     step += count
     train_metrics['images'] += count * config.batch_size
@@ -453,15 +456,54 @@ def _train_epoch(run: _Run, state, step: int, epoch: int):
   return state, step, train_metrics
 
 
-def _check_finite(metrics, step: int, count: int, manager) -> None:
-  # Per step (an ensemble's metrics are [steps, members]).
-  finite = np.isfinite(metrics['loss']).reshape(count, -1).all(1)
+# A dispatch whose mean training loss is above this many times a uniform
+# guess's (ln of the number of classes: 2.30 for 10) has diverged: a run
+# that learns starts near ln C and goes down, and even a bad step's loss
+# averages out over a dispatch. A rate far too high (1e4) keeps the loss
+# finite at 1e11 while the accuracy sits at chance.
+DIVERGED_LOSS_FACTOR = 10.0
+
+
+def check_diverged(losses, step: int, members: members_lib.Members,
+                   diverged: set, last_saved: Callable[[], list]) -> None:
+  """Raises TrainingDiverged when the dispatch's training loss `losses`
+  ([steps] or [steps, members], from training step `step`) is not finite,
+  or its mean is far worse than a uniform guess's. A sweep goes on while
+  some of its members learn: each that diverges is named once (added to
+  `diverged`) and ranks last on validation. `last_saved()`: the complete
+  checkpoints' steps, for the message."""
+  losses = np.asarray(losses, np.float64).reshape(len(losses), -1)
+  finite = np.isfinite(losses).all(1)
   if not finite.all():
     bad = step + int(np.argmin(finite))
     raise TrainingDiverged(
         f'the training loss became non-finite at step {bad}; nothing '
-        f'was saved after it, the last good checkpoint is step '
-        f'{manager.latest_step()}; lower config.learning_rate and rerun')
+        f'was saved after it, {_last_checkpoint(last_saved())}; lower '
+        'config.learning_rate and rerun in a new --workdir')
+  limit = DIVERGED_LOSS_FACTOR * np.log(steps.NUM_CLASSES)
+  means = losses.mean(0)
+  newly = [j for j in np.flatnonzero(means > limit) if j not in diverged]
+  if not newly:
+    return
+  diverged.update(int(j) for j in newly)
+  if members.is_sweep and len(diverged) < members.num_models:
+    for j in newly:
+      log.warning('Member %d (%s) diverged: its training loss averaged %.3g '
+                  'over steps %d-%d (a uniform guess scores %.2f); the '
+                  'others train on.', j, members.describe(j), means[j], step,
+                  step + len(losses) - 1, np.log(steps.NUM_CLASSES))
+    return
+  raise TrainingDiverged(
+      f'the training diverged: its loss averaged {means.max():.3g} over '
+      f'steps {step}-{step + len(losses) - 1}, over {DIVERGED_LOSS_FACTOR:g} '
+      f'times a uniform guess\'s ({np.log(steps.NUM_CLASSES):.2f}); '
+      f'{_last_checkpoint(last_saved())}; lower config.learning_rate and '
+      'rerun in a new --workdir')
+
+
+def _last_checkpoint(saved_steps: list) -> str:
+  return (f'the last checkpoint is step {max(saved_steps)}' if saved_steps
+          else 'no checkpoint was saved')
 
 
 def _stop_mid_epoch(run: _Run, state, step: int, epoch: int) -> dict:

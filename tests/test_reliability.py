@@ -249,3 +249,19 @@ def test_a_damaged_latest_checkpoint_is_passed_over_by_eval_and_resume(
 
 def _random_bytes():
   return np.random.default_rng(0).bytes(100)
+
+
+def test_a_rate_far_too_high_stops_in_one_line_instead_of_ending_at_chance(
+    tmp_path, mnist_data_dir):
+  """learning_rate=1e4: the loss grows to ~1e11 yet stays finite; the run
+  used to end with exit 0 at chance accuracy, without a word."""
+  result = run_main('--config=configs/tiny.py', f'--workdir={tmp_path}',
+                    f'--config.data_dir={mnist_data_dir}',
+                    '--config.learning_rate=1e4')
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert 'the training diverged' in errors[0]
+  assert 'lower config.learning_rate' in errors[0]
+  assert 'Test set' not in result.stderr

@@ -413,3 +413,51 @@ def test_what_a_resume_may_change_and_what_it_may_not():
   del meta['config']['dropout_rate']
   config.num_epochs, config.dropout_rate = recorded.num_epochs, 0.5
   checkpoint.check_same_recipe(meta, config, 'run')
+
+
+# A run that learns nothing: the loss far above a uniform guess's, finite.
+
+
+def test_a_loss_far_above_a_guess_stops_a_run_and_names_the_rate():
+  single = members_lib.Members(seeds=(0,))
+  healthy = np.array([2.4, 2.1, 1.7, 0.9])  # A first dispatch, learning.
+  train.check_diverged(healthy, 0, single, set(), lambda: [])
+  huge = np.array([2.3, 8e3, 5e7, 5e11])
+  with pytest.raises(train.TrainingDiverged) as raised:
+    train.check_diverged(huge, 40, single, set(), lambda: [20])
+  message = str(raised.value)
+  assert 'averaged 1.25e+11 over steps 40-43' in message
+  assert 'the last checkpoint is step 20' in message
+  assert 'config.learning_rate' in message
+  # Just above and just below ten times ln 10 = 23.03.
+  with pytest.raises(train.TrainingDiverged):
+    train.check_diverged(np.full(4, 23.1), 0, single, set(), lambda: [])
+  train.check_diverged(np.full(4, 22.9), 0, single, set(), lambda: [])
+  ensemble = members_lib.Members(seeds=(0, 1))  # One recipe: any member.
+  with pytest.raises(train.TrainingDiverged):
+    train.check_diverged(np.array([[2.0, 1e6]] * 3), 0, ensemble, set(),
+                         lambda: [])
+
+
+def test_a_sweep_trains_on_while_some_members_learn(caplog):
+  sweep = members_lib.Members(
+      seeds=(0, 0, 0), values=({'learning_rate': 1e-3},
+                               {'learning_rate': 1e4}, {'learning_rate': 1e5}))
+  diverged = set()
+  train.check_diverged(np.array([[1.0, 1e9, 2.0]] * 2), 8, sweep, diverged,
+                       lambda: [])
+  assert diverged == {1}
+  assert 'Member 1 (learning_rate=10000) diverged' in caplog.text
+  caplog.clear()
+  train.check_diverged(np.array([[1.0, 1e9, 2.0]] * 2), 10, sweep, diverged,
+                       lambda: [])
+  assert not caplog.text  # Named once.
+  with pytest.raises(train.TrainingDiverged):  # Every member now.
+    train.check_diverged(np.array([[30.0, 1e9, 1e9]] * 2), 12, sweep,
+                         diverged, lambda: [])
+
+
+def test_a_non_finite_loss_names_its_step():
+  with pytest.raises(train.TrainingDiverged, match='non-finite at step 6'):
+    train.check_diverged(np.array([1.0, 1.0, np.nan, 1.0]), 4,
+                         members_lib.Members(seeds=(0,)), set(), lambda: [])

@@ -142,7 +142,8 @@ def main(argv):
     _main(argv, stop_signal)
   except interruption.Interrupted as e:
     if _MODE.value == 'serve':
-      print(f'{e.signal_name} received: stopped serving.', file=sys.stderr)
+      print(f'{e.signal_name} received: stopped serving (the requests it had '
+            'accepted were answered).', file=sys.stderr)
       sys.exit(0)
     if _MODE.value != 'train':
       done = (f'before --mode={_MODE.value} finished: stopped (each file it '

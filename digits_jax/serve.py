@@ -10,6 +10,12 @@ not do (a body that is too large, not an image, a decompression bomb, a
 path outside the page's files) gets a status and a one-line JSON error;
 nothing a client sends reaches it as a traceback.
 
+Stopping (SIGTERM, Ctrl-C) drains: the connections already made, those
+waiting in the listen queue too, are answered (within DRAIN_S); from the
+signal on, `/health` answers 503 `{"status": "stopping"}` and new requests
+503 with a one-line reason, so that a load balancer moves on; then the
+port closes and the process exits 0.
+
 It serves the checkpoint rather than an exported artifact: the same restore
 as `--mode=predict` and `--mode=eval` (an ensemble's members, how many of
 them agree), with nothing to export first.
@@ -31,6 +37,7 @@ import numpy as np
 
 from digits_jax import digit_image
 from digits_jax import evaluation
+from digits_jax import interruption
 from digits_jax import members as members_lib
 from digits_jax import predict
 from digits_jax import restore
@@ -49,6 +56,9 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 # Seconds a client may take to send its request (each read); a slower one
 # is answered 408 and dropped.
 CLIENT_TIMEOUT_S = 10.0
+# How long a stopping server waits for the requests it had accepted; a
+# client slower than this (CLIENT_TIMEOUT_S per read) is cut off.
+DRAIN_S = 20.0
 # Request bodies taken as an image file: images, raw bytes, and what
 # `curl --data-binary` sends when not told otherwise.
 IMAGE_CONTENT_TYPES = ('image/', 'application/octet-stream',
@@ -146,9 +156,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
   def do_GET(self):  # pylint: disable=invalid-name
     path = self.path.split('?', 1)[0]
     if path == '/health':
-      self._send_json(http.HTTPStatus.OK, {
-          'status': 'ok', 'num_models': self.predictor.num_models,
-          'checkpoint_step': self.predictor.step})
+      stopping = self.server.stopping.is_set()
+      self._send_json(
+          http.HTTPStatus.SERVICE_UNAVAILABLE if stopping
+          else http.HTTPStatus.OK, {
+              'status': 'stopping' if stopping else 'ok',
+              'num_models': self.predictor.num_models,
+              'checkpoint_step': self.predictor.step})
+      return
+    if not self.server.admitted():
+      self._refuse_while_stopping()
       return
     if path not in PAGE_FILES:
       self._send_json(http.HTTPStatus.NOT_FOUND,
@@ -161,6 +178,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
   def do_POST(self):  # pylint: disable=invalid-name
     start = time.perf_counter()
+    if not self.server.admitted():
+      self._refuse_while_stopping()
+      return
     try:
       if self.path.split('?', 1)[0] != '/predict':
         raise _Refusal(http.HTTPStatus.NOT_FOUND,
@@ -186,6 +206,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     finally:
       log.debug('POST %s %.1f ms', self.path[:100],
                 (time.perf_counter() - start) * 1e3)
+
+  def _refuse_while_stopping(self) -> None:
+    self.close_connection = True
+    self._send_json(http.HTTPStatus.SERVICE_UNAVAILABLE, {
+        'error': 'the server is stopping: send the request to another '
+                 'instance, or again once it is back'})
 
   def send_error(self, code, message=None, explain=None):
     """The standard library's own refusals (a malformed request line, an
@@ -215,19 +241,81 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Server(http.server.ThreadingHTTPServer):
-  """One thread per connection; `predictor` answers POST /predict."""
+  """One thread per connection; `predictor` answers POST /predict.
+
+  Each connection is admitted (answered) or, once the server is stopping,
+  refused with 503; `drain` stops it. Admitted connections are counted, so
+  that a stop can wait for them."""
 
   daemon_threads = True  # A stuck client never keeps the process alive.
+  # The listen queue (socketserver's default is 5): a burst of clients
+  # waits there instead of having its connections dropped and retried.
+  request_queue_size = 128
 
   def __init__(self, address, client_timeout_s: float = CLIENT_TIMEOUT_S):
     self.client_timeout_s = client_timeout_s
     self.predictor: Predictor | None = None
+    self.stopping = threading.Event()
+    self._connection = threading.local()
+    self._in_flight = 0
+    self._idle = threading.Condition()
     super().__init__(address, Handler)
+
+  def process_request(self, request, client_address):
+    admitted = not self.stopping.is_set()
+    if admitted:
+      with self._idle:
+        self._in_flight += 1
+    threading.Thread(target=self._serve_connection,
+                     args=(request, client_address, admitted),
+                     daemon=True).start()
+
+  def _serve_connection(self, request, client_address, admitted: bool):
+    self._connection.admitted = admitted
+    try:
+      self.finish_request(request, client_address)
+    except Exception:  # pylint: disable=broad-except
+      self.handle_error(request, client_address)
+    finally:
+      self.shutdown_request(request)
+      if admitted:
+        with self._idle:
+          self._in_flight -= 1
+          self._idle.notify_all()
+
+  def admitted(self) -> bool:
+    """Whether this thread's connection came before the stop."""
+    return getattr(self._connection, 'admitted', True)
 
   def handle_error(self, request, client_address):
     # A client that misbehaves below HTTP (a reset, a timeout on the request
     # line) costs one debug line, never a traceback on the server's stderr.
     log.debug('connection from %s failed', client_address, exc_info=True)
+
+  def drain(self, within_s: float = DRAIN_S) -> int:
+    """Stops serving (the loop must run in another thread): the connections
+    already made or waiting in the listen queue are admitted and answered,
+    later ones refused with 503 while they are; waits up to `within_s` for
+    them, then closes the port. Returns how many were left unanswered."""
+    self.shutdown()  # The loop stops accepting; the queue holds the rest.
+    self.socket.setblocking(False)
+    while True:
+      try:
+        request, client_address = self.get_request()
+      except OSError:  # BlockingIOError: the queue is empty.
+        break
+      self.process_request(request, client_address)
+    self.socket.setblocking(True)
+    self.stopping.set()
+    refusing = threading.Thread(target=self.serve_forever,
+                                kwargs={'poll_interval': 0.05}, daemon=True)
+    refusing.start()
+    with self._idle:
+      self._idle.wait_for(lambda: self._in_flight == 0, timeout=within_s)
+      unanswered = self._in_flight
+    self.shutdown()
+    self.server_close()
+    return unanswered
 
 
 def make_server(host: str, port: int,
@@ -247,8 +335,8 @@ def make_server(host: str, port: int,
 
 def serve(config, members, workdir, platform, host: str, port: int,
           member: str = '') -> None:
-  """Serves until stopped (Ctrl-C or SIGTERM, which main turns into one
-  line and exit code 0)."""
+  """Serves until stopped (Ctrl-C or SIGTERM: it drains, see the module's
+  docstring, and main turns the signal into one line and exit code 0)."""
   server = make_server(host, port)
   try:
     server.predictor = predictor = Predictor(config, members, workdir,
@@ -265,7 +353,21 @@ def serve(config, members, workdir, platform, host: str, port: int,
   if host not in ('127.0.0.1', 'localhost', '::1'):
     log.warning('Listening on %s: other machines that reach port %d can use '
                 'it.', host, bound_port)
+  # The loop in a thread of its own, so that the signal (raised in this,
+  # the main thread) leaves it running while the accepted requests drain.
+  loop = threading.Thread(target=server.serve_forever,
+                          kwargs={'poll_interval': 0.05}, daemon=True)
+  loop.start()
   try:
-    server.serve_forever()
+    while loop.is_alive():
+      loop.join(1.0)
+  except interruption.Interrupted:
+    log.info('Stopping: answering the requests already accepted (up to %.0f '
+             's), refusing new ones with 503.', DRAIN_S)
+    unanswered = server.drain()
+    if unanswered:
+      log.warning('%d request(s) were still unanswered after %.0f s and were '
+                  'cut off.', unanswered, DRAIN_S)
+    raise
   finally:
     server.server_close()

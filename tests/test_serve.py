@@ -345,11 +345,92 @@ def test_serve_from_the_command_line_then_sigterm(trained_run):
     process.send_signal(signal.SIGTERM)
     rest = process.stderr.read()
     assert process.wait(timeout=30) == 0, rest
-    assert 'SIGTERM received: stopped serving.' in rest
+    assert 'SIGTERM received: stopped serving' in rest
     assert 'Traceback' not in ''.join(lines) + rest
   finally:
     process.kill()
     process.wait()
+
+
+def _start_serving(workdir, config):
+  """`--mode=serve` in a process of its own; (process, port)."""
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'digits_jax.main', '--config=configs/tiny.py',
+       f'--config.data_dir={config.data_dir}', f'--workdir={workdir}',
+       '--mode=serve', '--port=0'],
+      cwd=ROOT, env=cli_env(), stderr=subprocess.PIPE, text=True)
+  for line in process.stderr:
+    if 'Serving' in line:
+      return process, int(line.split('http://127.0.0.1:')[1].split('/')[0])
+  raise AssertionError(f'serve never started: {process.stderr.read()}')
+
+
+def _post_bytes(body: bytes) -> bytes:
+  return (b'POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n'
+          b'Content-Length: ' + str(len(body)).encode() + b'\r\n\r\n' + body)
+
+
+def _status_of(response: bytes) -> int:
+  return int(response.split(b' ', 2)[1]) if response else 0
+
+
+def test_a_stopped_server_answers_what_it_accepted_and_refuses_the_rest(
+    trained_run):
+  """SIGTERM while requests are on their way: those whose connection was
+  made (mid-body, or waiting in the listen queue) are answered 200; /health
+  and new requests meanwhile get 503 saying it is stopping; exit 0."""
+  config, workdir, _ = trained_run
+  digit = np.zeros((28, 28), np.uint8)
+  digit[4:24, 12:16] = 255  # A one.
+  request = _post_bytes(png_bytes(digit))
+  process, port = _start_serving(workdir, config)
+  try:
+    # Mid-body at the signal: all but the last byte sent.
+    slow = [socket.create_connection(('127.0.0.1', port), timeout=60)
+            for _ in range(3)]
+    for connection in slow:
+      connection.sendall(request[:-1])
+    # A burst sent whole just before it.
+    burst = [socket.create_connection(('127.0.0.1', port), timeout=60)
+             for _ in range(60)]
+    for connection in burst:
+      connection.sendall(request)
+    process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    health = None
+    while time.monotonic() < deadline:
+      health = Client(port).request('GET', '/health')
+      if health[0] == 503:
+        break
+      time.sleep(0.05)
+    assert health[0] == 503 and json.loads(health[2])['status'] == 'stopping'
+    status, refused = Client(port).predict(png_bytes(digit))
+    assert status == 503 and 'stopping' in refused['error']
+    for connection in slow:
+      connection.sendall(request[-1:])
+    answers = []
+    for connection in slow + burst:
+      answers.append(_read_all(connection))
+    statuses = [_status_of(a) for a in answers]
+    assert statuses == [200] * len(statuses), statuses
+    assert all(b'"digit": 1' in a for a in answers)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 0, rest
+    assert 'SIGTERM received: stopped serving' in rest
+    assert 'Traceback' not in rest and 'cut off' not in rest
+    with pytest.raises(OSError):  # The port is closed: refused at once.
+      socket.create_connection(('127.0.0.1', port), timeout=5).close()
+  finally:
+    process.kill()
+    process.wait()
+
+
+def _read_all(connection: socket.socket) -> bytes:
+  data = b''
+  with connection:
+    while chunk := connection.recv(65536):
+      data += chunk
+  return data
 
 
 def test_a_port_in_use_is_one_line_before_anything_slow(trained_run):

@@ -251,10 +251,18 @@ _FD_PATH = re.compile(r'^/(?:dev/fd|proc/self/fd)/(\d+)$')
 
 
 def _open_descriptor(path: str) -> int | None:
-  if path in _OPEN_STREAMS:
-    return _OPEN_STREAMS[path]
-  match = _FD_PATH.match(path)
-  return int(match.group(1)) if match else None
+  """The descriptor `path` names, following links (a user's link to
+  /dev/stdout too); None for any other path."""
+  for _ in range(8):
+    if path in _OPEN_STREAMS:
+      return _OPEN_STREAMS[path]
+    match = _FD_PATH.match(path)
+    if match:
+      return int(match.group(1))
+    if not os.path.islink(path):
+      return None
+    path = os.path.join(os.path.dirname(path), os.readlink(path))
+  return None
 
 
 def _write_stream(fd: int | None, data: str | bytes, description: str

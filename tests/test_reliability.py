@@ -265,3 +265,60 @@ def test_a_rate_far_too_high_stops_in_one_line_instead_of_ending_at_chance(
   assert 'the training diverged' in errors[0]
   assert 'lower config.learning_rate' in errors[0]
   assert 'Test set' not in result.stderr
+
+
+def test_eval_predict_export_and_serve_load_the_best_checkpoint_not_the_latest(
+    trained_run, tmp_path):
+  """A run whose latest checkpoint is not its best (validation fell in its
+  last epoch): every mode that loads it takes the best, step 20."""
+  import json  # pylint: disable=g-import-not-at-top
+  from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
+  from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
+  from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from digits_jax import restore  # pylint: disable=g-import-not-at-top
+  from digits_jax import serve  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = trained_run  # configs/tiny.py: steps 20 and 40.
+  run, only_20 = tmp_path / 'run', tmp_path / 'only_20'
+  shutil.copytree(workdir, run)
+  shutil.copytree(workdir, only_20)
+  shutil.rmtree(only_20 / 'checkpoints' / '40')
+  record = run / 'checkpoints' / '40' / 'metrics' / 'metrics'
+  metrics = json.loads(record.read_text())
+  first = json.loads((run / 'checkpoints' / '20' / 'metrics' /
+                      'metrics').read_text())
+  metrics['val_accuracy'] = first['val_accuracy'] - 0.05
+  record.write_text(json.dumps(metrics))
+
+  platform = platform_lib.current()
+  digits = np.random.default_rng(0).integers(0, 256, (4, 28, 28), np.uint8)
+  logits = lambda folder: evaluation.restored_logits(restore.restore_best(
+      *members_lib.resolve(config), str(folder), platform), config, digits)
+  best, latest = logits(only_20), logits(workdir)
+  assert np.abs(best - latest).max() > 1e-3  # The two steps differ.
+  probabilities = np.exp(best[0]) / np.exp(best[0]).sum(-1, keepdims=True)
+
+  args = ['--config=configs/tiny.py', f'--config.data_dir={config.data_dir}',
+          f'--workdir={run}']
+  evaluated = run_main(*args, '--mode=eval')
+  assert 'best checkpoint (step 20' in evaluated.stderr, evaluated.stderr
+
+  np.save(tmp_path / 'digits.npy', digits)
+  predicted = run_main(*args, '--mode=predict',
+                       f'--images={tmp_path / "digits.npy"}',
+                       f'--output={tmp_path / "p.json"}')
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  np.testing.assert_allclose(
+      [p['probabilities'] for p in json.loads(
+          (tmp_path / 'p.json').read_text())['predictions']],
+      probabilities, atol=1e-5)
+
+  exported = run_main(*args, '--mode=export', f'--output={tmp_path / "m.jax"}')
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  artifact = jax.export.deserialize(bytearray((tmp_path / 'm.jax').read_bytes()))
+  np.testing.assert_allclose(np.asarray(artifact.call(digits)), probabilities,
+                             atol=1e-5)
+
+  predictor = serve.Predictor(*members_lib.resolve(config), str(run), platform)
+  assert predictor.step == 20
+  np.testing.assert_allclose(predictor(digits[0])['probabilities'],
+                             probabilities[0], atol=1e-5)

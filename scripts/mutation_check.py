@@ -102,6 +102,16 @@ SWEEP = 'tests/test_sweep.py::'
 SWEEP_MEMBER = SWEEP + 'test_each_member_is_the_single_run_with_its_values'
 EMA_NUMPY = SWEEP + 'test_the_moving_average_follows_its_numpy_derivation'
 
+USER = 'tests/test_user_inputs.py::'
+METRICS_FILE = 'tests/test_metrics_file.py::'
+LOCK = 'tests/test_run_lock.py::'
+STOP = 'tests/test_interruption.py::'
+RELIABILITY = 'tests/test_reliability.py::'
+CLOSED_TERMINAL = (RELIABILITY + 'test_a_closed_terminal_saves_a_checkpoint_'
+                   'exits_0_and_leaves_no_lock')
+SERVE_DRAIN = ('tests/test_serve.py::test_a_stopped_server_answers_what_it_'
+               'accepted_and_refuses_the_rest')
+
 MUTATIONS = (
     # The optimizer chain.
     _m('l2_after_adam', 'digits_jax/optim.py',
@@ -456,6 +466,135 @@ MUTATIONS = (
        "if config.sweep_mode == 'zip':", 'if True:',
        [SWEEP + 'test_a_grid_is_every_combination_the_first_key_slowest'],
        'a grid of 6 trains 2 members'),
+    # What users and operators feed it (#46).
+    _m('exif_orientation_ignored', 'digits_jax/predict.py',
+       'digit_image.to_mnist(ImageOps.exif_transpose(image))',
+       'digit_image.to_mnist(image)',
+       [USER + 'test_a_photo_stored_sideways_is_read_upright'],
+       "a phone's portrait photo read sideways"),
+    _m('wide_images_clipped_at_255', 'digits_jax/digit_image.py',
+       'channels = _channels(_working_image(as_8bit(image)))',
+       'channels = _channels(_working_image(image))',
+       [USER + 'test_wide_and_float_images_are_scaled_as_their_mode_says'],
+       'a 16-bit or float scan read as a blank image'),
+    _m('float_digits_at_1_not_scaled', 'digits_jax/predict.py',
+       'if array.max() <= 1.0:', 'if array.max() < 1.0:',
+       [USER + 'test_float_npy_digits_in_0_1_reach_255_at_their_upper_bound'],
+       'float digits whose ink reaches 1.0 read as nearly black'),
+    _m('empty_folder_says_nothing', 'digits_jax/predict.py',
+       '        errors.append((spec, empty))', '        pass',
+       [USER + 'test_a_folder_with_nothing_to_read_is_an_error_naming_what_'
+        'it_holds'], 'predict on an empty folder exits 0 having said nothing'),
+    _m('npz_read_as_npy', 'digits_jax/predict.py',
+       'if isinstance(array, np.lib.npyio.NpzFile):', 'if False:',
+       [USER + 'test_an_npz_under_an_npy_name_is_that_files_error_alone'],
+       'an .npz under a .npy name: a cryptic AttributeError line'),
+    _m('odd_file_stops_the_rest', 'digits_jax/predict.py',
+       '    except Exception as e:  # pylint: disable=broad-exception-caught\n'
+       '      # Whatever else',
+       '    except ZeroDivisionError as e:  # pylint: disable=broad-exception-'
+       'caught\n      # Whatever else',
+       [USER + 'test_a_decoder_failing_in_an_unexpected_way_is_that_files_'
+        'error_alone'], "one strange file loses every other file's result"),
+    _m('output_dash_is_a_file', 'digits_jax/paths.py',
+       'if output == STANDARD_OUTPUT:', 'if False:',
+       [USER + 'test_standard_output_is_written_after_what_was_printed'],
+       "--output=- writes a file named '-'"),
+    _m('stdout_link_renamed_over', 'digits_jax/paths.py',
+       '  fd = _open_descriptor(os.fspath(path))', '  fd = None',
+       [USER + 'test_standard_output_is_written_after_what_was_printed'],
+       '--output=/dev/stdout replaces the link (as root, the machine\'s)'),
+    _m('predict_lines_mixed_into_the_json', 'digits_jax/predict.py',
+       "lines = sys.stderr if output == '-' else sys.stdout",
+       'lines = sys.stdout',
+       [USER + 'test_predict_output_dash_is_json_alone_on_stdout'],
+       '--output=- prints lines and JSON together: the JSON does not parse'),
+    _m('damaged_metrics_line_raises', 'digits_jax/reports.py',
+       '    except ValueError:\n      record = None',
+       '    except ZeroDivisionError:\n      record = None',
+       [METRICS_FILE + 'test_damaged_lines_are_left_out_with_one_warning'],
+       'a cut metrics.jsonl line: a JSONDecodeError traceback in eval'),
+    _m('damaged_metrics_line_kept', 'digits_jax/train.py',
+       '    return [line for line, _ in records]', '    return lines',
+       [METRICS_FILE + 'test_training_moves_damaged_lines_aside_and_keeps_'
+        'the_rest'], 'a resumed run rewrites the damaged line each epoch'),
+    _m('lock_of_an_earlier_life_refused', 'digits_jax/run_lock.py',
+       "    return (holder.get('start_ticks') is not None\n",
+       "    return True or (holder.get('start_ticks') is not None\n",
+       [LOCK + 'test_a_lock_from_an_earlier_life_of_this_pid_is_taken_over'],
+       'a restarted container refused its own workdir until the lock is '
+       'deleted by hand'),
+    _m('lock_of_a_reused_pid_refused', 'digits_jax/run_lock.py',
+       '  return started is None or now is None or started == now',
+       '  return True',
+       [LOCK + 'test_a_pid_another_process_has_now_is_not_the_holder'],
+       'an unrelated process with the old pid holds the workdir'),
+    _m('lock_survives_a_reboot', 'digits_jax/run_lock.py',
+       '    return False  # The machine rebooted since.',
+       '    pass  # The machine rebooted since.',
+       [LOCK + 'test_a_lock_from_before_a_reboot_is_taken_over'],
+       'a lock from before a reboot refused while its pid is reused'),
+    _m('sighup_kills_the_run', 'digits_jax/interruption.py',
+       'STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)',
+       'STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)',
+       [STOP + 'test_a_closed_terminal_sighup_stops_as_sigterm_does'],
+       'closing the terminal kills the run, an epoch lost'),
+    _m('sighup_writes_to_the_dead_terminal', 'digits_jax/interruption.py',
+       '      self._leave_the_terminal()', '      pass',
+       [CLOSED_TERMINAL], 'the stop line written to a hung-up terminal: '
+       'exit 1 instead of 0'),
+    _m('swallowed_signal_not_delivered_again', 'digits_jax/interruption.py',
+       'if isinstance(unraisable.exc_value, Interrupted):', 'if False:',
+       [STOP + 'test_a_signal_python_could_not_raise_is_delivered_again'],
+       'a SIGTERM landing in a gc callback prints a traceback and is lost'),
+    _m('start_up_signal_not_raised_at_the_loop', 'digits_jax/interruption.py',
+       '    if self._pending is not None:\n      raise self._pending',
+       '    if self._pending is not None:\n      pass',
+       [STOP + 'test_a_swallowed_start_up_signal_is_raised_when_the_loop_'
+        'starts'], 'a swallowed start-up SIGTERM: the run trains to its end'),
+    _m('finite_divergence_ignored', 'digits_jax/train.py',
+       '  newly = [j for j in np.flatnonzero(means > limit) if j not in '
+       'diverged]', '  newly = []',
+       ['tests/test_train.py::test_a_loss_far_above_a_guess_stops_a_run_and_'
+        'names_the_rate'], 'learning_rate=1e4 ends at chance with exit 0'),
+    _m('one_diverged_member_ends_the_sweep', 'digits_jax/train.py',
+       '  if members.is_sweep and len(diverged) < members.num_models:',
+       '  if False:',
+       ['tests/test_train.py::test_a_sweep_trains_on_while_some_members_learn'],
+       'a sweep over rates dies with its highest rate'),
+    _m('distributed_without_a_cluster_traceback', 'digits_jax/parallel.py',
+       "    if 'coordinator_address' not in str(e):", '    if True:',
+       ['tests/test_cli.py::test_distributed_without_a_cluster_is_one_line'],
+       '--distributed alone: a ValueError traceback'),
+    _m('lost_peer_wording_of_jax_0_10', 'digits_jax/parallel.py',
+       "'heartbeat timeout', 'stopped sending heartbeats',",
+       "'heartbeat timeout',",
+       ['tests/test_cli.py::test_each_wording_of_a_lost_peer_names_it'],
+       "a peer lost in a checkpoint's barrier on JAX 0.10: a traceback"),
+    _m('serve_stop_drops_accepted_requests', 'digits_jax/serve.py',
+       '    unanswered = server.drain()', '    unanswered = 0',
+       [SERVE_DRAIN], 'SIGTERM: the requests on their way get no answer'),
+    _m('serve_health_ok_while_stopping', 'digits_jax/serve.py',
+       '      stopping = self.server.stopping.is_set()',
+       '      stopping = False', [SERVE_DRAIN],
+       'a load balancer keeps sending to a stopping server'),
+    _m('ranking_ignores_the_loss', 'digits_jax/members.py',
+       'key=lambda j: (-accuracies[j], losses[j], j))',
+       'key=lambda j: (-accuracies[j], j))',
+       ['tests/test_ensemble.py::test_members_tied_on_validation_accuracy_'
+        'rank_by_the_lower_loss'],
+       'of two members tied on accuracy, the less sure one is called best'),
+    _m('floor_above_the_peak_allowed', 'digits_jax/config_checks.py',
+       '  _require(0 < config.min_learning_rate <= config.learning_rate,',
+       '  _require(0 < config.min_learning_rate,',
+       [SWEEP + 'test_a_bad_sweep_is_one_line_and_exit_code_2'],
+       'a floor above the peak: the one-cycle schedule climbs as it decays'),
+    _m('modes_load_the_latest_checkpoint', 'digits_jax/restore.py',
+       '      manager, checkpoint.best_first(manager),',
+       '      manager, sorted(manager.all_steps(), reverse=True),',
+       [RELIABILITY + 'test_eval_predict_export_and_serve_load_the_best_'
+        'checkpoint_not_the_latest'],
+       'eval, predict, export and serve take the last epoch, not the best'),
 )
 
 

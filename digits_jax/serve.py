@@ -344,30 +344,36 @@ def serve(config, members, workdir, platform, host: str, port: int,
   except BaseException:
     server.server_close()
     raise
-  address, bound_port = server.server_address[:2]
+  # The loop in a thread of its own, so that the signal (raised in this,
+  # the main thread) leaves it running while the accepted requests drain;
+  # from its start on, a signal drains.
+  loop = threading.Thread(target=server.serve_forever,
+                          kwargs={'poll_interval': 0.05}, daemon=True)
+  try:
+    loop.start()
+    _log_serving(predictor, host, *server.server_address[:2])
+    while loop.is_alive():
+      time.sleep(0.5)  # Where the signal lands.
+  except interruption.Interrupted:
+    if loop.is_alive():
+      log.info('Stopping: answering the requests already accepted (up to '
+               '%.0f s), refusing new ones with 503.', DRAIN_S)
+      unanswered = server.drain()
+      if unanswered:
+        log.warning('%d request(s) were still unanswered after %.0f s and '
+                    'were cut off.', unanswered, DRAIN_S)
+    raise
+  finally:
+    server.server_close()
+
+
+def _log_serving(predictor: Predictor, host: str, address: str,
+                 port: int) -> None:
   shown = f'[{address}]' if ':' in address else address
   what = (f'an ensemble of {predictor.num_models}'
           if predictor.num_models > 1 else 'the model')
   log.info('Serving %s (best checkpoint, step %d) at http://%s:%d/ ; '
-           'Ctrl-C stops.', what, predictor.step, shown, bound_port)
+           'Ctrl-C stops.', what, predictor.step, shown, port)
   if host not in ('127.0.0.1', 'localhost', '::1'):
     log.warning('Listening on %s: other machines that reach port %d can use '
-                'it.', host, bound_port)
-  # The loop in a thread of its own, so that the signal (raised in this,
-  # the main thread) leaves it running while the accepted requests drain.
-  loop = threading.Thread(target=server.serve_forever,
-                          kwargs={'poll_interval': 0.05}, daemon=True)
-  loop.start()
-  try:
-    while loop.is_alive():
-      loop.join(1.0)
-  except interruption.Interrupted:
-    log.info('Stopping: answering the requests already accepted (up to %.0f '
-             's), refusing new ones with 503.', DRAIN_S)
-    unanswered = server.drain()
-    if unanswered:
-      log.warning('%d request(s) were still unanswered after %.0f s and were '
-                  'cut off.', unanswered, DRAIN_S)
-    raise
-  finally:
-    server.server_close()
+                'it.', host, port)

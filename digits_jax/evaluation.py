@@ -33,6 +33,13 @@ class Evaluator:
         steps.predict_logits, model=model, preprocess=preprocess,
         batch_size=batch_size), compiler_options=compiler_options)
 
+  @property
+  def program(self):
+    """The jitted inference, program(variables, uint8 images [N, 28, 28]) ->
+    logits [N, C], N a multiple of the batch size: what `--mode=compile`
+    lowers for a TPU."""
+    return self._logits
+
   def logits(self, state: steps.TrainState, images: np.ndarray) -> np.ndarray:
     """One model's logits [N, C]."""
     return self.member_logits(state, images, members_lib.Members())[0]

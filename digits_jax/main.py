@@ -5,6 +5,7 @@
       --mode=eval
   ... --mode=predict --images=digit.png   ... --mode=export --output=digits.jax
   ... --mode=serve --port=8000             (a page to draw digits on)
+  ... --mode=compile --topology=v5e:4x4     (for a TPU slice, without one)
 
 Bad input (a config value, a workdir, a checkpoint) ends with one line on
 stderr and exit code 2.
@@ -36,13 +37,21 @@ _WORKDIR = flags.DEFINE_string(
     'Run directory, local or a URI such as gs://bucket/run: checkpoints, '
     'metrics, TensorBoard events, eval_test.json.')
 _MODE = flags.DEFINE_enum('mode', 'train',
-                          ['train', 'eval', 'predict', 'export', 'serve'],
+                          ['train', 'eval', 'predict', 'export', 'serve',
+                           'compile'],
                           'train (resuming from --workdir if it holds a '
                           'checkpoint), eval (the best checkpoint on the '
                           'test set), predict (--images), export (the best '
                           'checkpoint as a jax.export artifact, --output) or '
                           'serve (a page to draw digits on, and POST '
-                          '/predict, at --host:--port).')
+                          '/predict, at --host:--port) or compile (the run\'s '
+                          'programs for a TPU --topology, on this machine: '
+                          'memory, FLOPs, an estimated speed; needs libtpu, '
+                          'no TPU, no data, no workdir).')
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', '', 'compile: the TPU slice as libtpu names it, '
+    'GENERATION:CHIPS, e.g. v5e:2x2, v5e:16x16 (256 chips, 64 hosts), '
+    'v4:2x2x2, v5p:2x2x1, v6e:4x4.')
 _IMAGES = flags.DEFINE_list(
     'images', [], 'predict: comma-separated image files (PNG, JPEG, ...), '
     'directories of them, or .npy arrays of [N, 28, 28] digits.')
@@ -178,6 +187,13 @@ def _main(argv, stop_signal):
     _fail(str(e))
   if _COORDINATOR_ADDRESS.value and not _DISTRIBUTED.value:
     _fail('--coordinator_address is for a multi-host run: add --distributed')
+  if _MODE.value == 'compile':
+    # The programs are compiled for TPU devices libtpu describes; JAX's own
+    # backend stays the CPU (else, with no TPU attached, libtpu's failed
+    # start prints its complaints first). A compile-only TPU executable
+    # cannot be loaded back from JAX's persistent cache: none is written.
+    os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+    os.environ['JAX_ENABLE_COMPILATION_CACHE'] = 'false'
   # Imported once the config is known good, so that `--help` and a bad
   # value answer without importing JAX (tests/test_cli.py).
   import jax  # pylint: disable=g-import-not-at-top
@@ -191,6 +207,11 @@ def _main(argv, stop_signal):
     # The run's members, once: every mode below takes them. A sweep's are
     # its combinations (num_models set), each member's values checked.
     config, members = members_lib.resolve(config)
+    if _MODE.value == 'compile':
+      # For a TPU slice, from here: no cluster, no workdir, no data.
+      from digits_jax import tpu_compile  # pylint: disable=g-import-not-at-top
+      tpu_compile.main(config, members, _TOPOLOGY.value)
+      return
     if _DISTRIBUTED.value:
       parallel.initialize_distributed(
           _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value,

@@ -11,6 +11,7 @@ the edit-test loop.
 import collections
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -35,6 +36,12 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     ROOT, '.pytest_cache', 'jax_compilation_cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+# With libtpu installed (`.[tpu]`, for --mode=compile) and no TPU, JAX
+# would try the TPU first in every process and libtpu would print its
+# complaints there; the suite runs on the CPU. The compile tests still
+# describe TPU slices through libtpu, which this does not stop.
+if importlib.util.find_spec('libtpu') is not None:
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 from helpers import InProcessResult  # pylint: disable=g-import-not-at-top,wrong-import-position
 from helpers import env_without_tensorflow  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -115,6 +115,9 @@ def _quiet_native_stderr():
 def topology(name: str):
   """The devices of TPU topology `name`, or a UserError saying why not."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # libtpu takes /tmp/libtpu_lockfile so that one process at a time drives
+  # a TPU; a compile drives none, and two compiles may run side by side.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   try:
     with _quiet_native_stderr():
       described = topologies.get_topology_desc(platform='tpu',
@@ -125,7 +128,8 @@ def topology(name: str):
                       f'{INSTALL}') from None
     if 'INVALID_ARGUMENT' in str(e) or 'NOT_FOUND' in str(e):
       raise UserError(_unknown_topology(name)) from None
-    raise
+    raise UserError(f'libtpu could not describe --topology={name}: '
+                    f'{str(e).splitlines()[0]}') from None
   devices = list(described.devices)
   if devices[0].device_kind not in CHIPS:
     raise UserError(f'--topology={name}: {devices[0].device_kind} is not a '

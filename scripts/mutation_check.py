@@ -109,6 +109,7 @@ STOP = 'tests/test_interruption.py::'
 RELIABILITY = 'tests/test_reliability.py::'
 CLOSED_TERMINAL = (RELIABILITY + 'test_a_closed_terminal_saves_a_checkpoint_'
                    'exits_0_and_leaves_no_lock')
+TPU = 'tests/test_tpu_compile.py::'
 SERVE_DRAIN = ('tests/test_serve.py::test_a_stopped_server_answers_what_it_'
                'accepted_and_refuses_the_rest')
 
@@ -595,6 +596,24 @@ MUTATIONS = (
        [RELIABILITY + 'test_eval_predict_export_and_serve_load_the_best_'
         'checkpoint_not_the_latest'],
        'eval, predict, export and serve take the last epoch, not the best'),
+    # The TPU path, compiled by libtpu (#44): changes that break it alone.
+    _m('tpu_scan_unrolled', 'digits_jax/platform.py',
+       '  def unroll_scan(self) -> bool:\n    return self.is_cpu',
+       '  def unroll_scan(self) -> bool:\n    return True',
+       [TPU + 'test_a_run_compiles_for_a_slice_with_its_programs_and_a_'
+        'rolled_scan'],
+       "the CPU's unrolled scan on a TPU: an epoch's dispatch unrolled "
+       '390 times'),
+    _m('tpu_batch_not_split', 'digits_jax/parallel.py',
+       'batch_indices=sharding(None, AXIS), metrics=sharding())',
+       'batch_indices=sharding(), metrics=sharding())',
+       [TPU + 'test_flops_per_step_agree_with_the_models_count'],
+       'every chip of a slice computes the whole batch'),
+    _m('tpu_compile_on_the_real_shapes_not', 'digits_jax/tpu_compile.py',
+       '  return total - config.validation_size',
+       '  return total',
+       [TPU + 'test_the_arguments_hbm_is_the_state_and_the_dataset'],
+       "the compile's dataset is not the one training holds"),
 )
 
 

@@ -187,6 +187,7 @@ def _write_in_a_process(output: str, data: str, stdout) -> int:
 # Not /dev/stdout itself: were the code to rename over it, a test as root
 # would replace the machine's link. A link of the test's own to it says the
 # same (it is followed as /dev/stdout is), and /proc cannot be renamed over.
+@pytest.mark.slow  # A Python process each.
 @pytest.mark.parametrize('output', ['-', 'link to /dev/stdout',
                                     '/proc/self/fd/1'])
 def test_standard_output_is_written_after_what_was_printed(tmp_path, output):
@@ -200,6 +201,7 @@ def test_standard_output_is_written_after_what_was_printed(tmp_path, output):
     assert os.readlink(output) == '/dev/stdout'  # Not renamed over.
 
 
+@pytest.mark.slow  # A Python process each.
 def test_standard_output_through_a_pipe(tmp_path):
   os.symlink('/dev/stdout', tmp_path / 'stdout')
   for output in ('-', str(tmp_path / 'stdout')):

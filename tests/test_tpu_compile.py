@@ -116,26 +116,40 @@ def test_flops_per_step_agree_with_the_models_count(single_on_a_slice):
 @pytest.mark.slow
 def test_the_arguments_hbm_is_the_state_and_the_dataset(single_on_a_slice):
   """Per chip, replicated: the train state (parameters, Adam's two moments,
-  BatchNorm statistics, the plateau's scalars), the training images and
-  labels, this chip's share of the batch indices and the key. TPU layouts
-  pad small minor dimensions (an image's 28x28 bytes to whole tiles), so
-  the compiled size may exceed the bytes by a bounded layout overhead."""
-  config, report = single_on_a_slice
+  BatchNorm statistics, the plateau's scalars), the training split after
+  the validation hold-out (1,000 of tiny's 1,200 images, and their labels),
+  this chip's share of the batch indices and the key. Each array counts at
+  its TPU layout's size (small minor dimensions are padded to whole tiles),
+  the size the compiler gives that array alone."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import recipe  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
+  config, report = single_on_a_slice
+  devices = tpu_compile.topology('v5e:2x2')
+  mesh = jax.sharding.Mesh(np.asarray(devices), ('data',))
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def on_tpu(shape, dtype, sharding=replicated) -> int:
+    alone = jax.jit(lambda x: x).lower(
+        jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)).compile()
+    return alone.memory_analysis().argument_size_in_bytes
+
   members = members_lib.Members(seeds=(config.seed,))
   model, tx = recipe.build(config, platform_lib.Platform('tpu'), None, 100, ())
   state = jax.eval_shape(lambda k: members.create_train_state(
       model, tx, k, config.input_size), members.keys()[0])
-  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-  num_train = tpu_compile.MNIST_TRAIN - config.validation_size
-  num_train = min(num_train, config.max_train_examples - config.validation_size)
-  data_bytes = num_train * 28 * 28 + num_train * 4
-  indices_bytes = 4 * config.batch_size * 4 // report.devices
-  expected = state_bytes + data_bytes + indices_bytes
-  arguments = report.programs[0].argument_bytes
-  assert expected <= arguments < 1.5 * expected, (arguments, expected)
+  num_train = config.max_train_examples - config.validation_size
+  assert num_train == 1000
+  key = jax.eval_shape(lambda: members.keys()[2])
+  expected = (
+      sum(on_tpu(x.shape, x.dtype) for x in jax.tree.leaves(state))
+      + on_tpu((num_train, 28, 28), np.uint8) + on_tpu((num_train,), np.int32)
+      + on_tpu((4, config.batch_size), np.int32,
+               NamedSharding(mesh, PartitionSpec(None, 'data')))
+      + on_tpu(key.shape, key.dtype))
+  assert report.programs[0].argument_bytes == expected
 
 
 @pytest.mark.slow

@@ -199,7 +199,6 @@ def _main(argv, stop_signal):
   import jax  # pylint: disable=g-import-not-at-top
   from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import parallel  # pylint: disable=g-import-not-at-top
-  from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
   from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
 
@@ -225,27 +224,7 @@ def _main(argv, stop_signal):
     workdir = paths.prepare_workdir(_WORKDIR.value,
                                     must_exist=_MODE.value != 'train')
     logging.getLogger('digits_jax.main').info('Workdir: %s', workdir)
-    if _MODE.value == 'train':
-      train.train_and_evaluate(config, members, workdir, platform,
-                               stop_signal)
-    elif _MODE.value == 'eval':
-      evaluation.evaluate_checkpoint(config, members, workdir, platform,
-                                     must_write=False)
-    elif _MODE.value == 'serve':
-      from digits_jax import serve  # pylint: disable=g-import-not-at-top
-      serve.serve(config, members, workdir, platform, _HOST.value,
-                  _PORT.value, _MEMBER.value)
-    elif _MODE.value == 'export':
-      from digits_jax import export  # pylint: disable=g-import-not-at-top
-      export.export_checkpoint(config, members, workdir, _OUTPUT.value,
-                               platform, _MEMBER.value)
-    else:
-      if not _IMAGES.value:
-        raise UserError('--mode=predict needs --images=PATH[,PATH...]')
-      from digits_jax import predict  # pylint: disable=g-import-not-at-top
-      if predict.predict_files(config, members, workdir, _IMAGES.value,
-                               _OUTPUT.value, platform, _MEMBER.value):
-        sys.exit(1)  # Some inputs failed; each said why on its own line.
+    _run_mode(config, members, workdir, platform, stop_signal)
   except UserError as e:
     _fail(str(e))
   except (train.TrainingDiverged, WriteFailed) as e:
@@ -259,6 +238,32 @@ def _main(argv, stop_signal):
     # the lost process's heartbeat to time out, then abort with a trace.
     # The lock and the metrics were released by the loop's `finally`.
     os._exit(1)  # pylint: disable=protected-access
+
+
+def _run_mode(config, members, workdir, platform, stop_signal) -> None:
+  """The --mode asked for, on a prepared workdir."""
+  from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from digits_jax import train  # pylint: disable=g-import-not-at-top
+  if _MODE.value == 'train':
+    train.train_and_evaluate(config, members, workdir, platform, stop_signal)
+  elif _MODE.value == 'eval':
+    evaluation.evaluate_checkpoint(config, members, workdir, platform,
+                                   must_write=False)
+  elif _MODE.value == 'serve':
+    from digits_jax import serve  # pylint: disable=g-import-not-at-top
+    serve.serve(config, members, workdir, platform, _HOST.value,
+                _PORT.value, _MEMBER.value)
+  elif _MODE.value == 'export':
+    from digits_jax import export  # pylint: disable=g-import-not-at-top
+    export.export_checkpoint(config, members, workdir, _OUTPUT.value,
+                             platform, _MEMBER.value)
+  else:
+    if not _IMAGES.value:
+      raise UserError('--mode=predict needs --images=PATH[,PATH...]')
+    from digits_jax import predict  # pylint: disable=g-import-not-at-top
+    if predict.predict_files(config, members, workdir, _IMAGES.value,
+                             _OUTPUT.value, platform, _MEMBER.value):
+      sys.exit(1)  # Some inputs failed; each said why on its own line.
 
 
 def _config_file_error(error: BaseException, argv) -> str | None:

@@ -285,8 +285,12 @@ def _write_stream(fd: int | None, data: str | bytes, description: str
     while view:
       view = view[os.write(fd, view):]
   except OSError as e:
-    raise UserError(f'{description} ({e.strerror or e}); choose a writable '
-                    'path') from None
+    raise _unwritable(description, e) from None
+
+
+def _unwritable(description: str, error: OSError) -> UserError:
+  return UserError(f'{description} ({error.strerror or error}); choose a '
+                   'writable path')
 
 
 def write_output(output: str, data: str | bytes, *,
@@ -318,8 +322,7 @@ def write_output(output: str, data: str | bytes, *,
       with open(local, 'wb') as f:
         f.write(data.encode() if isinstance(data, str) else data)
     except OSError as e:
-      raise UserError(f'{description} ({e.strerror or e}); choose a '
-                      'writable path') from None
+      raise _unwritable(description, e) from None
     return path
   if os.path.islink(local):
     path = epath.Path(os.path.realpath(local))  # The link stays a link.
@@ -328,8 +331,7 @@ def write_output(output: str, data: str | bytes, *,
       path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, data)
   except OSError as e:
-    raise UserError(f'{description} ({e.strerror or e}); choose a writable '
-                    'path') from None
+    raise _unwritable(description, e) from None
   except WriteFailed as e:
     raise UserError(f'{description} ({e.fault}); choose a writable path'
                     ) from None

@@ -156,7 +156,8 @@ def predict_files(config, members, workdir: str, specs: list[str],
   from digits_jax import restore  # pylint: disable=g-import-not-at-top
 
   digits, errors = load_images(specs)
-  lines = sys.stderr if output == '-' else sys.stdout
+  from digits_jax import paths  # pylint: disable=g-import-not-at-top
+  lines = sys.stderr if output == paths.STANDARD_OUTPUT else sys.stdout
   results = []
   if digits:
     restored = restore.restore_best(config, members, workdir, platform,
@@ -177,7 +178,6 @@ def predict_files(config, members, workdir: str, specs: list[str],
   for name, message in errors:
     print(f'error: {name}: {message}', file=sys.stderr)
   if output:
-    from digits_jax import paths  # pylint: disable=g-import-not-at-top
     paths.write_output(output, json.dumps(
         {'predictions': results,
          'errors': [{'image': n, 'error': m} for n, m in errors]}, indent=1))

@@ -76,11 +76,12 @@ class MetricsWriter:
     off mid-line) are moved to metrics.jsonl.damaged with one warning."""
     if not self._jsonl.exists():
       return []
-    lines = self._jsonl.read_text().splitlines()
-    records, damaged = reports.parse_metrics('\n'.join(lines))
+    text = self._jsonl.read_text()
+    records, damaged = reports.parse_metrics(text)
     if damaged:
       aside = workdir / reports.DAMAGED_METRICS
       kept = aside.read_text() if aside.exists() else ''
+      lines = text.splitlines()
       paths.write_atomically(aside, kept + ''.join(
           lines[n - 1] + '\n' for n in damaged), what='the damaged metrics')
       log.warning(reports.damaged_lines_warning(

@@ -506,7 +506,7 @@ MUTATIONS = (
        [USER + 'test_standard_output_is_written_after_what_was_printed'],
        '--output=/dev/stdout replaces the link (as root, the machine\'s)'),
     _m('predict_lines_mixed_into_the_json', 'digits_jax/predict.py',
-       "lines = sys.stderr if output == '-' else sys.stdout",
+       'lines = sys.stderr if output == paths.STANDARD_OUTPUT else sys.stdout',
        'lines = sys.stdout',
        [USER + 'test_predict_output_dash_is_json_alone_on_stdout'],
        '--output=- prints lines and JSON together: the JSON does not parse'),
@@ -516,7 +516,8 @@ MUTATIONS = (
        [METRICS_FILE + 'test_damaged_lines_are_left_out_with_one_warning'],
        'a cut metrics.jsonl line: a JSONDecodeError traceback in eval'),
     _m('damaged_metrics_line_kept', 'digits_jax/train.py',
-       '    return [line for line, _ in records]', '    return lines',
+       '    return [line for line, _ in records]',
+       '    return text.splitlines()',
        [METRICS_FILE + 'test_training_moves_damaged_lines_aside_and_keeps_'
         'the_rest'], 'a resumed run rewrites the damaged line each epoch'),
     _m('lock_of_an_earlier_life_refused', 'digits_jax/run_lock.py',

@@ -6,7 +6,11 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
 
+  # A built-in model (a file of digits_jax/models/: improved_lenet, lenet5,
+  # ...) or your own Flax module, Linen or NNX, as 'package.module:Class'
+  # (README, "Your own model"); model_kwargs go to its constructor.
   config.model = 'improved_lenet'
+  config.model_kwargs = ml_collections.ConfigDict()
   # The article's Dropout(0.25) after each conv block and the last dense layer.
   config.dropout_rate = 0.25
   # '': TFDS's default data directory (~/tensorflow_datasets or $TFDS_DATA_DIR).

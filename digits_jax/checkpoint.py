@@ -246,12 +246,13 @@ def check_same_recipe(meta: dict, config, directory) -> None:
   would change its recipe midway and its checkpoints and metrics describe
   neither. One line names each differing key with both values."""
   recorded = meta.get('config', {})
+  current = json.loads(config.to_json())  # As recorded: plain values.
   free = RESUMABLE_CHANGES
   if recorded.get('lr_schedule', 'plateau') != 'plateau':
     free = free - set(_SCHEDULE_LENGTH)
-  differing = [(key, recorded[key], config[key]) for key in sorted(recorded)
-               if key not in free and key in config
-               and recorded[key] != config[key]]
+  differing = [(key, recorded[key], current[key]) for key in sorted(recorded)
+               if key not in free and key in current
+               and recorded[key] != current[key]]
   if differing:
     changes = ', '.join(f'{key}={was!r} -> {now!r}'
                         for key, was, now in differing)

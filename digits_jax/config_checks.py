@@ -9,6 +9,7 @@ traceback. Imports nothing heavy: `--help` and a bad value answer at once.
 import os
 import runpy
 
+from digits_jax import models
 from digits_jax.errors import UserError
 
 # The configs beside the package (not installed: files that --config names).
@@ -17,8 +18,8 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
 
 # The names a config chooses among. Here, in a module that imports nothing
 # heavy, so that checking a config (and `--help`) costs no JAX or Flax
-# import; models.py, optim.py and platform.py take theirs from here.
-MODEL_NAMES = ('improved_lenet', 'lenet5')
+# import; optim.py and platform.py take theirs from here. (Models are
+# found when the run builds one: digits_jax/models/.)
 LR_SCHEDULES = ('plateau', 'onecycle')
 CONV_IMPLS = ('auto', 'xla', 'eigen')
 PARALLELISMS = ('mesh', 'pmap')
@@ -105,9 +106,7 @@ def validate(config, defaults=None) -> None:
   `defaults`: `default_config()`, whose values give each key its type.
   """
   _check_keys_and_types(config, defaults)
-  _require(config.model in MODEL_NAMES,
-           f'config.model={config.model!r} is not a model; choose one of '
-           f'{", ".join(sorted(MODEL_NAMES))}')
+  models.check_name(config.model)
   for name in ('batch_size', 'eval_batch_size', 'num_epochs',
                'checkpoints_to_keep'):
     _require(config[name] > 0,
@@ -146,9 +145,6 @@ def validate(config, defaults=None) -> None:
   _require(0 <= config.dropout_rate < 1,
            f'config.dropout_rate={config.dropout_rate!r} is a probability of '
            'dropping a unit: it must be in [0, 1)')
-  _require(config.model != 'lenet5' or config.dropout_rate == 0,
-           f'config.dropout_rate={config.dropout_rate!r}: lenet5 has no '
-           'dropout; set it to 0')
   for name in ('adam_b1', 'adam_b2', 'zoom_range', 'shift_range',
                'warmup_fraction'):
     _require(0 <= config[name] < 1,

@@ -86,7 +86,8 @@ def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:
   """Loss, accuracy, per-class accuracy and the confusion matrix."""
   log_probs = special.log_softmax(logits, axis=-1)
   predictions = logits.argmax(-1)
-  confusion = np.zeros((steps.NUM_CLASSES, steps.NUM_CLASSES), np.int64)
+  num_classes = logits.shape[-1]
+  confusion = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(confusion, (labels, predictions), 1)
   per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
   return {

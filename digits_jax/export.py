@@ -1,8 +1,8 @@
 """`--mode=export`: the best checkpoint's inference as a `jax.export` artifact.
 
 The artifact is serialized StableHLO with the weights inside: uint8 digits
-[N, 28, 28] in (N symbolic), class probabilities [N, 10] out, padding and
-standardization included. It runs with a plain `jax` install, no digits_jax:
+[N, H, W] in (N symbolic; MNIST's 28x28), class probabilities [N, C] out,
+padding and standardization included. It runs with a plain `jax` install, no digits_jax:
 
   import jax, numpy as np
   with open('digits.jax', 'rb') as f:
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from digits_jax import paths
-from digits_jax import steps
+from digits_jax import recipe
 from digits_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 
 def inference_function(restored):
-  """uint8 [N, 28, 28] -> probabilities [N, 10], the weights as constants.
+  """uint8 [N, H, W] -> probabilities [N, C], the weights as constants.
 
   An ensemble's are the mean of its members' probabilities, the members
   one after another (a vmapped form would run grouped convolutions, slow on
@@ -42,8 +42,7 @@ def inference_function(restored):
   def probabilities(digits):
     x = preprocess(digits)
     member_probabilities = [
-        jax.nn.softmax(model.apply(v, x, train=False).astype(jnp.float32),
-                       axis=-1) for v in members]
+        jax.nn.softmax(model.apply_eval(v, x), axis=-1) for v in members]
     return sum(member_probabilities) / len(members)
 
   return probabilities
@@ -53,8 +52,8 @@ def export_inference(restored, platforms=PLATFORMS) -> tuple[bytes, tuple]:
   """The serialized artifact and the platforms it was lowered for (those of
   `platforms` this jaxlib lowers for; at least 'cpu')."""
   batch, = jax.export.symbolic_shape('n')
-  spec = jax.ShapeDtypeStruct((batch, steps.MNIST_SIZE, steps.MNIST_SIZE),
-                              jnp.uint8)
+  height, width, _ = recipe.data_record(restored.meta)['image_shape']
+  spec = jax.ShapeDtypeStruct((batch, height, width), jnp.uint8)
   function = jax.jit(inference_function(restored))
   lowered_for = []
   for platform in platforms:

@@ -40,6 +40,17 @@ class Splits:
   pixel_mean: float
   pixel_std: float
 
+  def record(self) -> dict:
+    """What the model and preprocessing take from the data (and each
+    checkpoint records): the image shape [H, W, C], the number of classes,
+    the training part's pixel mean and standard deviation."""
+    height, width = self.train_images.shape[1:3]
+    channels = self.train_images.shape[3] if self.train_images.ndim == 4 else 1
+    return {'image_shape': [int(height), int(width), int(channels)],
+            'num_classes': int(max(self.train_labels.max(),
+                                   self.test_labels.max())) + 1,
+            'pixel_mean': self.pixel_mean, 'pixel_std': self.pixel_std}
+
 
 def _can_reach(host: str, port: int = 443, timeout: float = 3.0) -> bool:
   """A quick probe: without it TFDS spends minutes retrying a dead network."""

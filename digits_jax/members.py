@@ -95,22 +95,20 @@ class Members:
     keys = jnp.stack([of(s) for s in self.seeds])
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
-  def create_train_state(self, model, tx, init_key,
-                         input_size: int) -> steps.TrainState:
+  def create_train_state(self, model, tx, init_key) -> steps.TrainState:
     # One compiled program: `model.init` run eagerly is about a hundred
     # small ones (the same values, bit for bit).
     create = lambda key, hparams: steps.create_train_state(
-        model, tx, key, input_size, ema=self.ema, hparams=hparams)
+        model, tx, key, ema=self.ema, hparams=hparams)
     return jax.jit(jax.vmap(create) if self.stacked else create)(
         init_key, self.hparams())
 
-  def abstract_train_state(self, model, tx,
-                           input_size: int) -> steps.TrainState:
+  def abstract_train_state(self, model, tx) -> steps.TrainState:
     """The train state's shapes and dtypes, placed on this process's first
     device, computing nothing: the target a checkpoint is restored into,
     whatever device count wrote it."""
     shapes = jax.eval_shape(
-        lambda key: self.create_train_state(model, tx, key, input_size),
+        lambda key: self.create_train_state(model, tx, key),
         self.keys()[0])
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(

@@ -1,5 +1,6 @@
 """What a config describes, built once for every caller: the model and the
-optimizer (the config's), the preprocessing (the data's) and the train step.
+optimizer (the config's, for the data's shape), the preprocessing (the
+data's) and the train step.
 
 The trainer, evaluation, predict, export, the benchmark, the profiles and
 the tests all build through here, so that none of them can drift from what
@@ -16,27 +17,51 @@ from digits_jax import models
 from digits_jax import optim
 from digits_jax import platform as platform_lib
 from digits_jax import steps
+from digits_jax.errors import UserError
 
 
-def build(config, platform: platform_lib.Platform, axis_name=None,
-          total_steps: int = 0, traced_keys: tuple = ()):
-  """What the config decides: the model and the optimizer, for `platform`.
+# What a record of the data (`data_record`) says where a checkpoint from
+# before the trainer recorded it does not: MNIST's.
+_MNIST_SHAPE = {'image_shape': [28, 28, 1], 'num_classes': 10}
+
+
+def data_record(source: dict) -> dict:
+  """What the model and preprocessing take from the data: 'image_shape'
+  [H, W, C], 'num_classes', 'pixel_mean', 'pixel_std'; from the training
+  data (input_pipeline.Splits.record) or a checkpoint's record of it."""
+  return {key: source.get(key, _MNIST_SHAPE.get(key)) for key in
+          ('image_shape', 'num_classes', 'pixel_mean', 'pixel_std')}
+
+
+def build(config, platform: platform_lib.Platform, data: dict,
+          axis_name=None, total_steps: int = 0, traced_keys: tuple = ()):
+  """What the config decides: the model (for the data's shape and classes,
+  `data_record`) and the optimizer, for `platform`.
 
   `total_steps` sets the length of a step-driven LR schedule; restoring
   leaves it out (only the optimizer state's structure matters there).
   `traced_keys`: a sweep's (members.Members), whose optimizer state has
   the structure of every member's (a swept L2 keeps its transform).
   """
-  dtype = jnp.dtype(config.compute_dtype)
-  extra = ({'dropout_rate': config.dropout_rate}
-           if config.model == 'improved_lenet' else {})
-  model = models.create_model(
-      config.model, dtype=dtype, axis_name=axis_name,
+  model = models.create(
+      config.model,
+      input_shape=(config.input_size, config.input_size,
+                   data_record(data)['image_shape'][-1]),
+      num_classes=data_record(data)['num_classes'],
+      dtype=jnp.dtype(config.compute_dtype),
+      dropout_rate=config.dropout_rate, axis_name=axis_name,
       conv_general_dilated=(cpu_kernels.conv_with_cpu_weight_gradient
                             if platform.cpu_weight_gradients else None),
-      **extra)
+      model_kwargs=config.model_kwargs.to_dict())
+  swept_by_the_model = set(traced_keys) & set(models.MODULE_TRACED)
+  if swept_by_the_model - set(model.traced):
+    raise UserError(
+        f'config.sweep: model {config.model} does not take '
+        f'{", ".join(sorted(swept_by_the_model))} as a traced value (an '
+        'NNX module keeps it as a Python number, a Linen module takes it '
+        'as a field); sweep it in separate runs')
   tx = optim.create_optimizer(
-      config, models.L2_REGULARIZED, total_steps,
+      config, model.l2_layers, total_steps,
       l2=config.l2 if 'l2' in traced_keys else None)
   return model, tx
 
@@ -54,14 +79,12 @@ def preprocessing(config, pixel_stats: dict) -> steps.Preprocess:
       elastic_alpha=config.elastic_alpha, elastic_sigma=config.elastic_sigma)
 
 
-def checkpoint_meta(config, preprocess: steps.Preprocess, epoch: int) -> dict:
+def checkpoint_meta(config, data: dict, epoch: int) -> dict:
   """What a checkpoint records beside the state: enough to rebuild the
-  model and its preprocessing without the training data."""
+  model and its preprocessing without the training data (`data_record`)."""
   return {'model': config.model, 'input_size': config.input_size,
-          'num_models': config.num_models,
-          'pixel_mean': preprocess.pixel_mean,
-          'pixel_std': preprocess.pixel_std, 'epoch': epoch,
-          'config': json.loads(config.to_json())}
+          'num_models': config.num_models, **data_record(data),
+          'epoch': epoch, 'config': json.loads(config.to_json())}
 
 
 def train_step_fn(config, model, tx, preprocess: steps.Preprocess,
@@ -86,17 +109,15 @@ def train_step_fn(config, model, tx, preprocess: steps.Preprocess,
 
   def swept_step(state, batch, key):
     values = state.hparams
-    member_model = (model.clone(dropout_rate=values['dropout_rate'])
-                    if 'dropout_rate' in values else model)
     member_tx = tx
     if {'learning_rate', 'l2'} & set(values):
       member_tx = optim.create_optimizer(
-          config, models.L2_REGULARIZED, total_steps,
+          config, model.l2_layers, total_steps,
           values.get('learning_rate'), values.get('l2'))
     member_preprocess = preprocess.replace(**{
         k: values[k] for k in ('rotation_degrees', 'zoom_range', 'shift_range')
         if k in values})
-    return bound(state, batch, key, model=member_model, tx=member_tx,
+    return bound(state, batch, key, model=model, tx=member_tx,
                  preprocess=member_preprocess,
                  label_smoothing=values.get('label_smoothing',
                                             config.label_smoothing),

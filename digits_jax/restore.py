@@ -25,9 +25,9 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Restored:
   state: steps.TrainState
-  model: Any
+  model: Any  # models.create's.
   preprocess: steps.Preprocess
-  meta: dict
+  meta: dict  # The checkpoint's record (recipe.checkpoint_meta).
   step: int
   members: members_lib.Members
   # What it is compiled for (restore_best's platform).
@@ -74,14 +74,19 @@ def restore_best(config, members: members_lib.Members,
   member's number.
   """
   workdir = paths.resolve(os.fspath(workdir))
-  manager = open_checkpoints(workdir, config.checkpoints_to_keep)
-  model, tx = recipe.build(config, platform,
+  manager, best_step, best_meta = best_checkpoint(
+      workdir, config.checkpoints_to_keep)
+  del best_step
+  # The model for the data it was trained on, as the best record says (the
+  # checkpoints of one run share it; restore_first checks each).
+  check = lambda meta: checkpoint.check_compatible(meta, config, workdir)
+  check(best_meta)
+  model, tx = recipe.build(config, platform, recipe.data_record(best_meta),
                            traced_keys=members.traced_keys)
   step, meta, state, _ = checkpoint.restore_first(
       manager, checkpoint.best_first(manager),
-      members.abstract_train_state(model, tx, config.input_size),
-      workdir / 'checkpoints',
-      check=lambda meta: checkpoint.check_compatible(meta, config, workdir))
+      members.abstract_train_state(model, tx), workdir / 'checkpoints',
+      check=check)
   preprocess = recipe.preprocessing(config, meta)
   if member:
     index = _member_index(member, members.num_models,

@@ -40,6 +40,7 @@ from digits_jax import evaluation
 from digits_jax import interruption
 from digits_jax import members as members_lib
 from digits_jax import predict
+from digits_jax import recipe
 from digits_jax import restore
 from digits_jax.errors import UserError
 
@@ -79,10 +80,12 @@ class Predictor:
     self._lock = threading.Lock()
     self.num_models = restored.members.num_models
     self.step = restored.step
-    self(np.zeros((28, 28), np.uint8))  # Compiled now, not on a request.
+    # Compiled now, not on a request.
+    self(np.zeros(recipe.data_record(restored.meta)['image_shape'][:2],
+                  np.uint8))
 
   def __call__(self, digit: np.ndarray) -> dict:
-    """predict's JSON for a uint8 [28, 28] digit."""
+    """predict's JSON for a uint8 [H, W] digit (MNIST's 28x28)."""
     with self._lock:
       member_logits = self._evaluator.logits_of(self._variables, digit[None])
     probabilities = np.exp(members_lib.combine(member_logits))[0]

@@ -18,9 +18,6 @@ import optax
 
 from digits_jax import augment
 
-MNIST_SIZE = 28
-NUM_CLASSES = 10
-
 # What `fold_in` mixes into a key for a draw of its own beside the key's
 # main use: the shuffle key's bag beside each epoch's order (no epoch number
 # reaches it), the augmentation key's elastic field beside the affine
@@ -54,7 +51,8 @@ class TrainState(struct.PyTreeNode):
 
 @struct.dataclass
 class Preprocess:
-  """uint8 digits [B, 28, 28] -> standardized model input [B, S, S, 1]."""
+  """uint8 digits [B, H, W] -> standardized model input [B, S, S, 1], the
+  digits centred in S x S (`input_size`)."""
   input_size: int = struct.field(pytree_node=False)
   pixel_mean: float = struct.field(pytree_node=False)
   pixel_std: float = struct.field(pytree_node=False)
@@ -69,7 +67,7 @@ class Preprocess:
     """Under pmap (`axis_name`), the augmentation is drawn for the global
     batch and sliced, so it does not depend on the number of devices."""
     x = images.astype(jnp.float32)
-    pad = (self.input_size - MNIST_SIZE) // 2
+    pad = (self.input_size - x.shape[1]) // 2
     if pad:
       x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad)))
     if augment_key is not None:
@@ -129,9 +127,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
 
   Randomness is `fold_in(key, step)`, so a run restored at any step draws
   the same augmentation and dropout as the run that never stopped.
+  `model` is a models.create's (any Flax module, through its adapter).
   `axis_name` names the pmap axis to average gradients and metrics over;
   the model must then carry the same axis name (BatchNorm, dropout).
-  `label_smoothing` and `ema_decay` may be traced (a sweep's members); the
+  `label_smoothing` and `ema_decay` may be traced (a sweep's members), and
+  the model takes those of the state's `hparams` it can (dropout); the
   moving average is kept where the state holds one (`state.ema`).
   """
   step_key = jax.random.fold_in(key, state.step)
@@ -140,11 +140,10 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
                       augment_key if augment_images else None, axis_name)
 
   def loss_fn(params):
-    logits, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, images,
-        train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    logits, batch_stats = model.apply_train(
+        params, state.batch_stats, images, dropout_key, state.hparams)
     loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates['batch_stats'])
+    return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
@@ -222,23 +221,22 @@ def epoch_batches(key: jax.Array, epoch: int, num_examples: int,
 
 def predict_logits(variables, images, *, model, preprocess: Preprocess,
                    batch_size: int):
-  """Logits for uint8 images [N, 28, 28], N a multiple of `batch_size`."""
+  """Logits [N, C] for uint8 images [N, H, W], N a multiple of
+  `batch_size`."""
 
   def logits_of(batch):
-    return model.apply(variables, preprocess(batch), train=False)
+    return model.apply_eval(variables, preprocess(batch))
 
   batches = images.reshape(-1, batch_size, *images.shape[1:])
-  return jax.lax.map(logits_of, batches).reshape(-1, NUM_CLASSES)
+  logits = jax.lax.map(logits_of, batches)
+  return logits.reshape(-1, logits.shape[-1])
 
 
-def create_train_state(model, tx, key, input_size: int, *, ema: bool = False,
+def create_train_state(model, tx, key, *, ema: bool = False,
                        hparams: dict | None = None) -> TrainState:
   """The initial state; with `ema`, a moving average starting at the
   initial weights; `hparams`, a sweep member's values (float32)."""
-  dummy = jnp.zeros((1, input_size, input_size, 1), jnp.float32)
-  variables = model.init({'params': key}, dummy, train=False)
-  params = variables['params']
-  batch_stats = variables.get('batch_stats', {})
+  params, batch_stats = model.init(key)
   return TrainState(
       step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params),

@@ -35,7 +35,6 @@ import numpy as np
 from digits_jax import members as members_lib
 from digits_jax import parallel as parallel_lib
 from digits_jax import platform as platform_lib
-from digits_jax import recipe
 from digits_jax import train
 from digits_jax.errors import UserError
 
@@ -69,9 +68,11 @@ CHIPS = {
 # MNIST's sizes, without reading it: the training split before the
 # validation hold-out, and the test split.
 MNIST_TRAIN, MNIST_TEST = 60_000, 10_000
-# The training images' statistics standardization uses (a compile needs
-# only their type; these are MNIST's).
-MNIST_PIXELS = {'pixel_mean': 33.32, 'pixel_std': 78.57}
+# What the model and preprocessing take from the data (recipe.data_record):
+# MNIST's shape and classes, and the training images' statistics (a compile
+# needs only their type).
+MNIST_RECORD = {'image_shape': [28, 28, 1], 'num_classes': 10,
+                'pixel_mean': 33.32, 'pixel_std': 78.57}
 
 
 @dataclasses.dataclass
@@ -266,17 +267,16 @@ def compile_run(config, members: members_lib.Members,
   platform = platform_lib.Platform('tpu', config.conv_impl)
   num_train = _num_train(config)
   schedule = train.make_schedule(config, members, platform, num_train)
-  model, tx = recipe.build(config, platform, data.axis_name,
-                           schedule.total_steps, members.traced_keys)
-  preprocess = recipe.preprocessing(config, MNIST_PIXELS)
+  built = train.build_program(config, members, data, platform, MNIST_RECORD,
+                              schedule.total_steps)
   init_key, _, train_key = members.keys()
-  state = jax.eval_shape(lambda key: members.create_train_state(
-      model, tx, key, config.input_size), init_key)
+  state = jax.eval_shape(lambda key: built.init_state(members, key),
+                         init_key)
   shardings = data.shardings
   state_sharding = shardings.state if data.ensemble else shardings.replicated
-  program = train.train_program(config, model, tx, preprocess, members, data,
-                                platform, schedule.total_steps)
-  images = jax.ShapeDtypeStruct((num_train, 28, 28), np.uint8,
+  program = built.update
+  image_size = MNIST_RECORD['image_shape'][:2]
+  images = jax.ShapeDtypeStruct((num_train, *image_size), np.uint8,
                                 sharding=shardings.replicated)
   labels = jax.ShapeDtypeStruct((num_train,), np.int32,
                                 sharding=shardings.replicated)
@@ -296,8 +296,8 @@ def compile_run(config, members: members_lib.Members,
   if schedule.steps_per_dispatch > 1:
     compiled, step = _compile('train step', program, dispatch(1))
   cost = _cost(compiled)
-  programs += _inference_programs(config, members, model, preprocess,
-                                  state, devices[0])
+  programs += _inference_programs(config, members, built.model,
+                                  built.preprocess, state, devices[0])
   report = Report(
       topology=topology_name, chip=CHIPS[devices[0].device_kind],
       chips=len({tuple(d.coords) for d in devices}), devices=len(devices),
@@ -331,8 +331,9 @@ def _inference_programs(config, members, model, preprocess, state, device):
   for name, n in (('validation', config.validation_size),
                   ('test', _num_test(config))):
     padded = math.ceil(n / config.eval_batch_size) * config.eval_batch_size
-    images = jax.ShapeDtypeStruct((padded, 28, 28), np.uint8,
-                                  sharding=on_chip)
+    images = jax.ShapeDtypeStruct(
+        (padded, *MNIST_RECORD['image_shape'][:2]), np.uint8,
+        sharding=on_chip)
     _, figures = _compile(f'{name} inference ({padded} images)',
                           evaluator.program,
                           (_abstract(variables, on_chip), images))

@@ -1,6 +1,6 @@
 """The training loop: epochs of compiled dispatches, validation, checkpoints.
 
-`train_program` is the compiled program: the pure train step (steps.py,
+`build_program` makes the compiled program: the pure train step (steps.py,
 bound by recipe.py) over the run's members (members.py), scanned over a
 dispatch's steps, jitted over the device mesh with its shardings and the
 state donated (or pmapped). Each dispatch runs `steps_per_dispatch` steps
@@ -125,22 +125,43 @@ class MetricsWriter:
         shutil.rmtree(self._local_tb, ignore_errors=True)
 
 
-def train_program(config, model, tx, preprocess: steps.Preprocess,
-                  members: members_lib.Members,
-                  devices: parallel_lib.DataParallel,
-                  platform: platform_lib.Platform, total_steps: int = 0):
-  """The compiled training dispatch, one program on one host or many:
+class Program(NamedTuple):
+  """A run's training program and what it is made of (`build_program`)."""
+  model: Any  # models.create's.
+  tx: Any
+  preprocess: steps.Preprocess
+  # The dispatch as a pure function, (state, images, labels, batch_indices,
+  # key) -> (state, metrics): what `update` compiles.
+  train_steps: Callable
+  # `train_steps` jitted over the mesh with its shardings, the state
+  # donated (or pmapped): what the training loop calls.
+  update: Callable
 
-    program(state, images, labels, batch_indices, key) -> (state, metrics)
+  def init_state(self, members: members_lib.Members, init_key):
+    """The members' initial train state (on the default device)."""
+    return members.create_train_state(self.model, self.tx, init_key)
+
+
+def build_program(config, members: members_lib.Members,
+                  devices: parallel_lib.DataParallel,
+                  platform: platform_lib.Platform, data: dict,
+                  total_steps: int = 0) -> Program:
+  """The training program, one on one host or many; the one constructor
+  that training, the benchmark, the TPU compile and the tests use:
+
+    update(state, images, labels, batch_indices, key) -> (state, metrics)
 
   the dataset held on the devices, `batch_indices` [K steps, (members,) B],
   the metrics [K] or [K, members]. The step is `steps.train_step` bound to
-  the model, optimizer and preprocessing (recipe.train_step_fn), over the
-  members (vmapped or side by side, as the platform says), scanned over the
-  K steps (unrolled where the platform says). A sweep's values are in the
-  state (one program for all of them); `total_steps` is the one-cycle
-  schedule's length, as the optimizer's.
+  the model (for the `data`'s shape, recipe.data_record), the optimizer and
+  the preprocessing (recipe.train_step_fn), over the members (vmapped or
+  side by side, as the platform says), scanned over the K steps (unrolled
+  where the platform says). A sweep's values are in the state (one program
+  for all of them); `total_steps` is the one-cycle schedule's length.
   """
+  model, tx = recipe.build(config, platform, data, devices.axis_name,
+                           total_steps, members.traced_keys)
+  preprocess = recipe.preprocessing(config, data)
   step = members.train_step(
       recipe.train_step_fn(config, model, tx, preprocess, devices.axis_name,
                            total_steps, members.traced_keys),
@@ -150,16 +171,18 @@ def train_program(config, model, tx, preprocess: steps.Preprocess,
   if devices.mode == 'pmap':
     # One program per device, each argument with a leading device axis but
     # the key; `jax.pmap` takes no compiler options (XLA's defaults).
-    return jax.pmap(train_steps, axis_name=devices.axis_name,
-                    in_axes=(0, 0, 0, 0, None), donate_argnums=(0,))
-  shardings = devices.shardings
-  return jax.jit(
-      train_steps,
-      in_shardings=(shardings.state, shardings.replicated,
-                    shardings.replicated, shardings.batch_indices,
-                    shardings.state),
-      out_shardings=(shardings.state, shardings.metrics),
-      donate_argnums=(0,), compiler_options=platform.compiler_options)
+    update = jax.pmap(train_steps, axis_name=devices.axis_name,
+                      in_axes=(0, 0, 0, 0, None), donate_argnums=(0,))
+  else:
+    shardings = devices.shardings
+    update = jax.jit(
+        train_steps,
+        in_shardings=(shardings.state, shardings.replicated,
+                      shardings.replicated, shardings.batch_indices,
+                      shardings.state),
+        out_shardings=(shardings.state, shardings.metrics),
+        donate_argnums=(0,), compiler_options=platform.compiler_options)
+  return Program(model, tx, preprocess, train_steps, update)
 
 
 class Schedule(NamedTuple):
@@ -226,7 +249,6 @@ class _Run:
   devices: parallel_lib.DataParallel
   schedule: Schedule
   splits: Any
-  preprocess: steps.Preprocess
   program: Callable
   evaluator: evaluation.Evaluator
   train_data: tuple  # (images, labels) on the devices.
@@ -249,7 +271,7 @@ class _Run:
 
   def save(self, step: int, state, epoch: int, record: dict | None) -> None:
     checkpoint.save(self.manager, step, self.devices.unreplicate(state),
-                    recipe.checkpoint_meta(self.config, self.preprocess,
+                    recipe.checkpoint_meta(self.config, self.splits.record(),
                                            epoch), record)
     self.saved_steps.append(step)
 
@@ -340,23 +362,20 @@ def _start(config, members, workdir, platform, stop_signal):
   splits = input_pipeline.load_splits(config)
   schedule = make_schedule(config, members, platform,
                            len(splits.train_images))
-  model, tx = recipe.build(config, platform, devices.axis_name,
-                           schedule.total_steps, members.traced_keys)
-  preprocess = recipe.preprocessing(
-      config, {'pixel_mean': splits.pixel_mean, 'pixel_std': splits.pixel_std})
+  program = build_program(config, members, devices, platform,
+                          splits.record(), schedule.total_steps)
   init_key, shuffle_key, train_key = members.keys()
-  state = members.create_train_state(model, tx, init_key, config.input_size)
+  state = program.init_state(members, init_key)
   _log_model(config, members, devices, state)
   state, manager = _restore_or_init(config, workdir, devices, state)
   run = _Run(
       config=config, members=members, devices=devices, schedule=schedule,
-      splits=splits, preprocess=preprocess,
-      program=train_program(config, model, tx, preprocess, members, devices,
-                            platform, schedule.total_steps),
+      splits=splits, program=program.update,
       # Evaluation runs on one device of each host, outside pmap: the same
       # model without the axis name.
       evaluator=evaluation.Evaluator(
-          model.clone(axis_name=None), preprocess, config.eval_batch_size,
+          recipe.build(config, platform, splits.record())[0],
+          program.preprocess, config.eval_batch_size,
           platform.compiler_options),
       train_data=(devices.replicate(splits.train_images),
                   devices.replicate(splits.train_labels)),
@@ -440,7 +459,7 @@ def _train_epoch(run: _Run, state, step: int, epoch: int):
     # One host sync per dispatch.
     metrics = run.devices.to_host(metrics)
     check_diverged(metrics['loss'], step, run.members, run.diverged,
-                   run.last_saved)
+                   run.last_saved, run.splits.record()['num_classes'])
     train_metrics['dispatches'].append(metrics)
     step += count
     train_metrics['images'] += count * config.batch_size
@@ -466,13 +485,15 @@ DIVERGED_LOSS_FACTOR = 10.0
 
 
 def check_diverged(losses, step: int, members: members_lib.Members,
-                   diverged: set, last_saved: Callable[[], list]) -> None:
+                   diverged: set, last_saved: Callable[[], list],
+                   num_classes: int) -> None:
   """Raises TrainingDiverged when the dispatch's training loss `losses`
   ([steps] or [steps, members], from training step `step`) is not finite,
   or its mean is far worse than a uniform guess's. A sweep goes on while
   some of its members learn: each that diverges is named once (added to
   `diverged`) and ranks last on validation. `last_saved()`: the complete
-  checkpoints' steps, for the message."""
+  checkpoints' steps, for the message; `num_classes`: the data's, whose
+  log is a uniform guess's loss."""
   losses = np.asarray(losses, np.float64).reshape(len(losses), -1)
   finite = np.isfinite(losses).all(1)
   if not finite.all():
@@ -481,7 +502,8 @@ def check_diverged(losses, step: int, members: members_lib.Members,
         f'the training loss became non-finite at step {bad}; nothing '
         f'was saved after it, {_last_checkpoint(last_saved())}; lower '
         'config.learning_rate and rerun in a new --workdir')
-  limit = DIVERGED_LOSS_FACTOR * np.log(steps.NUM_CLASSES)
+  uniform_loss = np.log(num_classes)
+  limit = DIVERGED_LOSS_FACTOR * uniform_loss
   means = losses.mean(0)
   newly = [j for j in np.flatnonzero(means > limit) if j not in diverged]
   if not newly:
@@ -492,12 +514,12 @@ def check_diverged(losses, step: int, members: members_lib.Members,
       log.warning('Member %d (%s) diverged: its training loss averaged %.3g '
                   'over steps %d-%d (a uniform guess scores %.2f); the '
                   'others train on.', j, members.describe(j), means[j], step,
-                  step + len(losses) - 1, np.log(steps.NUM_CLASSES))
+                  step + len(losses) - 1, uniform_loss)
     return
   raise TrainingDiverged(
       f'the training diverged: its loss averaged {means.max():.3g} over '
       f'steps {step}-{step + len(losses) - 1}, over {DIVERGED_LOSS_FACTOR:g} '
-      f'times a uniform guess\'s ({np.log(steps.NUM_CLASSES):.2f}); '
+      f'times a uniform guess\'s ({uniform_loss:.2f}); '
       f'{_last_checkpoint(last_saved())}; lower config.learning_rate and '
       'rerun in a new --workdir')
 

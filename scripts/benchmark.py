@@ -78,7 +78,11 @@ _DTYPE = flags.DEFINE_enum('compute_dtype', 'float32',
 
 NUM_IMAGES = 8192  # Synthetic uint8 digits; the speed does not depend on them.
 # MNIST's pixel statistics, for the standardization every path does.
-PIXEL_STATS = {'pixel_mean': 33.3, 'pixel_std': 78.6}
+# MNIST's shape and classes, and pixel statistics near its own.
+DATA = {'image_shape': [28, 28, 1], 'num_classes': 10, 'pixel_mean': 33.3,
+        'pixel_std': 78.6}
+# The reference, given to the trainer as a user gives their own module.
+REFERENCE_MODEL = '__main__:ReferenceImprovedLeNet'
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -95,8 +99,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 
 class ReferenceImprovedLeNet(nn.Module):
-  """digits_jax.models.ImprovedLeNet as one would write it with Flax's stock
+  """digits_jax.models.improved_lenet as one would write it with Flax's stock
   layers, as the Flax examples do (same parameters, same function)."""
+  L2_REGULARIZED = ('conv1', 'conv3')
+  dropout_rate: float = 0.25
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -106,7 +112,8 @@ class ReferenceImprovedLeNet(nn.Module):
                               kernel_init=nn.initializers.glorot_uniform())
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.99, epsilon=1e-3)
-    dropout = functools.partial(nn.Dropout, 0.25, deterministic=not train)
+    dropout = functools.partial(nn.Dropout, self.dropout_rate,
+                                deterministic=not train)
     pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
     x = nn.relu(conv(32, (5, 5), name='conv1')(x))
     x = conv(32, (5, 5), use_bias=False, name='conv2')(x)
@@ -123,23 +130,24 @@ class ReferenceImprovedLeNet(nn.Module):
                     name='logits')(x)
 
 
-def check_reference(ours: nn.Module, platform: platform_lib.Platform) -> dict:
+def check_reference(config, platform: platform_lib.Platform) -> dict:
   """How far the reference's function is from ours: inference logits and the
   training gradients of one batch, each compiled as its path compiles it
   (ours as training does, the reference with XLA's defaults). Raises if
   they differ beyond float32 rounding: a ratio against another function
   would mean nothing."""
-  x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
-  variables = ours.init(jax.random.key(0), x, train=False)
-  reference = ReferenceImprovedLeNet()
-  if (jax.tree.structure(reference.init(jax.random.key(0), x, train=False))
-      != jax.tree.structure(variables)):
+  x = jax.random.normal(jax.random.key(1), (8, config.input_size,
+                                            config.input_size, 1))
+  ours = recipe.build(config, platform, DATA)[0]
+  reference = recipe.build(reference_config(config), platform, DATA)[0]
+  params, batch_stats = ours.init(jax.random.key(0))
+  if (jax.tree.structure(reference.init(jax.random.key(0)))
+      != jax.tree.structure((params, batch_stats))):
     raise SystemExit('the reference model has other parameters than ours')
+  variables = {'params': params, 'batch_stats': batch_stats}
 
   def training_loss(model, params):
-    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
-                            mutable=['batch_stats'],
-                            rngs={'dropout': jax.random.key(2)})
+    logits, _ = model.apply_train(params, batch_stats, x, jax.random.key(2))
     return jnp.sum(jnp.sin(logits))
 
   def relative(got, want):
@@ -149,11 +157,11 @@ def check_reference(ours: nn.Module, platform: platform_lib.Platform) -> dict:
                for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
 
   paths = ((ours, platform.compiler_options), (reference, None))
-  logits = [jax.jit(functools.partial(model.apply, train=False),
+  logits = [jax.jit(model.apply_eval,
                     compiler_options=options)(variables, x)
             for model, options in paths]
   grads = [jax.jit(jax.grad(functools.partial(training_loss, model)),
-                   compiler_options=options)(variables['params'])
+                   compiler_options=options)(params)
            for model, options in paths]
   difference = {'logits': relative(*logits), 'gradients': relative(*grads)}
   if max(difference.values()) > 1e-4:
@@ -263,16 +271,13 @@ def trainer_path(config, images, labels, batch, steps, num_models: int = 1,
       platform or platform_lib.current(_CONV_IMPL.value),
       member_vmap=vmapped)
   total_steps = 10_000  # A one-cycle schedule's length; any will do.
-  model, tx = recipe.build(config, platform, total_steps=total_steps,
-                           traced_keys=members.traced_keys)
-  preprocess = recipe.preprocessing(config, PIXEL_STATS)
   init_key, shuffle_key, train_key = members.keys()
   devices = parallel.DataParallel('mesh', tuple(jax.devices()[:1]),
                                   member_devices=int(members.stacked))
-  chunk = train.train_program(config, model, tx, preprocess, members,
-                              devices, platform, total_steps)
-  state = devices.place_state(
-      members.create_train_state(model, tx, init_key, config.input_size))
+  program = train.build_program(config, members, devices, platform, DATA,
+                                total_steps)
+  chunk = program.update
+  state = devices.place_state(program.init_state(members, init_key))
   if devices.ensemble:
     train_key = devices.place_state(train_key)
   dispatch = max(1, steps // members.num_models)
@@ -306,13 +311,21 @@ def trainer_path(config, images, labels, batch, steps, num_models: int = 1,
   return Timed(compile_s, None, window, dispatch)
 
 
+def reference_config(config):
+  """`config` with the reference model in place of the trainer's."""
+  config = config.copy_and_resolve_references()
+  config.model = REFERENCE_MODEL
+  return config
+
+
 def reference_path(config, images, labels, batch, steps) -> Timed:
-  model, tx = recipe.build(config, platform_lib.current(_CONV_IMPL.value))
-  preprocess = recipe.preprocessing(config, PIXEL_STATS)
   if config.model == 'improved_lenet':
-    model = ReferenceImprovedLeNet()  # The same function (check_reference).
-  state = steps_lib.create_train_state(model, tx, jax.random.key(0),
-                                       config.input_size)
+    # The same function (check_reference), as the Flax examples write it.
+    config = reference_config(config)
+  model, tx = recipe.build(config, platform_lib.current(_CONV_IMPL.value),
+                           DATA)
+  preprocess = recipe.preprocessing(config, DATA)
+  state = steps_lib.create_train_state(model, tx, jax.random.key(0))
   step = jax.jit(recipe.train_step_fn(config, model, tx, preprocess),
                  donate_argnums=(0,))
   key = jax.random.key(1)
@@ -360,8 +373,7 @@ def main(argv):
 
   trainer_platform = platform_lib.current(_CONV_IMPL.value)
   reference_difference = (
-      check_reference(recipe.build(config, trainer_platform)[0],
-                      trainer_platform)
+      check_reference(config, trainer_platform)
       if config.model == 'improved_lenet' and
       config.compute_dtype == 'float32' else {})
   matmul = matmul_gflops()

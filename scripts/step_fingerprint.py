@@ -1,6 +1,7 @@
 r"""A fingerprint of the program the trainer compiles: the hash of the lowered
-train dispatch (the platform's steps per dispatch, scanned as training scans
-them) for a config, and of the first epoch's batch order.
+train dispatch (train.build_program's, the platform's steps per dispatch,
+lowered without the mesh's shardings so that it does not depend on the
+machine's devices) for a config, and of the first epoch's batch order.
 
 Two commits that print the same fingerprint train with the same program on
 the same data order, so a refactor or an option that is off by default
@@ -12,7 +13,6 @@ cannot have changed the trainer's speed or results. Run it in each tree:
 """
 
 import argparse
-import functools
 import hashlib
 import os
 import runpy
@@ -25,11 +25,14 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import platform as platform_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import recipe  # pylint: disable=g-import-not-at-top,wrong-import-position
-from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
+from digits_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_EXAMPLES = 1024
+# MNIST's shape and classes, and pixel statistics near its own.
+DATA = {'image_shape': [28, 28, 1], 'num_classes': 10, 'pixel_mean': 33.3,
+        'pixel_std': 78.6}
 
 
 def main():
@@ -39,24 +42,18 @@ def main():
   config = runpy.run_path(args.config)['get_config']()
   config, members = members_lib.resolve(config)
   platform = platform_lib.current(config.conv_impl)
-  model, tx = recipe.build(config, platform, total_steps=100,
-                           traced_keys=members.traced_keys)
-  preprocess = recipe.preprocessing(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
+  program = train.build_program(
+      config, members, parallel.create(config, members.num_models),
+      platform, DATA, total_steps=100)
   init_key, shuffle_key, train_key = members.keys()
-  state = members.create_train_state(model, tx, init_key, config.input_size)
-  step_fn = members.train_step(
-      recipe.train_step_fn(config, model, tx, preprocess, total_steps=100,
-                           traced_keys=members.traced_keys),
-      platform.vmap_members)
+  state = program.init_state(members, init_key)
   dispatch = platform.steps_per_dispatch(config.steps_per_dispatch,
                                          NUM_EXAMPLES // config.batch_size,
                                          config.num_models)
-  scan = jax.jit(functools.partial(steps.scan_train_steps, step_fn,
-                                   unroll=platform.unroll_scan))
+  scan = jax.jit(program.train_steps)
   batches = members.epoch_batches(shuffle_key, 0, NUM_EXAMPLES,
                                   config.batch_size)[:dispatch]
-  images = np.zeros((NUM_EXAMPLES, 28, 28), np.uint8)
+  images = np.zeros((NUM_EXAMPLES, *DATA['image_shape'][:2]), np.uint8)
   labels = np.zeros(NUM_EXAMPLES, np.int32)
   program = scan.lower(state, images, labels, batches, train_key).as_text()
   print(f'{args.config}: program '

@@ -275,11 +275,6 @@ def test_help_and_a_bad_value_import_no_jax(args, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
 
 
-def test_the_configs_model_names_are_the_models():
-  from digits_jax import config_checks, models  # pylint: disable=g-import-not-at-top,g-multiple-import
-  assert sorted(config_checks.MODEL_NAMES) == sorted(models.MODELS)
-
-
 @pytest.mark.slow
 def test_distributed_without_a_cluster_is_one_line(tmp_path):
   """In a process of its own: JAX joins a cluster only before its first

@@ -11,6 +11,9 @@ from digits_jax import recipe
 from digits_jax import steps
 from digits_jax import platform as platform_lib
 from digits_jax.errors import UserError
+from digits_jax.models import improved_lenet
+from digits_jax.models import lenet5
+from helpers import MNIST_DATA
 
 # The XLA:CPU choices, whatever backend runs the tests (the functions they
 # compile run on the CPU backend only when it is the default).
@@ -27,27 +30,39 @@ def _counts(model, size):
 
 def test_improved_lenet_matches_the_articles_keras_summary():
   # Keras: 390,562 parameters = 389,434 trainable + 1,128 BatchNorm statistics.
-  trainable, stats = _counts(models.ImprovedLeNet(), 32)
+  trainable, stats = _counts(improved_lenet.ImprovedLeNet(), 32)
   assert (trainable, stats) == (389_434, 1_128)
 
 
 def test_lenet5_parameter_count():
   # conv 156 + conv 2,416 + dense 48,120 + 10,164 + 850 at 32x32 input.
-  assert _counts(models.LeNet5(), 32) == (61_706, 0)
+  assert _counts(lenet5.LeNet5(), 32) == (61_706, 0)
 
 
-@pytest.mark.parametrize('name', sorted(models.MODELS))
+def _create(name, size=28, **kwargs):
+  return models.create(name, input_shape=(size, size, 1), num_classes=10,
+                       dtype=jnp.float32, **kwargs)
+
+
+def test_the_built_in_models_are_the_packages_model_files():
+  assert {'improved_lenet', 'lenet5'} <= set(models.built_in_names())
+  assert not {'linen_adapter', 'nnx_adapter'} & set(models.built_in_names())
+
+
+@pytest.mark.parametrize('name', models.built_in_names())
 @pytest.mark.parametrize('size', [28, 32])
 def test_logits_shape(name, size):
-  model = models.create_model(name)
+  model = _create(name, size)
   x = jnp.zeros((3, size, size, 1))
-  variables = model.init(jax.random.key(0), x, train=False)
-  logits = model.apply(variables, x, train=False)
+  params, batch_stats = model.init(jax.random.key(0))
+  logits = model.apply_eval({'params': params, 'batch_stats': batch_stats}, x)
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+  logits, _ = model.apply_train(params, batch_stats, x, jax.random.key(1))
   assert logits.shape == (3, 10) and logits.dtype == jnp.float32
 
 
 def test_dropout_and_batchnorm_only_in_training():
-  model = models.ImprovedLeNet()
+  model = improved_lenet.ImprovedLeNet()
   x = jax.random.normal(jax.random.key(1), (8, 32, 32, 1))
   variables = model.init(jax.random.key(0), x, train=False)
   eval_a = model.apply(variables, x, train=False)
@@ -66,15 +81,18 @@ def test_dropout_and_batchnorm_only_in_training():
 
 
 def test_unknown_model_is_a_user_error():
-  with pytest.raises(UserError, match='unknown model'):
-    models.create_model('resnet')
+  with pytest.raises(UserError, match="'resnet' is not a model; choose one "
+                     'of .*improved_lenet.*lenet5'):
+    _create('resnet')
 
 
-def test_l2_regularized_layers_exist_in_the_model():
-  state = steps.create_train_state(models.ImprovedLeNet(), optax.identity(),
-                                   jax.random.key(0), 32)
-  for name in models.L2_REGULARIZED:
-    assert 'kernel' in state.params[name]
+@pytest.mark.parametrize('name', models.built_in_names())
+def test_l2_regularized_layers_exist_in_the_model(name):
+  model = _create(name)
+  state = steps.create_train_state(model, optax.identity(), jax.random.key(0))
+  assert model.l2_layers
+  for layer in model.l2_layers:
+    assert 'kernel' in state.params[layer]
 
 
 @pytest.mark.parametrize('shape', [(2, 24, 24, 3), (2, 7, 9, 4)])
@@ -160,7 +178,7 @@ def test_conv_with_cpu_weight_gradient_leaves_other_convolutions_plain():
 
 def test_cpu_weight_gradients_train_the_same_model():
   x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
-  plain = models.ImprovedLeNet()
+  plain = improved_lenet.ImprovedLeNet()
   variables = plain.init(jax.random.key(0), x, train=False)
 
   def loss_and_grads(model):
@@ -174,7 +192,7 @@ def test_cpu_weight_gradients_train_the_same_model():
                        variables['params'])
 
   (loss, grads), (want_loss, want_grads) = (
-      loss_and_grads(models.ImprovedLeNet(
+      loss_and_grads(improved_lenet.ImprovedLeNet(
           conv_general_dilated=cpu_kernels.conv_with_cpu_weight_gradient)),
       loss_and_grads(plain))
   np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
@@ -189,9 +207,9 @@ def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl,
                                                                backend):
   config = config_checks.load_config('improved')
   config.conv_impl = conv_impl
-  model, _ = recipe.build(config, platform_lib.Platform(backend, conv_impl))
+  model, _ = recipe.build(config, platform_lib.Platform(backend, conv_impl), MNIST_DATA)
   cpu_form = backend == 'cpu' and conv_impl != 'xla'
-  assert model.conv_general_dilated is (
+  assert model.module.conv_general_dilated is (
       cpu_kernels.conv_with_cpu_weight_gradient if cpu_form else None)
 
 
@@ -199,7 +217,7 @@ def test_batchnorm_uses_kerass_momentum_and_epsilon():
   """bn2 in training: normalizes conv2's output with the batch's mean and
   (biased) variance plus epsilon 1e-3, and moves its running statistics
   by momentum 0.99, computed here with NumPy from the captured input."""
-  model = models.ImprovedLeNet(dropout_rate=0.0)
+  model = improved_lenet.ImprovedLeNet(dropout_rate=0.0)
   x = jax.random.normal(jax.random.key(1), (16, 32, 32, 1))
   variables = model.init(jax.random.key(0), x, train=False)
   old = variables['batch_stats']['bn2']
@@ -221,7 +239,7 @@ def test_batchnorm_uses_kerass_momentum_and_epsilon():
 
 
 def test_dropout_zeroes_the_rate_and_rescales_the_rest():
-  layer = models.Dropout(rate=0.25, deterministic=False)
+  layer = improved_lenet.Dropout(rate=0.25, deterministic=False)
   out = np.asarray(layer.apply({}, jnp.ones((400, 250)),
                                rngs={'dropout': jax.random.key(0)}))
   np.testing.assert_allclose(np.unique(out), [0.0, 1 / 0.75], rtol=1e-6)
@@ -231,7 +249,7 @@ def test_dropout_zeroes_the_rate_and_rescales_the_rest():
 def test_dropout_sits_after_each_conv_block_and_after_fc3():
   """The article's three Dropout(0.25): after the two pooled conv blocks
   ([N, 12, 12, 32] and [N, 4, 4, 64] at 32x32) and after fc3's ReLU."""
-  model = models.ImprovedLeNet(dropout_rate=0.25)
+  model = improved_lenet.ImprovedLeNet(dropout_rate=0.25)
   x = jax.random.normal(jax.random.key(1), (64, 32, 32, 1))
   variables = model.init(jax.random.key(0), x, train=False)
   _, state = model.apply(variables, x, train=True,
@@ -259,10 +277,10 @@ def test_train_build_passes_the_config_to_the_model_and_preprocessing():
       'dropout_rate': 0.4, 'rotation_degrees': 7.0, 'zoom_range': 0.05,
       'shift_range': 0.15, 'input_size': 28, 'elastic_alpha': 20.0,
       'elastic_sigma': 3.5})
-  model, _ = recipe.build(config, platform_lib.current())
+  model, _ = recipe.build(config, platform_lib.current(), MNIST_DATA)
   preprocess = recipe.preprocessing(
       config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
-  assert model.dropout_rate == 0.4
+  assert model.module.dropout_rate == 0.4
   assert (preprocess.input_size, preprocess.rotation_degrees,
           preprocess.zoom_range, preprocess.shift_range,
           preprocess.pixel_mean, preprocess.pixel_std,

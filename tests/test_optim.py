@@ -8,6 +8,7 @@ from helpers import plateau_state
 
 from digits_jax import config_checks
 from digits_jax import models
+from digits_jax.models import improved_lenet
 from digits_jax import optim
 
 
@@ -55,7 +56,7 @@ def test_l2_applies_kerass_gradient_to_the_two_conv_kernels_only():
             for name in ('conv1', 'conv2', 'conv3', 'fc1')}
   l2_only = optax.add_decayed_weights(
       2 * config.l2,
-      mask=lambda p: optim.l2_mask(p, models.L2_REGULARIZED))
+      mask=lambda p: optim.l2_mask(p, improved_lenet.L2_REGULARIZED))
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = l2_only.update(zeros, l2_only.init(params), params)
   # d/dw of lam * w^2 = 2 * lam * w = 2 * 5e-4 * 3.
@@ -70,7 +71,7 @@ def test_l2_applies_kerass_gradient_to_the_two_conv_kernels_only():
 def test_optimizer_state_carries_the_plateau_and_lr_follows_it():
   config = config_checks.load_config('improved')
   params = {'conv1': {'kernel': jnp.ones((2,))}}
-  tx = optim.create_optimizer(config, models.L2_REGULARIZED, 100)
+  tx = optim.create_optimizer(config, improved_lenet.L2_REGULARIZED, 100)
   state = tx.init(params)
   grads = {'conv1': {'kernel': jnp.ones((2,))}}
   first, _ = tx.update(grads, state, params)
@@ -96,7 +97,7 @@ def test_onecycle_warms_up_to_the_peak_then_decays_to_the_floor():
   # The updates follow the schedule: with a constant gradient Adam's
   # direction is fixed, so update(step) / rate(step) is constant.
   params = {'fc1': {'kernel': jnp.ones((3,))}}
-  tx = optim.create_optimizer(config, models.L2_REGULARIZED, total)
+  tx = optim.create_optimizer(config, improved_lenet.L2_REGULARIZED, total)
   state = tx.init(params)
   grads = {'fc1': {'kernel': jnp.full((3,), 0.5)}}
   ratios = []
@@ -144,7 +145,7 @@ def test_the_optimizer_chain_equals_a_hand_written_keras_recipe():
   params = nest(flat)
   steps = [{k: (rng.normal(size=s) * 10.0**(i % 3 - 2)).astype(np.float32)
             for k, s in shapes.items()} for i in range(6)]
-  tx = optim.create_optimizer(config, models.L2_REGULARIZED, 100)
+  tx = optim.create_optimizer(config, improved_lenet.L2_REGULARIZED, 100)
   state = tx.init(params)
   for grads in steps:
     updates, state = tx.update(nest(grads), state, params)
@@ -162,10 +163,10 @@ def test_l2_reaches_exactly_conv1_and_conv3_kernels_of_the_real_model():
   """The article regularizes the first convolution of each block: with a
   zero loss gradient, only those two kernels move."""
   config = config_checks.load_config('improved')
-  model = models.create_model('improved_lenet')
-  params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)),
-                      train=False)['params']
-  tx = optim.create_optimizer(config, models.L2_REGULARIZED, 10)
+  model = models.create('improved_lenet', input_shape=(32, 32, 1),
+                        num_classes=10, dtype=jnp.float32)
+  params, _ = model.init(jax.random.key(0))
+  tx = optim.create_optimizer(config, model.l2_layers, 10)
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params),
                          params)
   moved = {'/'.join(k.key for k in path)
@@ -179,7 +180,7 @@ def test_report_epoch_applies_the_articles_plateau_constants():
   two epochs without improvement cut the rate to a fifth, down to the
   floor min_learning_rate / learning_rate."""
   config = config_checks.load_config('improved')
-  tx = optim.create_optimizer(config, models.L2_REGULARIZED, 10)
+  tx = optim.create_optimizer(config, improved_lenet.L2_REGULARIZED, 10)
   state = tx.init({'w': jnp.zeros(2)})
   rates = []
   for loss in [0.5, 0.4, 0.4, 0.4] + [0.4] * 20:

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import (assert_one_line_error, float_drift, latest_checkpoint,
+from helpers import (MNIST_DATA, assert_one_line_error, float_drift, latest_checkpoint,
                      run_cli, run_main)
 
 from digits_jax import config_checks
@@ -153,12 +153,12 @@ def _steps_of(config, num_steps, batch_size=8):
   the initial state and the state after each step."""
   platform = platform_lib.current(config.conv_impl)
   members = members_lib.resolve(config)[1]
-  model, tx = recipe.build(config, platform, total_steps=num_steps,
+  model, tx = recipe.build(config, platform, MNIST_DATA, total_steps=num_steps,
                            traced_keys=members.traced_keys)
   preprocess = recipe.preprocessing(
       config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
   init_key, _, train_key = members.keys()
-  state = members.create_train_state(model, tx, init_key, config.input_size)
+  state = members.create_train_state(model, tx, init_key)
   step = jax.jit(recipe.train_step_fn(config, model, tx, preprocess,
                                       total_steps=num_steps,
                                       traced_keys=members.traced_keys))
@@ -256,25 +256,22 @@ def test_one_compilation_serves_every_value(tiny_config):
   platform = platform_lib.current()
   devices = train.parallel_lib.create(config, config.num_models)
   members = members_lib.resolve(config)[1]
-  model, tx = recipe.build(config, platform, total_steps=10,
-                           traced_keys=members.traced_keys)
-  preprocess = recipe.preprocessing(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
+  built = train.build_program(config, members, devices, platform, MNIST_DATA,
+                              total_steps=10)
+  program = built.update
   init_key, shuffle_key, train_key = members.keys()
-  program = train.train_program(config, model, tx, preprocess, members,
-                                devices, platform, total_steps=10)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (200, 28, 28), np.uint8)
   labels = rng.integers(0, 10, 200).astype(np.int32)
   batches = members.epoch_batches(shuffle_key, 0, 200, config.batch_size)[:2]
 
   def run(hparams):
-    state = members.create_train_state(model, tx, init_key, 28)
+    state = built.init_state(members, init_key)
     state = devices.place_state(state.replace(hparams=hparams))
     state, _ = program(state, images, labels, batches, train_key)
     return jax.device_get(state.params)
 
-  first = run(members.create_train_state(model, tx, init_key, 28).hparams)
+  first = run(built.init_state(members, init_key).hparams)
   other = {'learning_rate': jnp.array([5e-4, 3e-3, 1e-2]),
            'rotation_degrees': jnp.array([15.0, 2.0, 7.0])}
   second = run(other)

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, run_main
+from helpers import MNIST_DATA, assert_one_line_error, run_main
 
 from digits_jax import config_checks
 from digits_jax import members as members_lib
@@ -137,7 +137,7 @@ def test_the_arguments_hbm_is_the_state_and_the_dataset(single_on_a_slice):
     return alone.memory_analysis().argument_size_in_bytes
 
   members = members_lib.Members(seeds=(config.seed,))
-  model, tx = recipe.build(config, platform_lib.Platform('tpu'), None, 100, ())
+  model, tx = recipe.build(config, platform_lib.Platform('tpu'), MNIST_DATA, None, 100, ())
   state = jax.eval_shape(lambda k: members.create_train_state(
       model, tx, k, config.input_size), members.keys()[0])
   num_train = config.max_train_examples - config.validation_size

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import (assert_one_line_error, latest_checkpoint, plateau_state,
+from helpers import (MNIST_DATA, assert_one_line_error, latest_checkpoint, plateau_state,
                      run_main)
 
 from digits_jax import checkpoint
@@ -31,10 +31,10 @@ PLATFORM = platform_lib.current()
 def _setup(input_size=28):
   config = config_checks.load_config('improved')
   config.input_size = input_size
-  model, tx = recipe.build(config, PLATFORM)
+  model, tx = recipe.build(config, PLATFORM, MNIST_DATA)
   preprocess = recipe.preprocessing(
       config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
-  state = steps.create_train_state(model, tx, jax.random.key(0), input_size)
+  state = steps.create_train_state(model, tx, jax.random.key(0))
   step_fn = recipe.train_step_fn(config, model, tx, preprocess)
   return state, step_fn
 
@@ -225,9 +225,8 @@ def test_resume_continues_to_the_same_parameters(trained_run, tmp_path):
 
 
 def _target(config):
-  model, tx = recipe.build(config, PLATFORM)
-  return steps.create_train_state(model, tx, jax.random.key(0),
-                                  config.input_size)
+  model, tx = recipe.build(config, PLATFORM, MNIST_DATA)
+  return steps.create_train_state(model, tx, jax.random.key(0))
 
 
 @pytest.mark.slow
@@ -250,10 +249,10 @@ def _one_batch_setup(**overrides):
   config = config_checks.load_config('improved')
   config.input_size = 28
   config.update(overrides)
-  model, tx = recipe.build(config, PLATFORM)
+  model, tx = recipe.build(config, PLATFORM, MNIST_DATA)
   preprocess = recipe.preprocessing(
       config, {'pixel_mean': 33.0, 'pixel_std': 78.0})
-  state = steps.create_train_state(model, tx, jax.random.key(0), 28)
+  state = steps.create_train_state(model, tx, jax.random.key(0))
   step_fn = jax.jit(recipe.train_step_fn(config, model, tx, preprocess))
   rng = np.random.default_rng(0)
   batch = {'image': jnp.asarray(rng.integers(0, 256, (16, 28, 28),
@@ -310,12 +309,11 @@ def test_each_step_draws_its_randomness_from_fold_in_of_the_step():
   @jax.jit
   def reference(step):
     augment_key, dropout_key = jax.random.split(jax.random.fold_in(key, step))
-    logits, updates = model.apply(
-        {'params': state.params, 'batch_stats': state.batch_stats},
-        preprocess(batch['image'], augment_key), train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    logits, batch_stats = model.apply_train(
+        state.params, state.batch_stats,
+        preprocess(batch['image'], augment_key), dropout_key)
     loss = steps.cross_entropy(logits, batch['label']).mean()
-    return loss, updates['batch_stats']
+    return loss, batch_stats
 
   losses = []
   for step in (0, 5, 6):
@@ -334,11 +332,11 @@ def test_each_step_draws_its_randomness_from_fold_in_of_the_step():
 def test_evaluator_returns_the_logits_of_each_image_in_order():
   """Padding to the eval batch size must not shift or mix images: 7 images
   in batches of 4 against the model applied to them directly."""
-  model = models.ImprovedLeNet()
+  model = models.create('improved_lenet', input_shape=(28, 28, 1),
+                        num_classes=10, dtype=jnp.float32)
   preprocess = steps.Preprocess(input_size=28, pixel_mean=33.0,
                                 pixel_std=78.0)
-  state = steps.create_train_state(model, optax.identity(), jax.random.key(0),
-                                   28)
+  state = steps.create_train_state(model, optax.identity(), jax.random.key(0))
   # Non-trivial BatchNorm statistics, so that they must be used.
   rng = np.random.default_rng(1)
   state = state.replace(batch_stats={
@@ -350,10 +348,9 @@ def test_evaluator_returns_the_logits_of_each_image_in_order():
   images = np.random.default_rng(0).integers(0, 256, (7, 28, 28),
                                              dtype=np.uint8)
   got = evaluation.Evaluator(model, preprocess, batch_size=4).logits(state, images)
-  want = model.apply({'params': state.params,
-                      'batch_stats': state.batch_stats},
-                     ((images.astype(np.float32) - 33.0) / 78.0)[..., None],
-                     train=False)
+  want = model.apply_eval({'params': state.params,
+                           'batch_stats': state.batch_stats},
+                          ((images.astype(np.float32) - 33.0) / 78.0)[..., None])
   assert got.shape == (7, 10)
   assert np.ptp(np.asarray(want), axis=0).min() > 0.01  # Images differ.
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -421,22 +418,22 @@ def test_what_a_resume_may_change_and_what_it_may_not():
 def test_a_loss_far_above_a_guess_stops_a_run_and_names_the_rate():
   single = members_lib.Members(seeds=(0,))
   healthy = np.array([2.4, 2.1, 1.7, 0.9])  # A first dispatch, learning.
-  train.check_diverged(healthy, 0, single, set(), lambda: [])
+  train.check_diverged(healthy, 0, single, set(), lambda: [], 10)
   huge = np.array([2.3, 8e3, 5e7, 5e11])
   with pytest.raises(train.TrainingDiverged) as raised:
-    train.check_diverged(huge, 40, single, set(), lambda: [20])
+    train.check_diverged(huge, 40, single, set(), lambda: [20], 10)
   message = str(raised.value)
   assert 'averaged 1.25e+11 over steps 40-43' in message
   assert 'the last checkpoint is step 20' in message
   assert 'config.learning_rate' in message
   # Just above and just below ten times ln 10 = 23.03.
   with pytest.raises(train.TrainingDiverged):
-    train.check_diverged(np.full(4, 23.1), 0, single, set(), lambda: [])
-  train.check_diverged(np.full(4, 22.9), 0, single, set(), lambda: [])
+    train.check_diverged(np.full(4, 23.1), 0, single, set(), lambda: [], 10)
+  train.check_diverged(np.full(4, 22.9), 0, single, set(), lambda: [], 10)
   ensemble = members_lib.Members(seeds=(0, 1))  # One recipe: any member.
   with pytest.raises(train.TrainingDiverged):
     train.check_diverged(np.array([[2.0, 1e6]] * 3), 0, ensemble, set(),
-                         lambda: [])
+                         lambda: [], 10)
 
 
 def test_a_sweep_trains_on_while_some_members_learn(caplog):
@@ -445,19 +442,19 @@ def test_a_sweep_trains_on_while_some_members_learn(caplog):
                                {'learning_rate': 1e4}, {'learning_rate': 1e5}))
   diverged = set()
   train.check_diverged(np.array([[1.0, 1e9, 2.0]] * 2), 8, sweep, diverged,
-                       lambda: [])
+                       lambda: [], 10)
   assert diverged == {1}
   assert 'Member 1 (learning_rate=10000) diverged' in caplog.text
   caplog.clear()
   train.check_diverged(np.array([[1.0, 1e9, 2.0]] * 2), 10, sweep, diverged,
-                       lambda: [])
+                       lambda: [], 10)
   assert not caplog.text  # Named once.
   with pytest.raises(train.TrainingDiverged):  # Every member now.
     train.check_diverged(np.array([[30.0, 1e9, 1e9]] * 2), 12, sweep,
-                         diverged, lambda: [])
+                         diverged, lambda: [], 10)
 
 
 def test_a_non_finite_loss_names_its_step():
   with pytest.raises(train.TrainingDiverged, match='non-finite at step 6'):
     train.check_diverged(np.array([1.0, 1.0, np.nan, 1.0]), 4,
-                         members_lib.Members(seeds=(0,)), set(), lambda: [])
+                         members_lib.Members(seeds=(0,)), set(), lambda: [], 10)

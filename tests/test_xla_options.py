@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from digits_jax import platform as platform_lib
+from helpers import MNIST_DATA
 from digits_jax import xla_options
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -92,14 +93,13 @@ def test_eigen_convolutions_match_the_defaults_in_value_and_gradients(shape):
 @pytest.mark.slow
 @pytest.mark.across_jax
 def test_the_train_program_compiles_with_the_platforms_options():
-  """train.train_program, which compiles the train loop's steps, passes the
+  """train.build_program, which compiles the train loop's steps, passes the
   platform's options on to XLA: conv2's convolution (32 channels at 24x24)
   leaves YNNPACK under the Eigen options and stays there under XLA's
   defaults."""
   from digits_jax import config_checks  # pylint: disable=g-import-not-at-top
   from digits_jax import members as members_lib  # pylint: disable=g-import-not-at-top
   from digits_jax import parallel  # pylint: disable=g-import-not-at-top
-  from digits_jax import recipe  # pylint: disable=g-import-not-at-top
   from digits_jax import train  # pylint: disable=g-import-not-at-top
   config = config_checks.load_config('tiny')
   config.batch_size = 4 * len(jax.devices())
@@ -110,15 +110,11 @@ def test_the_train_program_compiles_with_the_platforms_options():
   def hlo(conv_impl):
     platform = platform_lib.Platform('cpu', conv_impl)
     devices = parallel.create(config, members.num_models)
-    model, tx = recipe.build(config, platform)
-    preprocess = recipe.preprocessing(config,
-                                      {'pixel_mean': 0.0, 'pixel_std': 1.0})
-    program = train.train_program(config, model, tx, preprocess, members,
-                                  devices, platform)
-    state = members.create_train_state(model, tx, jax.random.key(0),
-                                       config.input_size)
+    program = train.build_program(config, members, devices, platform,
+                                  MNIST_DATA)
+    state = program.init_state(members, jax.random.key(0))
     batch_indices = np.zeros((1, config.batch_size), np.int32)
-    return program.lower(
+    return program.update.lower(
         devices.place_state(state), devices.replicate(images),
         devices.replicate(labels), devices.shard_batch_indices(batch_indices),
         jax.random.key(1)).compile().as_text()

@@ -59,10 +59,12 @@ def main(argv):
   batch, size = _BATCH.value, int(_INPUT_SIZE.value)
   config = config_checks.load_config('improved')
   config.input_size, config.conv_impl = size, _CONV_IMPL.value
-  model, tx = recipe.build(config, platform_lib.current(config.conv_impl))
-  preprocess = recipe.preprocessing(
-      config, {'pixel_mean': 33.3, 'pixel_std': 78.6})
-  state = steps.create_train_state(model, tx, jax.random.key(0), size)
+  data = {'image_shape': [28, 28, 1], 'num_classes': 10,
+          'pixel_mean': 33.3, 'pixel_std': 78.6}
+  model, tx = recipe.build(config, platform_lib.current(config.conv_impl),
+                           data)
+  preprocess = recipe.preprocessing(config, data)
+  state = steps.create_train_state(model, tx, jax.random.key(0))
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (batch, 28, 28), np.uint8))
   labels = jnp.asarray(rng.integers(0, 10, batch, np.int32))
@@ -71,9 +73,7 @@ def main(argv):
   x = preprocess(images)
 
   def loss(params):
-    logits, _ = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'], rngs={'dropout': key})
+    logits, _ = model.apply_train(params, state.batch_stats, x, key)
     return steps.cross_entropy(logits, labels).mean()
 
   grads = jax.grad(loss)(state.params)

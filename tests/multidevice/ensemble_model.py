@@ -16,9 +16,8 @@ from digits_jax import config_checks
 from digits_jax import members as members_lib
 from digits_jax import parallel
 from digits_jax import platform as platform_lib
-from digits_jax import recipe
 from digits_jax import train
-from helpers import float_drift, max_difference
+from helpers import MNIST_DATA, float_drift, max_difference
 
 # Small: vmapped, the grouped convolutions run slowly on XLA:CPU (one
 # layout's 2 steps took 49 s at 16 images per member, 9 s at 8).
@@ -33,20 +32,18 @@ def run(devices: parallel.DataParallel, vmapped: bool, images, labels):
   config.sweep_mode = 'zip'
   config, members = members_lib.resolve(config)
   assert members.num_models == NUM_MODELS
-  stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
   # Compiled as the trainer compiles for this platform: on the CPU, Eigen's
   # convolutions. (XLA's default CPU convolutions, conv_impl='xla', gave
   # member 3 of the 1x8 layout a loss 5e-3 off after 2 steps on an Intel
   # Xeon with AVX-512, where Eigen's agree to 4e-6: docs/testing.md.)
   platform = dataclasses.replace(platform_lib.current(config.conv_impl),
                                 member_vmap=vmapped)
-  model, tx = recipe.build(config, platform,
-                           traced_keys=members.traced_keys)
-  preprocess = recipe.preprocessing(config, stats)
+  program = train.build_program(config, members, devices, platform,
+                                {**MNIST_DATA, 'pixel_mean': 33.0,
+                                 'pixel_std': 78.0})
   init_key, shuffle_key, train_key = members.keys()
-  state = members.create_train_state(model, tx, init_key, 28)
-  chunk = train.train_program(config, model, tx, preprocess, members, devices,
-                              platform)
+  state = program.init_state(members, init_key)
+  chunk = program.update
   batches = members.epoch_batches(shuffle_key, 0, len(images), BATCH)[:STEPS]
   args = (devices.place_state(state), devices.replicate(images),
           devices.replicate(labels), devices.shard_batch_indices(batches),

@@ -9,10 +9,9 @@ from digits_jax import config_checks
 from digits_jax import members as members_lib
 from digits_jax import parallel
 from digits_jax import platform as platform_lib
-from digits_jax import recipe
 from digits_jax import steps
 from digits_jax import train
-from helpers import float_drift, max_difference
+from helpers import MNIST_DATA, float_drift, max_difference
 
 STEPS, BATCH = 3, 32
 
@@ -20,18 +19,17 @@ STEPS, BATCH = 3, 32
 def run(devices: parallel.DataParallel, images, labels, batches):
   config = config_checks.load_config('tiny')
   config.input_size = 28
-  stats = {'pixel_mean': 33.0, 'pixel_std': 78.0}
   # XLA's default convolutions for all three: jax.pmap takes no compiler
-  # options (parallel.DataParallel.compile), and the libraries' last bits
-  # differ by more than the tolerance (1e-3 in the loss after 3 steps).
+  # options (train.build_program), and the libraries' last bits differ by
+  # more than the tolerance (1e-3 in the loss after 3 steps).
   config.conv_impl = 'xla'
   platform = platform_lib.current(config.conv_impl)
-  model, tx = recipe.build(config, platform, devices.axis_name)
-  preprocess = recipe.preprocessing(config, stats)
   members = members_lib.Members()
-  state = members.create_train_state(model, tx, jax.random.key(0), 28)
-  chunk = train.train_program(config, model, tx, preprocess, members, devices,
-                              platform)
+  program = train.build_program(config, members, devices, platform,
+                                {**MNIST_DATA, 'pixel_mean': 33.0,
+                                 'pixel_std': 78.0})
+  state = program.init_state(members, jax.random.key(0))
+  chunk = program.update
   args = (devices.replicate(state), devices.replicate(images),
           devices.replicate(labels), devices.shard_batch_indices(batches),
           jax.random.key(1))

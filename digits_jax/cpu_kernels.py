@@ -87,7 +87,8 @@ _conv_transposed_weight_gradient.defvjp(_conv_forward, _conv_backward)
 def conv_with_cpu_weight_gradient(lhs, rhs, window_strides, padding,
                                   lhs_dilation=None, rhs_dilation=None,
                                   dimension_numbers=None,
-                                  feature_group_count=1, precision=None):
+                                  feature_group_count=1, precision=None,
+                                  **options):
   """`lax.conv_general_dilated` (Flax's `conv_general_dilated` hook) with a
   weight gradient that XLA:CPU computes faster.
 
@@ -97,14 +98,17 @@ def conv_with_cpu_weight_gradient(lhs, rhs, window_strides, padding,
   Here the backward pass transposes the input on its own; the values are
   the same. Only stride-1, undilated, ungrouped NHWC/HWIO convolutions
   (the models' own) take this path; others are plain
-  `lax.conv_general_dilated`.
+  `lax.conv_general_dilated`, as are those called with any of its other
+  `options` set (NNX's `nnx.Conv` passes `out_sharding=None`).
   """
+  options = {k: v for k, v in options.items() if v is not None}
   plain = functools.partial(
       lax.conv_general_dilated, lhs, rhs, window_strides, padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, precision=precision)
-  if lhs.ndim != 4:
+      feature_group_count=feature_group_count, precision=precision,
+      **options)
+  if lhs.ndim != 4 or options:
     return plain()
   nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                     ('NHWC', 'HWIO', 'NHWC'))

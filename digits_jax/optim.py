@@ -84,11 +84,13 @@ def plateau_scale(opt_state) -> jax.Array:
 
 
 def l2_mask(params, kernel_names) -> dict:
-  """True for the kernels of the named layers, False everywhere else."""
+  """True for the kernels of the named layers (None: every layer's),
+  False everywhere else."""
 
   def is_regularized(path, _):
     names = [getattr(p, 'key', None) for p in path]
-    return names[-1] == 'kernel' and any(n in kernel_names for n in names)
+    return names[-1] == 'kernel' and (
+        kernel_names is None or any(n in kernel_names for n in names))
 
   return jax.tree_util.tree_map_with_path(is_regularized, params)
 

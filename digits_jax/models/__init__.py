@@ -133,7 +133,7 @@ def create(name: str, *, input_shape: tuple, num_classes: int, dtype,
 
 def _keywords(cls) -> set[str]:
   try:
-    parameters = inspect.signature(cls).parameters.values()
+    parameters = inspect.signature(cls.__init__).parameters.values()
   except (TypeError, ValueError):
     return set()
   if any(p.kind == p.VAR_KEYWORD for p in parameters):

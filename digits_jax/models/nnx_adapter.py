@@ -57,7 +57,7 @@ class NnxModel:
     """(params, batch_stats) for a new model from `key`."""
     module = self._construct(nnx.Rngs(key))
     _, params, stats, _ = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
-    return params.to_pure_dict(), stats.to_pure_dict()
+    return nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
   def _module(self, graph, params, batch_stats, key):
     return nnx.merge(graph, _state(self._params, params),
@@ -72,7 +72,7 @@ class NnxModel:
                           dropout_key)
     logits = module(images)
     return (logits.astype(jnp.float32),
-            nnx.state(module, nnx.BatchStat).to_pure_dict())
+            nnx.to_pure_dict(nnx.state(module, nnx.BatchStat)))
 
   def apply_eval(self, variables, images):
     """Logits in inference mode."""

@@ -21,5 +21,5 @@ def get_config():
   config.model = 'deep_cnn'
   config.dropout_rate = 0.4
   config.l2 = 0.0
-  config.num_epochs = 15
+  config.num_epochs = 8
   return config

@@ -151,31 +151,57 @@ def _traced_onecycle(total_steps: int, peak, warmup_fraction: float,
   return schedule
 
 
+def member_value(make, key: str, default) -> optax.GradientTransformationExtraArgs:
+  """`make(value)`, a transform of one hyperparameter, whose value is each
+  update's `hparams[key]` (a sweep member's, traced), passed to `update`
+  as an extra argument: optax's `inject_hyperparams` mechanism (the inner
+  transform made from the values at each update), with the values read
+  from the train state's one copy of them (`TrainState.hparams`, which the
+  model, preprocessing and loss read too) instead of a second copy in the
+  optimizer state. The state is `make(default)`'s: the same structure for
+  every member and as a run without the sweep."""
+  template = make(default)
+
+  def update_fn(updates, state, params=None, *, hparams=None, **extra):
+    del extra
+    return make(hparams[key]).update(updates, state, params)
+
+  return optax.GradientTransformationExtraArgs(template.init, update_fn)
+
+
 def create_optimizer(config, l2_kernels, total_steps: int,
-                     learning_rate=None, l2=None
-                     ) -> optax.GradientTransformation:
+                     swept: tuple = ()) -> optax.GradientTransformation:
   """L2 on `l2_kernels`, Adam (Keras' defaults), then the learning rate:
   the plateau scale times the base rate, or the one-cycle schedule over
   `total_steps` (unused by 'plateau').
 
-  `learning_rate`, `l2`: a sweep member's (traced), in place of the
-  config's. An `l2` given keeps its transform whatever its value (0 adds
-  0 * w), so that every member's state has one structure.
+  `swept`: a sweep's traced keys; 'learning_rate' and 'l2' among them are
+  each member's, read at each update from `tx.update(..., hparams=...)`
+  (`member_value`). A swept `l2` keeps its transform whatever its value (0
+  adds 0 * w), so that every member's state has one structure.
   """
-  if learning_rate is None:
-    learning_rate = config.learning_rate
-  regularized = bool(config.l2) or l2 is not None
-  l2_weight = config.l2 if l2 is None else l2
-  l2 = (optax.add_decayed_weights(
-      2 * l2_weight, mask=lambda p: l2_mask(p, l2_kernels))
-        if regularized else optax.identity())
+
+  def l2_of(weight):
+    return optax.add_decayed_weights(2 * weight,
+                                     mask=lambda p: l2_mask(p, l2_kernels))
+
+  def rate_of(learning_rate):
+    if config.lr_schedule == 'plateau':
+      return optax.scale(-learning_rate)
+    return optax.scale_by_learning_rate(
+        learning_rate_schedule(config, total_steps, learning_rate))
+
+  if 'l2' in swept:
+    l2 = member_value(l2_of, 'l2', config.l2)
+  else:
+    l2 = l2_of(config.l2) if config.l2 else optax.identity()
+  rate = (member_value(rate_of, 'learning_rate', config.learning_rate)
+          if 'learning_rate' in swept else rate_of(config.learning_rate))
   adam = optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2,
                              eps=config.adam_eps)
   if config.lr_schedule == 'plateau':
-    return optax.chain(l2, adam, scale_by_plateau(),
-                       optax.scale(-learning_rate))
-  return optax.chain(l2, adam, optax.scale_by_learning_rate(
-      learning_rate_schedule(config, total_steps, learning_rate)))
+    return optax.chain(l2, adam, scale_by_plateau(), rate)
+  return optax.chain(l2, adam, rate)
 
 
 def current_learning_rate(opt_state, step: int, config, total_steps: int,

@@ -60,9 +60,8 @@ def build(config, platform: platform_lib.Platform, data: dict,
         f'{", ".join(sorted(swept_by_the_model))} as a traced value (an '
         'NNX module keeps it as a Python number, a Linen module takes it '
         'as a field); sweep it in separate runs')
-  tx = optim.create_optimizer(
-      config, model.l2_layers, total_steps,
-      l2=config.l2 if 'l2' in traced_keys else None)
+  tx = optim.create_optimizer(config, model.l2_layers, total_steps,
+                              traced_keys)
   return model, tx
 
 
@@ -88,16 +87,15 @@ def checkpoint_meta(config, data: dict, epoch: int) -> dict:
 
 
 def train_step_fn(config, model, tx, preprocess: steps.Preprocess,
-                  axis_name: str | None = None, total_steps: int = 0,
-                  traced_keys: tuple = ()):
+                  axis_name: str | None = None, traced_keys: tuple = ()):
   """`steps.train_step` with this config's model, optimizer and
   preprocessing bound: (state, batch, key) -> (state, metrics).
 
   In a sweep (`traced_keys`, members.Members'), the swept values come from
-  the state (`state.hparams`, traced) and replace the config's in the
-  model, optimizer (whose one-cycle schedule needs `total_steps`, as
-  `build`'s) and preprocessing, inside the step: one program for every
-  member and every value.
+  the state (`state.hparams`, traced): the model and the optimizer (built
+  for them by `build`) take theirs from it in the step, and they replace
+  the config's in the preprocessing and the loss here: one program for
+  every member and every value.
   """
   bound = functools.partial(steps.train_step, augment_images=config.augment,
                             axis_name=axis_name)
@@ -109,15 +107,10 @@ def train_step_fn(config, model, tx, preprocess: steps.Preprocess,
 
   def swept_step(state, batch, key):
     values = state.hparams
-    member_tx = tx
-    if {'learning_rate', 'l2'} & set(values):
-      member_tx = optim.create_optimizer(
-          config, model.l2_layers, total_steps,
-          values.get('learning_rate'), values.get('l2'))
     member_preprocess = preprocess.replace(**{
         k: values[k] for k in ('rotation_degrees', 'zoom_range', 'shift_range')
         if k in values})
-    return bound(state, batch, key, model=model, tx=member_tx,
+    return bound(state, batch, key, model=model, tx=tx,
                  preprocess=member_preprocess,
                  label_smoothing=values.get('label_smoothing',
                                             config.label_smoothing),

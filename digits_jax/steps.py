@@ -152,7 +152,11 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *,
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
     metrics = jax.lax.pmean(metrics, axis_name)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if state.hparams is None:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  else:  # A sweep member's values reach the optimizer (optim.member_value).
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   hparams=state.hparams)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema
   if ema is not None:

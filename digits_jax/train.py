@@ -164,7 +164,7 @@ def build_program(config, members: members_lib.Members,
   preprocess = recipe.preprocessing(config, data)
   step = members.train_step(
       recipe.train_step_fn(config, model, tx, preprocess, devices.axis_name,
-                           total_steps, members.traced_keys),
+                           members.traced_keys),
       platform.vmap_members)
   train_steps = functools.partial(steps.scan_train_steps, step,
                                   unroll=platform.unroll_scan)

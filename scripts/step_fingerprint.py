@@ -5,7 +5,11 @@ machine's devices) for a config, and of the first epoch's batch order.
 
 Two commits that print the same fingerprint train with the same program on
 the same data order, so a refactor or an option that is off by default
-cannot have changed the trainer's speed or results. Run it in each tree:
+cannot have changed the trainer's speed or results. Where the program's
+text changes but its values should not (operations reordered),
+`--values` also runs that dispatch on noise from the initial state and
+prints a hash of the state it ends with: equal hashes, the same values bit
+for bit. Run it in each tree:
 
   python scripts/step_fingerprint.py --config=configs/fast.py
   git worktree add /tmp/before REV && (cd /tmp/before && \
@@ -38,6 +42,9 @@ DATA = {'image_shape': [28, 28, 1], 'num_classes': 10, 'pixel_mean': 33.3,
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='configs/fast.py')
+  parser.add_argument('--values', action='store_true',
+                      help='also run the dispatch on noise and hash the '
+                      'state it ends with')
   args = parser.parse_args()
   config = runpy.run_path(args.config)['get_config']()
   config, members = members_lib.resolve(config)
@@ -55,11 +62,23 @@ def main():
                                   config.batch_size)[:dispatch]
   images = np.zeros((NUM_EXAMPLES, *DATA['image_shape'][:2]), np.uint8)
   labels = np.zeros(NUM_EXAMPLES, np.int32)
-  program = scan.lower(state, images, labels, batches, train_key).as_text()
-  print(f'{args.config}: program '
-        f'{hashlib.sha256(program.encode()).hexdigest()[:16]} '
-        f'({dispatch} steps, {len(program)} characters), batch order '
-        f'{hashlib.sha256(np.asarray(batches).tobytes()).hexdigest()[:16]}')
+  text = scan.lower(state, images, labels, batches, train_key).as_text()
+  values = ''
+  if args.values:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, images.shape, np.uint8)
+    classes = rng.integers(0, DATA['num_classes'], NUM_EXAMPLES, np.int32)
+    after, _ = scan(state, noise, classes, batches, train_key)
+    values = ', state after it ' + _hash(
+        b''.join(np.asarray(x).tobytes()
+                 for x in jax.tree.leaves(jax.device_get(after))))
+  print(f'{args.config}: program {_hash(text.encode())} '
+        f'({dispatch} steps, {len(text)} characters), batch order '
+        f'{_hash(np.asarray(batches).tobytes())}{values}')
+
+
+def _hash(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()[:16]
 
 
 if __name__ == '__main__':

@@ -160,7 +160,6 @@ def _steps_of(config, num_steps, batch_size=8):
   init_key, _, train_key = members.keys()
   state = members.create_train_state(model, tx, init_key)
   step = jax.jit(recipe.train_step_fn(config, model, tx, preprocess,
-                                      total_steps=num_steps,
                                       traced_keys=members.traced_keys))
   rng = np.random.default_rng(0)
   states = [state]

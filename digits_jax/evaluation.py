@@ -8,11 +8,13 @@ import os
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
 from digits_jax import input_pipeline
 from digits_jax import members as members_lib
+from digits_jax import parallel as parallel_lib
 from digits_jax import paths
 from digits_jax import reports
 from digits_jax import restore
@@ -24,62 +26,95 @@ log = logging.getLogger(__name__)
 
 
 class Evaluator:
-  """Compiled inference over a whole split, padded to the eval batch size."""
+  """Every member's inference over a whole split in one compiled program,
+  on the run's devices: the members' weights stay where the train state
+  keeps them (replicated, or spread over the mesh's member axis), and each
+  batch of images is split over its data axis. The batch is the eval batch
+  size rounded up to a multiple of the data axis; a split is padded to
+  whole batches."""
 
   def __init__(self, model, preprocess: steps.Preprocess, batch_size: int,
-               compiler_options: dict | None = None):
-    self._batch_size = batch_size
-    self._logits = jax.jit(functools.partial(
-        steps.predict_logits, model=model, preprocess=preprocess,
-        batch_size=batch_size), compiler_options=compiler_options)
+               platform, devices: parallel_lib.DataParallel | None = None,
+               members: members_lib.Members = members_lib.Members()):
+    if devices is None:  # This process's first device.
+      devices = parallel_lib.for_inference(members.num_models,
+                                           devices=jax.local_devices()[:1])
+    # Where the states it is given are (pmap's have a device axis).
+    self._state_devices = devices
+    self._devices = devices = devices.for_inference()
+    self._members = members
+    data = devices.data_devices
+    self.batch_size = -(-batch_size // data) * data
+    logits = functools.partial(steps.predict_logits, model=model,
+                               preprocess=preprocess)
+
+    def member_logits(variables, batches):
+      """[K, M, B, C]: each member's logits, the members vmapped or side
+      by side as training runs them (the platform's `vmap_members`)."""
+      if not members.stacked:
+        return logits(variables, batches)[None]
+      if platform.vmap_members:
+        return jax.vmap(logits, in_axes=(0, None))(variables, batches)
+      return jnp.stack([logits(members_lib.member_of(variables, i), batches)
+                        for i in range(members.num_models)])
+
+    shardings = devices.shardings
+    self._program = jax.jit(
+        member_logits,
+        in_shardings=(shardings.state, devices.eval_batch_sharding),
+        out_shardings=shardings.state,
+        compiler_options=platform.compiler_options)
 
   @property
   def program(self):
-    """The jitted inference, program(variables, uint8 images [N, 28, 28]) ->
-    logits [N, C], N a multiple of the batch size: what `--mode=compile`
-    lowers for a TPU."""
-    return self._logits
+    """The compiled inference, program(variables, uint8 images in batches
+    [M, B, H, W]) -> each member's logits [K, M, B, C]: what
+    `--mode=compile` lowers for a TPU."""
+    return self._program
 
   def logits(self, state: steps.TrainState, images: np.ndarray) -> np.ndarray:
-    """One model's logits [N, C]."""
-    return self.member_logits(state, images, members_lib.Members())[0]
+    """A single model's logits [N, C]."""
+    return self.member_logits(state, images)[0]
 
-  def member_logits(self, state: steps.TrainState, images: np.ndarray,
-                    members: members_lib.Members) -> np.ndarray:
-    """Each member's logits [K, N, C] ([1, N, C] for a single model), one
-    member at a time through the same compiled program."""
-    return self.logits_of(member_variables(state, members), images)
-
-  def logits_of(self, variables: list, images: np.ndarray) -> np.ndarray:
-    """[K, N, C] for the members' host variables (`member_variables`),
-    which a caller predicting again and again (serve) gets once."""
+  def member_logits(self, state: steps.TrainState,
+                    images: np.ndarray) -> np.ndarray:
+    """Each member's logits [K, N, C] ([1, N, C] for a single model) for
+    uint8 images [N, H, W], as host values. `state`: on the devices (as
+    training keeps it, or `place`d) or on the host. The averaged weights
+    where the run keeps them."""
+    devices = self._devices
+    variables = devices.on_devices(self._state_devices.unreplicate(
+        state.inference_variables()), devices.shardings.state)
     n = len(images)
-    padded = -(-n // self._batch_size) * self._batch_size
+    padded = -(-n // self.batch_size) * self.batch_size
     images = np.concatenate(
         [images, np.zeros((padded - n, *images.shape[1:]), images.dtype)])
-    return np.stack([np.asarray(self._logits(member, images))[:n]
-                     for member in variables])
+    batches = devices.on_devices(
+        images.reshape(-1, self.batch_size, *images.shape[1:]),
+        devices.eval_batch_sharding)
+    logits = devices.to_host(self._program(variables, batches))
+    return np.asarray(logits).reshape(len(logits), padded, -1)[:, :n]
 
-
-def member_variables(state: steps.TrainState,
-                     members: members_lib.Members) -> list:
-  """Each member's inference variables as host copies: evaluation runs on
-  this process's first device, whatever devices (or hosts) the train state
-  is spread over. The averaged weights where the run keeps them."""
-  return members.unstack(jax.device_get(state.inference_variables()))
+  def place(self, state: steps.TrainState) -> steps.TrainState:
+    """`state` on the devices, for a caller predicting again and again
+    (serve)."""
+    return self._devices.on_devices(state, self._devices.shardings.state)
 
 
 def evaluator(restored: restore.Restored, config) -> Evaluator:
-  """Inference for a restored run's model, compiled as training's."""
+  """Inference for a restored run's members on every device of the run,
+  compiled as training's."""
   return Evaluator(restored.model, restored.preprocess,
-                   config.eval_batch_size, restored.compiler_options)
+                   config.eval_batch_size, restored.platform,
+                   parallel_lib.for_inference(restored.members.num_models,
+                                              config.member_devices),
+                   restored.members)
 
 
 def restored_logits(restored: restore.Restored, config,
                     images: np.ndarray) -> np.ndarray:
-  """[K, N, C]: each member's logits for uint8 digits [N, 28, 28]."""
-  return evaluator(restored, config).member_logits(
-      restored.state, images, restored.members)
+  """[K, N, C]: each member's logits for uint8 digits [N, H, W]."""
+  return evaluator(restored, config).member_logits(restored.state, images)
 
 
 def classification_report(logits: np.ndarray, labels: np.ndarray) -> dict:

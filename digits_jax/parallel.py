@@ -133,6 +133,25 @@ class DataParallel:
       return jax.tree.map(place, tree)
     return jax.device_put(tree, sharding)
 
+  def for_inference(self) -> 'DataParallel':
+    """The mesh over these devices, which inference runs on (pmap's
+    devices too: inference needs no collective of its own)."""
+    return dataclasses.replace(self, mode='mesh')
+
+  @property
+  def eval_batch_sharding(self) -> NamedSharding:
+    """Images in batches [M, B, H, W]: each batch split over the data
+    axis."""
+    return NamedSharding(self.mesh, P(None, AXIS))
+
+  def on_devices(self, tree, sharding):
+    """`tree` placed with `sharding`; arrays already there stay (a train
+    state on the mesh is not copied)."""
+    if all(isinstance(x, jax.Array) and x.sharding.is_equivalent_to(
+        sharding, x.ndim) for x in jax.tree.leaves(tree)):
+      return tree
+    return self._place(tree, sharding)
+
   def replicate(self, tree):
     """The same values on every device."""
     if self.mode == 'pmap':
@@ -245,6 +264,22 @@ def initialize_distributed(coordinator_address: str = '',
         '--coordinator_address=HOST:PORT of process 0, --num_processes=N and '
         '--process_id=I on each, or drop --distributed to train on this '
         'machine alone') from None
+
+
+def for_inference(num_models: int, member_devices: int = 0,
+                  devices=None) -> DataParallel:
+  """The mesh a restored run's members are evaluated on: every device of
+  the run (default), `member_devices` (0: as many as divide both) on the
+  members. Any device count serves: evaluation pads its batches to the
+  data axis."""
+  devices = tuple(jax.devices() if devices is None else devices)
+  if num_models == 1:
+    return DataParallel(mode='mesh', devices=devices)
+  member_devices = member_devices or math.gcd(num_models, len(devices))
+  if len(devices) % member_devices or num_models % member_devices:
+    member_devices = math.gcd(num_models, len(devices))
+  return DataParallel(mode='mesh', devices=devices,
+                      member_devices=member_devices)
 
 
 def create(config, num_models: int = 1, devices=None) -> DataParallel:

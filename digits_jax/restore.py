@@ -31,7 +31,7 @@ class Restored:
   step: int
   members: members_lib.Members
   # What it is compiled for (restore_best's platform).
-  compiler_options: dict | None
+  platform: Any
 
 
 def open_checkpoints(workdir: epath.PathLike, checkpoints_to_keep: int = 1):
@@ -99,8 +99,7 @@ def restore_best(config, members: members_lib.Members,
       state = members_lib.member_of(state, index)
     members = members.single()
   return Restored(state=state, model=model, preprocess=preprocess, meta=meta,
-                  step=int(step), members=members,
-                  compiler_options=platform.compiler_options)
+                  step=int(step), members=members, platform=platform)
 
 
 def _member_index(member: str, num_models: int, metrics: dict | None) -> int:

@@ -72,11 +72,12 @@ class Predictor:
   def __init__(self, config, members, workdir, platform, member: str = ''):
     restored = restore.restore_best(config, members, workdir, platform,
                                     member)
-    # Host copies of the members' weights, taken once, not per request.
-    self._variables = evaluation.member_variables(restored.state,
-                                                  restored.members)
-    self._evaluator = evaluation.Evaluator(restored.model, restored.preprocess,
-                                           1, restored.compiler_options)
+    # One digit a request, on this process's first device; the members'
+    # weights placed there once, not per request.
+    self._evaluator = evaluation.Evaluator(
+        restored.model, restored.preprocess, 1, restored.platform,
+        members=restored.members)
+    self._state = self._evaluator.place(restored.state)
     self._lock = threading.Lock()
     self.num_models = restored.members.num_models
     self.step = restored.step
@@ -87,7 +88,7 @@ class Predictor:
   def __call__(self, digit: np.ndarray) -> dict:
     """predict's JSON for a uint8 [H, W] digit (MNIST's 28x28)."""
     with self._lock:
-      member_logits = self._evaluator.logits_of(self._variables, digit[None])
+      member_logits = self._evaluator.member_logits(self._state, digit[None])
     probabilities = np.exp(members_lib.combine(member_logits))[0]
     agreeing = members_lib.agreement(member_logits)[0]
     return predict.prediction(probabilities, agreeing, self.num_models)

@@ -223,17 +223,11 @@ def epoch_batches(key: jax.Array, epoch: int, num_examples: int,
   return order[:steps * batch_size].reshape(steps, batch_size)
 
 
-def predict_logits(variables, images, *, model, preprocess: Preprocess,
-                   batch_size: int):
-  """Logits [N, C] for uint8 images [N, H, W], N a multiple of
-  `batch_size`."""
-
-  def logits_of(batch):
-    return model.apply_eval(variables, preprocess(batch))
-
-  batches = images.reshape(-1, batch_size, *images.shape[1:])
-  logits = jax.lax.map(logits_of, batches)
-  return logits.reshape(-1, logits.shape[-1])
+def predict_logits(variables, batches, *, model, preprocess: Preprocess):
+  """Logits [M, B, C] for uint8 images in batches [M, B, H, W], one batch
+  after another."""
+  return jax.lax.map(
+      lambda batch: model.apply_eval(variables, preprocess(batch)), batches)
 
 
 def create_train_state(model, tx, key, *, ema: bool = False,

@@ -296,8 +296,8 @@ def compile_run(config, members: members_lib.Members,
   if schedule.steps_per_dispatch > 1:
     compiled, step = _compile('train step', program, dispatch(1))
   cost = _cost(compiled)
-  programs += _inference_programs(config, members, built.model,
-                                  built.preprocess, state, devices[0])
+  programs += _inference_programs(config, members, built, state, data,
+                                  platform)
   report = Report(
       topology=topology_name, chip=CHIPS[devices[0].device_kind],
       chips=len({tuple(d.coords) for d in devices}), devices=len(devices),
@@ -316,27 +316,28 @@ def compile_run(config, members: members_lib.Members,
   return report
 
 
-def _inference_programs(config, members, model, preprocess, state, device):
+def _inference_programs(config, members, built, state, data, platform):
   """Validation's and the test set's inference, as the Evaluator compiles
-  it: one member's variables on one chip, the split padded to the eval
-  batch."""
+  it: every member over the slice's mesh, where training keeps the state,
+  each batch split over the data axis and the split padded to whole
+  batches."""
   from digits_jax import evaluation  # pylint: disable=g-import-not-at-top
-  evaluator = evaluation.Evaluator(model, preprocess, config.eval_batch_size)
-  variables = jax.eval_shape(lambda s: s.inference_variables(), state)
-  if members.stacked:
-    variables = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), variables)
-  on_chip = jax.sharding.SingleDeviceSharding(device)
+  evaluator = evaluation.Evaluator(built.model, built.preprocess,
+                                   config.eval_batch_size, platform, data,
+                                   members)
+  variables = _abstract(
+      jax.eval_shape(lambda s: s.inference_variables(), state),
+      data.shardings.state)
+  batch = evaluator.batch_size
   programs = []
   for name, n in (('validation', config.validation_size),
                   ('test', _num_test(config))):
-    padded = math.ceil(n / config.eval_batch_size) * config.eval_batch_size
-    images = jax.ShapeDtypeStruct(
-        (padded, *MNIST_RECORD['image_shape'][:2]), np.uint8,
-        sharding=on_chip)
+    padded = math.ceil(n / batch) * batch
+    batches = jax.ShapeDtypeStruct(
+        (padded // batch, batch, *MNIST_RECORD['image_shape'][:2]),
+        np.uint8, sharding=data.eval_batch_sharding)
     _, figures = _compile(f'{name} inference ({padded} images)',
-                          evaluator.program,
-                          (_abstract(variables, on_chip), images))
+                          evaluator.program, (variables, batches))
     programs.append(figures)
   return programs
 

@@ -371,12 +371,12 @@ def _start(config, members, workdir, platform, stop_signal):
   run = _Run(
       config=config, members=members, devices=devices, schedule=schedule,
       splits=splits, program=program.update,
-      # Evaluation runs on one device of each host, outside pmap: the same
-      # model without the axis name.
+      # Validation runs every member on the run's devices, where the state
+      # is: the same model without pmap's axis name.
       evaluator=evaluation.Evaluator(
           recipe.build(config, platform, splits.record())[0],
-          program.preprocess, config.eval_batch_size,
-          platform.compiler_options),
+          program.preprocess, config.eval_batch_size, platform, devices,
+          members),
       train_data=(devices.replicate(splits.train_images),
                   devices.replicate(splits.train_labels)),
       shuffle_key=shuffle_key,
@@ -543,16 +543,16 @@ def _end_epoch(run: _Run, state, step: int, epoch: int, train_metrics):
   """Validation, each member's plateau, the metrics line and record, and
   the epoch's checkpoint; returns the state with the plateau updated."""
   config, members = run.config, run.members
-  host_state = run.devices.to_host(state)
   val = evaluation.ensemble_report(
-      run.evaluator.member_logits(host_state, run.splits.val_images, members),
+      run.evaluator.member_logits(state, run.splits.val_images),
       run.splits.val_labels)
   member_val = val.get('members', [val])
   losses = [m['loss'] for m in member_val]
   # The rate each member ended this epoch with (the plateau's, before its
   # update).
   member_rates = members.current_learning_rates(
-      host_state.opt_state, step - 1, config, run.schedule.total_steps)
+      run.devices.to_host(state.opt_state), step - 1, config,
+      run.schedule.total_steps)
   state = state.replace(opt_state=members.report_epoch(
       state.opt_state, losses, config))
   summary = _epoch_summary(run, epoch, train_metrics, val, member_val,

@@ -61,3 +61,18 @@ def test_under_pmap_each_device_gets_its_slice_of_the_global_draw(
   (multidevice/eight_devices.py: 16 images on one device and over 8)."""
   report = eight_devices['augmentation_under_pmap']['result']
   assert report['max_difference'] < 1e-3
+
+
+def test_evaluation_on_the_mesh_gives_one_devices_logits(eight_devices):
+  """Every member's logits of 203 images (multidevice/
+  evaluation_on_the_mesh.py), computed where the state is (8 devices; a
+  sweep of 4 on members x data meshes, vmapped and side by side), against
+  the same program on one device: float32 rounding apart, the same."""
+  report = eight_devices['evaluation_on_the_mesh']['result']
+  assert len(report) == 8
+  for layout, r in report.items():
+    members = 1 if layout.startswith('single') else 4
+    assert r['shape'] == [members, 203, 10], (layout, r)
+    assert r['max_difference'] < 1e-4, (layout, r)
+    if members > 1:
+      assert r['members_differ'], (layout, r)  # Not one member repeated.

@@ -62,9 +62,10 @@ def test_the_accelerator_path_trains_the_cpu_paths_model(tiny_config,
   evaluator_options = []
   evaluator = evaluation.Evaluator
 
-  def spy(model, preprocess, batch_size, compiler_options=None):
-    evaluator_options.append(compiler_options)
-    return evaluator(model, preprocess, batch_size, compiler_options)
+  def spy(model, preprocess, batch_size, platform, *args, **kwargs):
+    evaluator_options.append(platform.compiler_options)
+    return evaluator(model, preprocess, batch_size, platform, *args,
+                     **kwargs)
 
   monkeypatch.setattr(evaluation, 'Evaluator', spy)
   tiny_config.num_epochs = 1

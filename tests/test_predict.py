@@ -48,8 +48,9 @@ def test_predicting_png_files_matches_evaluating_the_digits(predict_run,
   restored = restore.restore_best(*members_lib.resolve(config), workdir,
                                   platform_lib.current())
   direct = evaluation.Evaluator(restored.model, restored.preprocess,
-                           config.eval_batch_size).logits(
-                               restored.state, digits).argmax(-1)
+                                config.eval_batch_size,
+                                restored.platform).logits(
+                                    restored.state, digits).argmax(-1)
   output = tmp_path / 'predictions.json'
   result = run_main('--config=configs/tiny.py', f'--workdir={workdir}',
                    *FLAGS, '--mode=predict',

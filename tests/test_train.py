@@ -347,7 +347,8 @@ def test_evaluator_returns_the_logits_of_each_image_in_order():
       for layer, stats in state.batch_stats.items()})
   images = np.random.default_rng(0).integers(0, 256, (7, 28, 28),
                                              dtype=np.uint8)
-  got = evaluation.Evaluator(model, preprocess, batch_size=4).logits(state, images)
+  got = evaluation.Evaluator(model, preprocess, 4, PLATFORM).logits(state,
+                                                                    images)
   want = model.apply_eval({'params': state.params,
                            'batch_stats': state.batch_stats},
                           ((images.astype(np.float32) - 33.0) / 78.0)[..., None])

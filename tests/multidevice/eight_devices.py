@@ -22,6 +22,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import ensemble_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+import evaluation_on_the_mesh  # pylint: disable=g-import-not-at-top,wrong-import-position
 import same_model  # pylint: disable=g-import-not-at-top,wrong-import-position
 from digits_jax import steps  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -44,7 +45,8 @@ def augmentation_under_pmap() -> dict:
 
 PARTS = {'augmentation_under_pmap': augmentation_under_pmap,
          'same_model': same_model.report,
-         'ensemble': ensemble_model.report}
+         'ensemble': ensemble_model.report,
+         'evaluation_on_the_mesh': evaluation_on_the_mesh.report}
 
 
 def main():

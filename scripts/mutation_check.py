@@ -100,6 +100,7 @@ ENSEMBLE_LOOP = ('tests/test_ensemble.py::test_the_loop_reports_each_members_'
 
 SWEEP = 'tests/test_sweep.py::'
 SWEEP_MEMBER = SWEEP + 'test_each_member_is_the_single_run_with_its_values'
+USER_MODELS = 'tests/test_user_models.py::'
 EMA_NUMPY = SWEEP + 'test_the_moving_average_follows_its_numpy_derivation'
 
 USER = 'tests/test_user_inputs.py::'
@@ -613,6 +614,33 @@ MUTATIONS = (
        '  return total',
        [TPU + 'test_the_arguments_hbm_is_the_state_and_the_dataset'],
        "the compile's dataset is not the one training holds"),
+    # The model seam, the optimizer built once, evaluation on the mesh.
+    _m('nnx_dropout_not_reseeded', 'digits_jax/models/nnx_adapter.py',
+       'jax.random.fold_in(key, i)', 'jax.random.fold_in(jax.random.key(0), i)',
+       [USER_MODELS + 'test_train_mode_draws_dropout_from_the_key_and_eval_'
+        'mode_does_not'],
+       'an NNX model drops the same units at every step'),
+    _m('nnx_inference_in_training_mode', 'digits_jax/models/nnx_adapter.py',
+       'module = self._module(self._eval_graph,',
+       'module = self._module(self._train_graph,',
+       [USER_MODELS + 'test_train_mode_draws_dropout_from_the_key_and_eval_'
+        'mode_does_not'],
+       "an NNX model's inference normalizes by the batch and drops out"),
+    _m('member_value_ignores_the_member', 'digits_jax/optim.py',
+       'return make(hparams[key]).update(updates, state, params)',
+       'return template.update(updates, state, params)', [SWEEP_MEMBER],
+       'every member of a learning-rate sweep trains at the config\'s rate'),
+    _m('evaluator_repeats_the_first_member', 'digits_jax/evaluation.py',
+       'members_lib.member_of(variables, i)',
+       'members_lib.member_of(variables, 0)',
+       ['tests/test_eight_devices.py::test_evaluation_on_the_mesh_gives_one_'
+        'devices_logits'],
+       "validation scores member 0 for every member"),
+    _m('linen_intermediates_kept_as_state', 'digits_jax/models/linen_adapter.py',
+       "LEFT_ASIDE = ('intermediates',)", 'LEFT_ASIDE = ()',
+       [USER_MODELS + 'test_train_mode_draws_dropout_from_the_key_and_eval_'
+        'mode_does_not'],
+       'a module that sows an activation cannot train'),
 )
 
 

@@ -140,3 +140,12 @@ def _test_digits(data_dir):
   config = config_checks.load_config('tiny')
   config.data_dir = data_dir
   return input_pipeline.load_splits(config).test_images[:8]
+
+
+def test_pmap_refuses_a_batchnorm_model_without_an_axis_name():
+  with pytest.raises(UserError, match='parallelism=pmap: model '
+                     'user_models:SmallNnxNet keeps BatchNorm statistics'):
+    _create(NNX, axis_name='data')
+  # The built-in takes the axis name; a model without BatchNorm needs none.
+  _create('improved_lenet', axis_name='data')
+  _create('lenet5', axis_name='data')

@@ -8,7 +8,8 @@ from flax import nnx
 
 class SmallLinenNet(nn.Module):
   """A Linen CNN in the Flax examples' style, with BatchNorm and dropout
-  switched by `train`, and the trainer's keywords it wants."""
+  switched by `train`, and the trainer's keywords it wants; it sows its
+  features, as one does to look inside a model."""
   num_classes: int = 10
   dropout_rate: float = 0.0
 
@@ -17,6 +18,7 @@ class SmallLinenNet(nn.Module):
     x = nn.relu(nn.Conv(8, (3, 3))(x))
     x = nn.BatchNorm(use_running_average=not train)(x)
     x = nn.max_pool(x, (2, 2), (2, 2))
+    self.sow('intermediates', 'features', x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
 

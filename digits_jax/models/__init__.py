@@ -128,7 +128,24 @@ def create(name: str, *, input_shape: tuple, num_classes: int, dtype,
                       getattr(python_module, 'L2_REGULARIZED', None))
   model = adapter(name, cls, kwargs, tuple(input_shape), l2_layers)
   _check_output(model, name, num_classes)
+  if axis_name is not None and 'axis_name' not in accepted:
+    _check_no_batch_statistics(model, name)
   return model
+
+
+def _check_no_batch_statistics(model, name: str) -> None:
+  """Under pmap (one program per device), BatchNorm averages its
+  statistics over the devices only through the axis name its constructor
+  takes: a model with BatchNorm and no `axis_name` keyword would train
+  another model on each device count. Refused in one line."""
+  import jax  # pylint: disable=g-import-not-at-top
+  _, batch_stats = jax.eval_shape(model.init, jax.random.key(0))
+  if jax.tree.leaves(batch_stats):
+    raise UserError(
+        f'config.parallelism=pmap: model {name} keeps BatchNorm statistics '
+        'but its constructor takes no axis_name, so each device would '
+        'normalize by its own part of the batch; use config.parallelism='
+        'mesh (the partitioner makes the statistics global)')
 
 
 def _keywords(cls) -> set[str]:

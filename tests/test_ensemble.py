@@ -243,15 +243,14 @@ def test_eval_reports_each_member_and_the_mean_of_their_probabilities(
                                   platform_lib.current())
   from digits_jax import input_pipeline
   splits = input_pipeline.load_splits(config)
-  # Reference: each member's model.apply, then NumPy.
+  # Reference: each member's model applied alone, then NumPy.
   probabilities = []
   for i in range(3):
     variables = members_lib.member_of({'params': restored.state.params,
                                     'batch_stats': restored.state.batch_stats},
                                    i)
-    logits = np.asarray(restored.model.apply(
-        variables, restored.preprocess(splits.test_images), train=False),
-                        np.float64)
+    logits = np.asarray(restored.model.apply_eval(
+        variables, restored.preprocess(splits.test_images)), np.float64)
     p = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities.append(p / p.sum(-1, keepdims=True))
   labels = splits.test_labels

@@ -233,7 +233,7 @@ def _target(config):
 def test_checkpoint_of_another_model_is_refused(trained_run):
   config, workdir, _ = trained_run
   config = config.copy_and_resolve_references()
-  config.model = 'lenet5'
+  config.model, config.dropout_rate = 'lenet5', 0.0
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   with pytest.raises(UserError, match="model='improved_lenet'"):
     train.train_and_evaluate(*members_lib.resolve(config), workdir, PLATFORM)

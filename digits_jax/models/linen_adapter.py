@@ -11,6 +11,7 @@ import inspect
 import flax.linen as nn
 import jax.numpy as jnp
 
+from digits_jax import models
 from digits_jax.errors import UserError
 
 KEPT = ('params', 'batch_stats')
@@ -36,7 +37,7 @@ class LinenModel:
     self.name = name
     self.input_shape = input_shape
     self.l2_layers = l2_layers
-    self.traced = tuple(k for k in ('dropout_rate',) if k in kwargs)
+    self.traced = tuple(k for k in models.MODULE_TRACED if k in kwargs)
     self._takes_train = 'train' in inspect.signature(
         cls.__call__).parameters
 

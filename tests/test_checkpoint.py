@@ -133,3 +133,17 @@ def test_every_damaged_file_falls_back_to_the_newest_good_checkpoint(
                               target, copy)
   assert step is None and 'no checkpoint in' in message, message
   assert 'step 40: ' in message and 'step 20: ' in message, message
+
+
+def test_a_record_from_before_the_data_shape_reads_as_mnists():
+  """Checkpoints written before the record held the data's shape and
+  classes restore as the MNIST they were trained on."""
+  from digits_jax import recipe  # pylint: disable=g-import-not-at-top
+  old = {'model': 'improved_lenet', 'input_size': 32, 'pixel_mean': 33.3,
+         'pixel_std': 78.6, 'epoch': 3}
+  assert recipe.data_record(old) == {
+      'image_shape': [28, 28, 1], 'num_classes': 10, 'pixel_mean': 33.3,
+      'pixel_std': 78.6}
+  new = {**old, 'image_shape': [20, 24, 1], 'num_classes': 4}
+  assert recipe.data_record(new)['image_shape'] == [20, 24, 1]
+  assert recipe.data_record(new)['num_classes'] == 4

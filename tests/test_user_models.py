@@ -96,6 +96,7 @@ def test_train_mode_draws_dropout_from_the_key_and_eval_mode_does_not(name):
 
 
 @pytest.mark.slow
+@pytest.mark.across_jax  # The NNX and Linen APIs move between Flax versions.
 @pytest.mark.parametrize('name', [LINEN, NNX])
 def test_a_users_module_trains_sweeps_evaluates_exports_and_predicts(
     tmp_path, mnist_data_dir, name):

@@ -2,7 +2,8 @@
 
 The artifact is serialized StableHLO with the weights inside: uint8 digits
 [N, H, W] in (N symbolic; MNIST's 28x28), class probabilities [N, C] out,
-padding and standardization included. It runs with a plain `jax` install, no digits_jax:
+padding and standardization included. It runs with a plain `jax` install,
+no digits_jax:
 
   import jax, numpy as np
   with open('digits.jax', 'rb') as f:

@@ -151,7 +151,8 @@ def _traced_onecycle(total_steps: int, peak, warmup_fraction: float,
   return schedule
 
 
-def member_value(make, key: str, default) -> optax.GradientTransformationExtraArgs:
+def member_value(make, key: str,
+                 default) -> optax.GradientTransformationExtraArgs:
   """`make(value)`, a transform of one hyperparameter, whose value is each
   update's `hparams[key]` (a sweep member's, traced), passed to `update`
   as an extra argument: optax's `inject_hyperparams` mechanism (the inner

@@ -207,7 +207,8 @@ def test_train_build_takes_the_cpu_weight_gradients_with_eigen(conv_impl,
                                                                backend):
   config = config_checks.load_config('improved')
   config.conv_impl = conv_impl
-  model, _ = recipe.build(config, platform_lib.Platform(backend, conv_impl), MNIST_DATA)
+  model, _ = recipe.build(config, platform_lib.Platform(backend, conv_impl),
+                          MNIST_DATA)
   cpu_form = backend == 'cpu' and conv_impl != 'xla'
   assert model.module.conv_general_dilated is (
       cpu_kernels.conv_with_cpu_weight_gradient if cpu_form else None)

@@ -17,8 +17,8 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import (MNIST_DATA, assert_one_line_error, float_drift, latest_checkpoint,
-                     run_cli, run_main)
+from helpers import (MNIST_DATA, assert_one_line_error, float_drift,
+                     latest_checkpoint, run_cli, run_main)
 
 from digits_jax import config_checks
 from digits_jax import members as members_lib

@@ -137,9 +137,10 @@ def test_the_arguments_hbm_is_the_state_and_the_dataset(single_on_a_slice):
     return alone.memory_analysis().argument_size_in_bytes
 
   members = members_lib.Members(seeds=(config.seed,))
-  model, tx = recipe.build(config, platform_lib.Platform('tpu'), MNIST_DATA, None, 100, ())
-  state = jax.eval_shape(lambda k: members.create_train_state(
-      model, tx, k, config.input_size), members.keys()[0])
+  model, tx = recipe.build(config, platform_lib.Platform('tpu'), MNIST_DATA,
+                           None, 100, ())
+  state = jax.eval_shape(lambda k: members.create_train_state(model, tx, k),
+                         members.keys()[0])
   num_train = config.max_train_examples - config.validation_size
   assert num_train == 1000
   key = jax.eval_shape(lambda: members.keys()[2])

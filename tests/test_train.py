@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import (MNIST_DATA, assert_one_line_error, latest_checkpoint, plateau_state,
-                     run_main)
+from helpers import (MNIST_DATA, assert_one_line_error, latest_checkpoint,
+                     plateau_state, run_main)
 
 from digits_jax import checkpoint
 from digits_jax import config_checks
@@ -349,9 +349,9 @@ def test_evaluator_returns_the_logits_of_each_image_in_order():
                                              dtype=np.uint8)
   got = evaluation.Evaluator(model, preprocess, 4, PLATFORM).logits(state,
                                                                     images)
+  standardized = ((images.astype(np.float32) - 33.0) / 78.0)[..., None]
   want = model.apply_eval({'params': state.params,
-                           'batch_stats': state.batch_stats},
-                          ((images.astype(np.float32) - 33.0) / 78.0)[..., None])
+                           'batch_stats': state.batch_stats}, standardized)
   assert got.shape == (7, 10)
   assert np.ptp(np.asarray(want), axis=0).min() > 0.01  # Images differ.
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

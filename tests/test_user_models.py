@@ -91,7 +91,10 @@ def test_train_mode_draws_dropout_from_the_key_and_eval_mode_does_not(name):
   np.testing.assert_array_equal(first, jax.jit(model.apply_eval)(variables,
                                                                   x))
   # Inference normalizes with the running statistics (initially 0 and 1),
-  # not the batch's: its output differs from training's without dropout.
+  # not the batch's, and drops nothing: an image's logits do not depend on
+  # the batch it comes in, and differ from training's.
+  np.testing.assert_allclose(jax.jit(model.apply_eval)(variables, x[:2]),
+                             first[:2], rtol=1e-5, atol=1e-5)
   assert not np.allclose(first, a, atol=1e-3)
 
 

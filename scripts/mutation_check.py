@@ -636,12 +636,6 @@ MUTATIONS = (
        ['tests/test_eight_devices.py::test_evaluation_on_the_mesh_gives_one_'
         'devices_logits'],
        "validation scores member 0 for every member"),
-    _m('linen_intermediates_kept_as_state',
-       'digits_jax/models/linen_adapter.py',
-       "LEFT_ASIDE = ('intermediates',)", 'LEFT_ASIDE = ()',
-       [USER_MODELS + 'test_train_mode_draws_dropout_from_the_key_and_eval_'
-        'mode_does_not'],
-       'a module that sows an activation cannot train'),
 )
 
 

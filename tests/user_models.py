@@ -48,8 +48,8 @@ class WrongOutput(nn.Module):
 
 
 class KeepsACounter(nn.Module):
-  """State in a collection the trainer does not keep (and sown
-  intermediates, which it leaves aside)."""
+  """State in a collection the trainer does not keep (and a sown
+  activation, which is no state: Flax's init leaves it out)."""
 
   @nn.compact
   def __call__(self, x):

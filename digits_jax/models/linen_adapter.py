@@ -14,10 +14,9 @@ import jax.numpy as jnp
 from digits_jax import models
 from digits_jax.errors import UserError
 
+# (Sown activations, `Module.sow`, are not among them: Flax's `init` leaves
+# the 'intermediates' collection out.)
 KEPT = ('params', 'batch_stats')
-# Sown activations (`Module.sow`), Flax's way of looking inside a model:
-# not state, left aside.
-LEFT_ASIDE = ('intermediates',)
 
 
 def is_module(cls) -> bool:
@@ -49,7 +48,7 @@ class LinenModel:
     variables = self.module.init(
         {'params': key}, jnp.zeros((1, *self.input_shape), jnp.float32),
         **self._call_kwargs(False))
-    others = sorted(set(variables) - set(KEPT) - set(LEFT_ASIDE))
+    others = sorted(set(variables) - set(KEPT))
     if others:
       raise UserError(
           f'config.model={self.name!r} keeps the variable collection(s) '

@@ -43,11 +43,12 @@ def build(config, platform: platform_lib.Platform, data: dict,
   `traced_keys`: a sweep's (members.Members), whose optimizer state has
   the structure of every member's (a swept L2 keeps its transform).
   """
+  data = data_record(data)
   model = models.create(
       config.model,
       input_shape=(config.input_size, config.input_size,
-                   data_record(data)['image_shape'][-1]),
-      num_classes=data_record(data)['num_classes'],
+                   data['image_shape'][-1]),
+      num_classes=data['num_classes'],
       dtype=jnp.dtype(config.compute_dtype),
       dropout_rate=config.dropout_rate, axis_name=axis_name,
       conv_general_dilated=(cpu_kernels.conv_with_cpu_weight_gradient

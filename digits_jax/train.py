@@ -249,6 +249,7 @@ class _Run:
   devices: parallel_lib.DataParallel
   schedule: Schedule
   splits: Any
+  data: dict  # splits.record(): the data's shape, classes, statistics.
   program: Callable
   evaluator: evaluation.Evaluator
   train_data: tuple  # (images, labels) on the devices.
@@ -271,7 +272,7 @@ class _Run:
 
   def save(self, step: int, state, epoch: int, record: dict | None) -> None:
     checkpoint.save(self.manager, step, self.devices.unreplicate(state),
-                    recipe.checkpoint_meta(self.config, self.splits.record(),
+                    recipe.checkpoint_meta(self.config, self.data,
                                            epoch), record)
     self.saved_steps.append(step)
 
@@ -362,19 +363,22 @@ def _start(config, members, workdir, platform, stop_signal):
   splits = input_pipeline.load_splits(config)
   schedule = make_schedule(config, members, platform,
                            len(splits.train_images))
-  program = build_program(config, members, devices, platform,
-                          splits.record(), schedule.total_steps)
+  data = splits.record()
+  program = build_program(config, members, devices, platform, data,
+                          schedule.total_steps)
   init_key, shuffle_key, train_key = members.keys()
   state = program.init_state(members, init_key)
   _log_model(config, members, devices, state)
   state, manager = _restore_or_init(config, workdir, devices, state)
   run = _Run(
       config=config, members=members, devices=devices, schedule=schedule,
-      splits=splits, program=program.update,
+      splits=splits, data=data, program=program.update,
       # Validation runs every member on the run's devices, where the state
-      # is: the same model without pmap's axis name.
+      # is: the same model, built again without pmap's axis name under
+      # pmap.
       evaluator=evaluation.Evaluator(
-          recipe.build(config, platform, splits.record())[0],
+          program.model if devices.axis_name is None
+          else recipe.build(config, platform, data)[0],
           program.preprocess, config.eval_batch_size, platform, devices,
           members),
       train_data=(devices.replicate(splits.train_images),
@@ -459,7 +463,7 @@ def _train_epoch(run: _Run, state, step: int, epoch: int):
     # One host sync per dispatch.
     metrics = run.devices.to_host(metrics)
     check_diverged(metrics['loss'], step, run.members, run.diverged,
-                   run.last_saved, run.splits.record()['num_classes'])
+                   run.last_saved, run.data['num_classes'])
     train_metrics['dispatches'].append(metrics)
     step += count
     train_metrics['images'] += count * config.batch_size

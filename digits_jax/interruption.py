@@ -1,6 +1,7 @@
 """Stopping cleanly on SIGTERM, Ctrl-C or a closed terminal (SIGHUP), on
 one host or several, at any moment of a run."""
 
+import contextlib
 import logging
 import os
 import signal
@@ -74,6 +75,8 @@ class StopSignal:
     self._multihost = False
     self._offered_step = 0
     self._pending = None
+    self._deferring = 0
+    self._held_back = None
     self._previous = {}
     self._previous_unraisable = None
     self._terminals = set()
@@ -110,6 +113,9 @@ class StopSignal:
       # land in a gc callback of JAX's, which prints it and goes on), it is
       # raised again when the loop starts.
       self._pending = Interrupted(name, self._after_training)
+      if self._deferring:
+        self._held_back = self._pending  # Raised when the section ends.
+        return
       raise self._pending
     self.received = name
     log.warning('%s received: stopping after the current steps.', name)
@@ -138,6 +144,21 @@ class StopSignal:
       timer.start()
       return
     (self._previous_unraisable or sys.__unraisablehook__)(unraisable)
+
+  @contextlib.contextmanager
+  def deferred(self):
+    """A section a stop signal must not cut in two (the workdir's lock taken
+    or given back: cut there, a lock would outlive its run). A signal that
+    arrives in it is raised as it ends, unless an exception already ends
+    it."""
+    self._deferring += 1
+    try:
+      yield
+    finally:
+      self._deferring -= 1
+    held_back, self._held_back = self._held_back, None
+    if held_back is not None and not self._deferring:
+      raise held_back
 
   def start_polling(self, step: int) -> None:
     """The training loop begins at training step `step`: from here a signal

@@ -130,9 +130,11 @@ def _acquire(path: str, me: dict) -> None:
 
 
 @contextlib.contextmanager
-def held(workdir):
+def held(workdir, stop_signal=None):
   """The workdir's lock, for a training run's whole length (local
-  workdirs; on gs:// nothing)."""
+  workdirs; on gs:// nothing). `stop_signal` (interruption.StopSignal): a
+  stop signal waits while the lock is taken or given back, so that it is
+  never left behind half written or after its run."""
   if paths.is_remote(workdir):
     yield
     return
@@ -142,9 +144,13 @@ def held(workdir):
   me = {'host': socket.gethostname(), 'pid': os.getpid(),
         'started': time.strftime('%Y-%m-%d %H:%M:%S'),
         'boot_id': boot_id(), 'start_ticks': start_ticks(os.getpid())}
-  _acquire(path, me)
+  uninterrupted = (stop_signal.deferred if stop_signal is not None
+                   else contextlib.nullcontext)
   try:
+    with uninterrupted():
+      _acquire(path, me)
     yield
   finally:
-    if _read(path) == me:
-      os.remove(path)
+    with uninterrupted():
+      if _read(path) == me:
+        os.remove(path)

@@ -230,7 +230,7 @@ def train_and_evaluate(
   stop_signal = stop_signal or interruption.StopSignal()
   workdir = paths.resolve(os.fspath(workdir))
   # One writer per workdir: process 0 holds its lock (run_lock.py).
-  lock = (run_lock.held(workdir) if jax.process_index() == 0
+  lock = (run_lock.held(workdir, stop_signal) if jax.process_index() == 0
           else contextlib.nullcontext())
   try:
     with lock:

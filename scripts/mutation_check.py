@@ -356,7 +356,7 @@ MUTATIONS = (
         'test_outside_the_loop_a_signal_stops_at_once'],
        'a job preempted while it compiles looks like a crash'),
     _m('workdir_not_locked', 'digits_jax/train.py',
-       'lock = (run_lock.held(workdir) if jax.process_index() == 0',
+       'lock = (run_lock.held(workdir, stop_signal) if jax.process_index() == 0',
        'lock = (contextlib.nullcontext() if jax.process_index() == 0',
        ['tests/test_reliability.py::'
         'test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one'],
@@ -530,6 +530,12 @@ MUTATIONS = (
        '  return True',
        [LOCK + 'test_a_pid_another_process_has_now_is_not_the_holder'],
        'an unrelated process with the old pid holds the workdir'),
+    _m('lock_cut_by_a_signal', 'digits_jax/run_lock.py',
+       '  uninterrupted = (stop_signal.deferred if stop_signal is not None\n',
+       '  uninterrupted = (contextlib.nullcontext if stop_signal is not None\n',
+       [LOCK + 'test_a_stop_signal_while_the_lock_changes_hands_leaves_none'],
+       'a terminal closed as the run starts leaves its lock behind (CI, '
+       'stop 48)'),
     _m('lock_survives_a_reboot', 'digits_jax/run_lock.py',
        '    return False  # The machine rebooted since.',
        '    pass  # The machine rebooted since.',

@@ -3,11 +3,13 @@ run and the takeover after kill -9: test_reliability.py."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 
 import pytest
 
+from digits_jax import interruption
 from digits_jax import run_lock
 from digits_jax.errors import UserError
 
@@ -120,3 +122,30 @@ def test_start_ticks_reads_a_command_name_with_spaces_and_brackets(tmp_path):
   finally:
     process.kill()
     process.wait()
+
+
+@pytest.mark.parametrize('moment', ['taken', 'given_back'])
+def test_a_stop_signal_while_the_lock_changes_hands_leaves_none(
+    tmp_path, monkeypatch, moment):
+  """SIGHUP or SIGTERM landing while the lock is written or removed (a
+  terminal closed as the run starts): the lock is written whole and then
+  removed, and the signal stops the run."""
+  def signalled(function):
+    def with_a_signal(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGTERM)  # Handled here, at once.
+      return function(*args, **kwargs)
+    return with_a_signal
+  if moment == 'taken':
+    monkeypatch.setattr(run_lock.json, 'dump', signalled(json.dump))
+  else:
+    monkeypatch.setattr(run_lock, '_read', signalled(run_lock._read))
+  stop_signal = interruption.StopSignal()
+  ran = []
+  try:
+    with pytest.raises(interruption.Interrupted, match='SIGTERM'):
+      with run_lock.held(tmp_path, stop_signal):
+        ran.append(True)
+  finally:
+    stop_signal.close()
+  assert ran == ([] if moment == 'taken' else [True])
+  assert os.listdir(tmp_path) == []

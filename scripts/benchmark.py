@@ -429,6 +429,7 @@ def main(argv):
       'reference_difference': reference_difference,
       'batch': batch, 'input_size': config.input_size, 'steps': steps,
       'device': device.device_kind, 'platform': device.platform,
+      'jax': jax.__version__,
   }))
 
 

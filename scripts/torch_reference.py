@@ -1,11 +1,12 @@
-r"""PyTorch eager training throughput of the same model and augmentation.
+r"""PyTorch training throughput of the same model and augmentation.
 
 The yardstick the throughput issue names: the improved LeNet-5 of
 digits_jax/models.py (same layers, Keras' BatchNorm momentum and epsilon,
 dropout 0.25), each image warped by its own random affine map on the fly
 (rotation 10 degrees, zoom and shift 0.1, bilinear, zeros outside), Adam with
 L2 on conv1 and conv3, as PyTorch users write it: eager mode, one optimizer
-step per batch, the loss read back every step.
+step per batch, the loss read back every step. `--compile`: the same with
+the model under `torch.compile` (inductor), as its tutorial writes it.
 
 PyTorch is not a dependency of digits_jax; run this in a separate
 environment (here the CPU build on this machine's disk):
@@ -37,6 +38,8 @@ _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
 _INPUT_SIZE = flags.DEFINE_integer('input_size', 28, '28, or 32 (padded).')
 _STEPS = flags.DEFINE_integer('steps', 8, 'Train steps per timed window.')
 _WINDOWS = flags.DEFINE_integer('windows', 5, 'Timed windows (median shown).')
+_COMPILE = flags.DEFINE_bool('compile', False, 'The model under '
+                             'torch.compile (inductor) instead of eager.')
 
 NUM_IMAGES = 8192
 
@@ -99,6 +102,7 @@ def main(argv):
   regularized = [model.features[0].weight, model.features[7].weight]
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
   model.train()
+  forward = torch.compile(model) if _COMPILE.value else model
   pad = (size - 28) // 2
 
   def step():
@@ -107,7 +111,7 @@ def main(argv):
     if pad:
       x = F.pad(x, (pad, pad, pad, pad))
     x = (random_affine(x) - 33.3) / 78.6
-    loss = F.cross_entropy(model(x), labels[idx])
+    loss = F.cross_entropy(forward(x), labels[idx])
     loss = loss + 5e-4 * sum((w ** 2).sum() for w in regularized)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -115,7 +119,7 @@ def main(argv):
     return loss.item()  # Read back every step, as the usual loop logs it.
 
   for _ in range(3):
-    step()  # Warm-up.
+    step()  # Warm-up (and torch.compile's compilation).
   times = []
   for _ in range(_WINDOWS.value):
     start = time.perf_counter()
@@ -123,13 +127,14 @@ def main(argv):
       step()
     times.append(time.perf_counter() - start)
   images_per_sec = _STEPS.value * batch / statistics.median(times)
-  print(f'pytorch {torch.__version__} eager, {torch.get_num_threads()} '
+  mode = 'torch.compile' if _COMPILE.value else 'eager'
+  print(f'pytorch {torch.__version__} {mode}, {torch.get_num_threads()} '
         f'threads, {platform.machine()} {os.cpu_count()} CPUs: improved '
         f'LeNet, input {size}x{size}, batch {batch}: {images_per_sec:.1f} '
         'images/s')
   print(json.dumps({'images_per_sec': round(images_per_sec, 1),
                     'batch': batch, 'input_size': size,
-                    'torch': torch.__version__}))
+                    'torch': torch.__version__, 'mode': mode}))
 
 
 if __name__ == '__main__':

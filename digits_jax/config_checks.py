@@ -21,7 +21,7 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
 # import; optim.py and platform.py take theirs from here. (Models are
 # found when the run builds one: digits_jax/models/.)
 LR_SCHEDULES = ('plateau', 'onecycle')
-CONV_IMPLS = ('auto', 'xla', 'eigen')
+CONV_IMPLS = ('auto', 'xla', 'eigen', 'onednn')
 PARALLELISMS = ('mesh', 'pmap')
 INPUT_SIZES = (28, 32)
 COMPUTE_DTYPES = ('float32', 'bfloat16')

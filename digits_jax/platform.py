@@ -6,8 +6,11 @@ they are given rather than `jax.default_backend()`. What differs (the
 measurements behind each choice: docs/performance.md):
 
   choice                      CPU                          GPU, TPU
-  compiler options            Eigen convolutions and       XLA's defaults
-                              YNNPACK reductions
+  compiler options            oneDNN convolutions where    XLA's defaults
+                              the CPU computes bfloat16
+                              (AVX-512 BF16, AMX) and
+                              jaxlib has oneDNN, else
+                              Eigen's; YNNPACK reductions
                               (xla_options.py)
   conv weight gradients       transposed apart             as JAX derives them
                               (cpu_kernels.conv_with_
@@ -24,12 +27,17 @@ measurements behind each choice: docs/performance.md):
                               runs slower than K plain
                               ones
 
-`conv_impl='xla'` keeps XLA's defaults on the CPU too. Tests build a
+`conv_impl='xla'` keeps XLA's defaults on the CPU too; 'eigen' and
+'onednn' name the library whatever the CPU. The CPU's instruction sets
+come from the kernel (/proc/cpuinfo) when `current` builds the platform;
+a `Platform` built without them (tests) takes Eigen. Tests build a
 `Platform('gpu')` on the CPU to run the accelerator path there
 (tests/test_platform.py).
 """
 
 import dataclasses
+import functools
+import logging
 
 import jax
 
@@ -37,6 +45,12 @@ from digits_jax import config_checks
 from digits_jax import xla_options
 
 CONV_IMPLS = config_checks.CONV_IMPLS
+# Instruction sets that compute bfloat16 products in hardware: where oneDNN
+# runs the convolutions (docs/performance.md: on an AMD EPYC with AVX-512
+# BF16, a bfloat16 step twice a float32 one's speed, float32 no slower).
+BFLOAT16_UNITS = frozenset({'avx512_bf16', 'amx_bf16'})
+
+log = logging.getLogger(__name__)
 # Steps per dispatch when the config says -1, on the CPU (unrolled).
 CPU_STEPS_PER_DISPATCH = 8
 
@@ -49,6 +63,8 @@ class Platform:
   # Whether the members' step is vmapped, in place of this backend's choice
   # (`vmap_members`): the tests and the benchmark try both forms.
   member_vmap: bool | None = None
+  # The CPU's instruction sets (`cpu_features()`); empty: none known.
+  cpu_features: frozenset[str] = frozenset()
 
   def __post_init__(self):
     if self.conv_impl not in CONV_IMPLS:
@@ -60,22 +76,32 @@ class Platform:
     return self.backend == 'cpu'
 
   @property
-  def eigen_convolutions(self) -> bool:
-    """Whether XLA:CPU's convolutions go to Eigen ('auto' and 'eigen' on the
-    CPU); other backends have their own libraries."""
-    return self.is_cpu and self.conv_impl != 'xla'
+  def conv_library(self) -> str | None:
+    """Which library runs XLA:CPU's convolutions: 'onednn', 'eigen', or
+    None (XLA's defaults; other backends have their own libraries)."""
+    if not self.is_cpu or self.conv_impl == 'xla':
+      return None
+    wants_onednn = self.conv_impl == 'onednn' or (
+        self.conv_impl == 'auto' and self.cpu_features & BFLOAT16_UNITS)
+    if wants_onednn and xla_options.cpu_onednn_convolutions() is not None:
+      return 'onednn'
+    if self.conv_impl == 'onednn':
+      _no_onednn_warning()
+    return 'eigen'
 
   @property
-  def compiler_options(self) -> dict[str, str] | None:
+  def compiler_options(self) -> dict | None:
     """For every jitted program that runs the model; None: XLA's defaults."""
-    return (xla_options.cpu_eigen_convolutions() if self.eigen_convolutions
-            else None)
+    library = self.conv_library
+    if library == 'onednn':
+      return xla_options.cpu_onednn_convolutions()
+    return xla_options.cpu_eigen_convolutions() if library else None
 
   @property
   def cpu_weight_gradients(self) -> bool:
     """Whether the models take `conv_with_cpu_weight_gradient` (measured
-    faster with the Eigen convolutions only)."""
-    return self.eigen_convolutions
+    faster with the Eigen and the oneDNN convolutions, not YNNPACK's)."""
+    return self.conv_library is not None
 
   @property
   def unroll_scan(self) -> bool:
@@ -100,6 +126,26 @@ class Platform:
     return min(configured or steps_per_epoch, steps_per_epoch)
 
 
+@functools.cache
+def _no_onednn_warning() -> None:
+  log.warning("conv_impl='onednn': this jaxlib's XLA:CPU has no oneDNN "
+              '(JAX 0.12 has it); Eigen runs the convolutions.')
+
+
+def cpu_features() -> frozenset[str]:
+  """The CPU's instruction sets as the kernel lists them (Linux's
+  /proc/cpuinfo flags); empty where it does not."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('flags'):
+          return frozenset(line.partition(':')[2].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
 def current(conv_impl: str = 'auto') -> Platform:
-  """The platform JAX runs on in this process."""
-  return Platform(jax.default_backend(), conv_impl)
+  """The platform JAX runs on in this process, and its CPU's instruction
+  sets."""
+  return Platform(jax.default_backend(), conv_impl, cpu_features=cpu_features())

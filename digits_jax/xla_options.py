@@ -34,12 +34,22 @@ benchmark's reference, keep XLA's defaults.
 Measured again on jaxlib 0.12 (`scripts/experiments/cpu_choices.py`, each
 choice against its alternatives in the whole step): every one still wins
 there, so both versions take the same options (docs/performance.md).
+
+jaxlib 0.12's XLA:CPU can also hand convolutions and matmuls to oneDNN
+(the library of PyTorch's CPU convolutions) as custom calls, forward and
+both gradients; jaxlib 0.10 takes the same options and ignores them. On a
+CPU that multiplies bfloat16 in hardware (AVX-512 BF16, AMX) oneDNN runs
+a bfloat16 step 1.55x faster than Eigen does and a float32 one 1.03x
+(2-core AMD EPYC with AVX-512 BF16, whole step; docs/performance.md), so
+platform.py takes it there.
 """
 
 import functools
 import logging
 
 import jax
+from jax import lax
+import jax.numpy as jnp
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,41 @@ def _accepted(options: tuple) -> bool:
                 dict(options), e)
     return False
   return True
+
+
+# oneDNN (the library PyTorch's CPU convolutions use) runs the convolutions
+# and matmuls as XLA:CPU custom calls; YNNPACK keeps the reductions.
+ONEDNN_CONVOLUTIONS = {'xla_cpu_use_onednn': True,
+                       'xla_cpu_experimental_onednn_custom_call': True,
+                       **EIGEN_CONVOLUTIONS}
+
+
+@functools.cache
+def _rewrites_to_onednn(options: tuple) -> bool:
+  """Whether this jaxlib hands a convolution to oneDNN under `options`:
+  jaxlib 0.10 takes the options and ignores them (no oneDNN in its
+  XLA:CPU), 0.12 does it."""
+  conv = lambda x, w: lax.conv_general_dilated(
+      x, w, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  # Not a 1x1 output of one channel: XLA makes that a dot.
+  shapes = (jax.ShapeDtypeStruct((1, 5, 5, 8), jnp.float32),
+            jax.ShapeDtypeStruct((3, 3, 8, 8), jnp.float32))
+  try:
+    compiled = jax.jit(conv).lower(*shapes).compile(
+        compiler_options=dict(options))
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    log.warning('This jaxlib does not take the XLA:CPU options %s (%s).',
+                dict(options), e)
+    return False
+  return '__onednn$' in compiled.as_text()
+
+
+def cpu_onednn_convolutions() -> dict | None:
+  """XLA:CPU compiler options under which oneDNN runs the convolutions and
+  matmuls, YNNPACK the reductions; None if this jaxlib has no oneDNN."""
+  if _rewrites_to_onednn(tuple(ONEDNN_CONVOLUTIONS.items())):
+    return dict(ONEDNN_CONVOLUTIONS)
+  return None
 
 
 def cpu_eigen_convolutions() -> dict[str, str] | None:

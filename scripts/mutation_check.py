@@ -261,6 +261,18 @@ MUTATIONS = (
     _m('accelerators_unroll_the_scan', 'digits_jax/platform.py',
        'return self.is_cpu\n', 'return True\n', [PLATFORM],
        'GPU/TPU compile every step of an epoch as straight-line code'),
+    _m('cpu_features_ignored', 'digits_jax/platform.py',
+       '        self.conv_impl == \'auto\' and self.cpu_features & BFLOAT16_UNITS)',
+       '        self.conv_impl == \'auto\' and False)',
+       ['tests/test_xla_options.py::'
+        'test_the_cpus_instruction_sets_choose_the_convolutions'],
+       'a CPU with bfloat16 units keeps Eigen: bfloat16 steps at half speed'),
+    _m('onednn_without_onednn', 'digits_jax/xla_options.py',
+       "  return '__onednn$' in compiled.as_text()",
+       '  return True',
+       ['tests/test_xla_options.py::test_jax_0_12_has_onednn'],
+       'JAX 0.10 told oneDNN options it ignores: Eigen\'s weight-gradient '
+       'choice unmeasured there'),
     _m('export_returns_logits', 'digits_jax/export.py',
        'jax.nn.softmax(model.apply_eval(v, x), axis=-1) for v in members]',
        'model.apply_eval(v, x) for v in members]', [EXPORT],

@@ -3,8 +3,9 @@ train dispatch (train.build_program's, the platform's steps per dispatch,
 lowered without the mesh's shardings so that it does not depend on the
 machine's devices) for a config, and of the first epoch's batch order.
 
-Two commits that print the same fingerprint train with the same program on
-the same data order, so a refactor or an option that is off by default
+Two commits that print the same fingerprint (and the same convolution
+library, which the platform chooses for the CPU: platform.py) train with the
+same program on the same data order, so a refactor or an option that is off by default
 cannot have changed the trainer's speed or results. Where the program's
 text changes but its values should not (operations reordered),
 `--values` also runs that dispatch on noise from the initial state and
@@ -72,9 +73,13 @@ def main():
     values = ', state after it ' + _hash(
         b''.join(np.asarray(x).tobytes()
                  for x in jax.tree.leaves(jax.device_get(after))))
+  # The program's text does not hold the compiler options the platform
+  # compiles it with (which library runs the convolutions): named apart.
+  library = platform.conv_library or "XLA's default"
   print(f'{args.config}: program {_hash(text.encode())} '
         f'({dispatch} steps, {len(text)} characters), batch order '
-        f'{_hash(np.asarray(batches).tobytes())}{values}')
+        f'{_hash(np.asarray(batches).tobytes())}{values}; compiled with '
+        f'{library} convolutions')
 
 
 def _hash(data: bytes) -> str:

@@ -1,5 +1,7 @@
 """The XLA:CPU library choices: same functions, options that take effect."""
 
+import os
+
 import jax
 from jax import lax
 import numpy as np
@@ -18,6 +20,8 @@ pytestmark = pytest.mark.skipif(
     reason='XLA:CPU compiler options; this backend keeps its defaults')
 
 EIGEN = xla_options.cpu_eigen_convolutions()
+# None where this jaxlib's XLA:CPU has no oneDNN (JAX 0.10).
+ONEDNN = xla_options.cpu_onednn_convolutions()
 
 
 def _conv(x, w):
@@ -32,6 +36,58 @@ def test_auto_is_eigen_on_cpu_and_xla_is_the_defaults():
   assert cpu('auto').compiler_options == EIGEN
   with pytest.raises(ValueError, match='cpu_fast'):
     cpu('cpu_fast')
+
+
+def test_jax_0_12_has_onednn():
+  version = tuple(int(part) for part in jax.__version__.split('.')[:2])
+  assert (ONEDNN is not None) == (version >= (0, 12))
+
+
+@pytest.mark.parametrize('features, conv_impl, library', [
+    ({'avx2', 'avx512f', 'avx512_bf16'}, 'auto', 'onednn'),  # AMD Zen 4.
+    ({'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16'}, 'auto', 'onednn'),
+    ({'avx2', 'avx512f'}, 'auto', 'eigen'),  # No bfloat16 products.
+    ({'avx2'}, 'auto', 'eigen'),
+    (set(), 'onednn', 'onednn'),
+    ({'avx512_bf16'}, 'eigen', 'eigen'),
+    ({'avx512_bf16'}, 'xla', None),
+])
+def test_the_cpus_instruction_sets_choose_the_convolutions(features,
+                                                           conv_impl,
+                                                           library):
+  """oneDNN where the CPU multiplies bfloat16 in hardware and jaxlib has
+  it; Eigen where jaxlib has no oneDNN."""
+  platform = platform_lib.Platform('cpu', conv_impl,
+                                   cpu_features=frozenset(features))
+  if library == 'onednn' and ONEDNN is None:
+    library = 'eigen'
+  assert platform.conv_library == library
+  assert platform.compiler_options == {
+      'onednn': ONEDNN, 'eigen': EIGEN, None: None}[library]
+  assert platform.cpu_weight_gradients == (library is not None)
+  gpu = platform_lib.Platform('gpu', conv_impl,
+                              cpu_features=frozenset(features))
+  assert gpu.conv_library is None and gpu.compiler_options is None
+
+
+def test_this_machines_cpu_is_read():
+  features = platform_lib.cpu_features()
+  if os.path.exists('/proc/cpuinfo'):
+    assert features & {'sse2', 'neon', 'asimd', 'fp'}
+  assert platform_lib.current().cpu_features == features
+
+
+@pytest.mark.skipif(ONEDNN is None, reason='this jaxlib has no oneDNN: '
+                    'test_jax_0_12_has_onednn says which have it')
+def test_onednn_takes_the_convolutions_forward_and_both_gradients():
+  x = np.ones((8, 24, 24, 32), np.float32)
+  w = np.ones((5, 5, 32, 32), np.float32)
+  def gradients(x, w):
+    y, vjp = jax.vjp(_conv, x, w)
+    return vjp(y)
+  hlo = jax.jit(gradients, compiler_options=ONEDNN).lower(
+      x, w).compile().as_text()
+  assert hlo.count('custom_call_target="__onednn$convolution"') == 3
 
 
 def test_eigen_takes_the_convolutions_from_ynnpack():
@@ -70,7 +126,8 @@ def test_unknown_options_fall_back_to_the_defaults():
     (3, 12, 12, 32, 3, 64),  # conv3.
     (2, 9, 7, 5, 2, 3),      # Odd sizes.
 ])
-def test_eigen_convolutions_match_the_defaults_in_value_and_gradients(shape):
+@pytest.mark.parametrize('library', ['eigen', 'onednn'])
+def test_the_libraries_convolutions_match_the_defaults(shape, library):
   n, h, w_, c, k, o = shape
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (n, h, w_, c))
@@ -83,9 +140,9 @@ def test_eigen_convolutions_match_the_defaults_in_value_and_gradients(shape):
       return (y, *vjp(dy))
     return jax.jit(f, compiler_options=options)(x, w, dy)
 
-  eigen = value_and_gradients(EIGEN)
+  options = {'eigen': EIGEN, 'onednn': ONEDNN or EIGEN}[library]
   default = value_and_gradients(None)
-  for got, want in zip(eigen, default):
+  for got, want in zip(value_and_gradients(options), default):
     scale = float(np.abs(want).max())
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
 

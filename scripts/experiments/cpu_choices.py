@@ -10,7 +10,9 @@ and the ratio to the first set (the platform's own choices today):
   options     which library runs XLA:CPU's convolutions and reductions:
               'ynn-reduce' (YNNPACK the reductions, Eigen the convolutions:
               xla_options.py), 'ynn-conv' (YNNPACK both), 'none' (YNNPACK
-              nothing), 'xla' (XLA's defaults)
+              nothing), 'xla' (XLA's defaults), 'onednn' (oneDNN the
+              convolutions and matmuls, YNNPACK nothing), 'onednn-ynn-reduce'
+              (and YNNPACK the reductions)
   vjp         the models' convolutions with cpu_kernels'
               weight gradient (transposed apart), or as JAX derives it
   unroll      the scanned steps unrolled, or a while loop
@@ -52,6 +54,14 @@ OPTIONS = {
                        'LIBRARY_FUSION_TYPE_REDUCE'},
     'none': xla_options.EIGEN_ONLY,
     'xla': None,
+    # oneDNN (the library of PyTorch's CPU convolutions) for XLA:CPU's
+    # convolutions and matmuls, as custom calls; YNNPACK nothing, or the
+    # reductions.
+    'onednn': {'xla_cpu_use_onednn': True,
+               'xla_cpu_experimental_onednn_custom_call': True, _YNN: ''},
+    'onednn-ynn-reduce': {'xla_cpu_use_onednn': True,
+                          'xla_cpu_experimental_onednn_custom_call': True,
+                          _YNN: 'LIBRARY_FUSION_TYPE_REDUCE'},
 }
 
 
@@ -95,6 +105,7 @@ def main(argv):
   del argv
   config = config_checks.load_config('improved')
   config.input_size = int(benchmark._INPUT_SIZE.value)  # pylint: disable=protected-access
+  config.compute_dtype = benchmark._DTYPE.value  # pylint: disable=protected-access
   batch, steps = benchmark._BATCH.value, benchmark._STEPS.value  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (benchmark.NUM_IMAGES, 28, 28), np.uint8)
@@ -106,7 +117,8 @@ def main(argv):
     for path in paths.values():
       path.times.append(path.window())
   print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}, input '
-        f'{config.input_size}, batch {batch}, {steps} steps per dispatch, {os.cpu_count()} CPUs')
+        f'{config.input_size}, batch {batch}, {steps} steps per dispatch, '
+        f'{config.compute_dtype}, {os.cpu_count()} CPUs')
   base = None
   for name, path in paths.items():
     rate = path.steps * batch / statistics.median(path.times)

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 
 from absl import app
 from absl import flags
@@ -107,6 +108,14 @@ _UNACTIONABLE_WARNINGS = ('OpenCV is not installed',
                           'has no dataset_info.json')
 
 
+# JAX's persistent compilation cache cannot hold a program with oneDNN's
+# custom calls (platform.py's choice on CPUs with bfloat16 units): XLA fails
+# to serialize it, and JAX warns once per program. `_note_uncacheable` says
+# it once instead.
+_UNCACHEABLE = ('Error writing persistent compilation cache entry .*'
+                'std::bad_alloc')
+
+
 def _drop_unactionable(record: logging.LogRecord) -> bool:
   return not any(text in record.getMessage()
                  for text in _UNACTIONABLE_WARNINGS)
@@ -136,6 +145,18 @@ def _configure_logging() -> None:
                                          datefmt='%H:%M:%S'))
   ours.addHandler(handler)
   ours.propagate = False  # Not again through absl's handler.
+  warnings.filterwarnings('ignore', message=_UNCACHEABLE,
+                          category=UserWarning)
+
+
+def _note_uncacheable(platform) -> None:
+  """One line where JAX's compilation cache is on and cannot hold this
+  platform's programs (oneDNN's convolutions)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if platform.conv_library == 'onednn' and jax.config.jax_compilation_cache_dir:
+    logging.getLogger('digits_jax.main').info(
+        "oneDNN's convolutions (platform.py) do not go into JAX's "
+        'compilation cache: the programs compile in each run.')
 
 
 def _fail(message: str) -> None:
@@ -221,6 +242,7 @@ def _main(argv, stop_signal):
     # The platform's choices (platform.py), decided once for every mode;
     # after joining the cluster, which must come before JAX's backend.
     platform = platform_lib.current(config.conv_impl)
+    _note_uncacheable(platform)
     workdir = paths.prepare_workdir(_WORKDIR.value,
                                     must_exist=_MODE.value != 'train')
     logging.getLogger('digits_jax.main').info('Workdir: %s', workdir)
